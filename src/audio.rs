@@ -1,0 +1,276 @@
+//! The per-channel audio buffer between the worker thread (which writes
+//! upstream bytes as they arrive) and the media thread (which takes one
+//! 10 ms frame per tick).
+//!
+//! Its capacity is allocated once, when the channel is created; nothing here
+//! allocates afterwards. A SPEAK may only fill it up to its own `limit`
+//! (max_buffer_ms at the negotiated rate); past that the writer is told
+//! `Full` and pauses the transfer (backpressure). Bytes are kept as bytes,
+//! so an odd trailing byte of one chunk simply waits for the next one.
+//!
+//! The media thread only ever `try_lock`s the mutex around this (see
+//! stream.rs), so the worker must hold it for no more than a copy.
+
+/// A fixed-capacity FIFO of bytes.
+pub struct ByteRing {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl ByteRing {
+    pub fn with_capacity(capacity: usize) -> Self {
+        ByteRing { buf: vec![0u8; capacity].into_boxed_slice(), head: 0, len: 0 }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
+    /// Appends all of `data`; the caller checked there is room.
+    fn push(&mut self, data: &[u8]) {
+        debug_assert!(data.len() <= self.capacity() - self.len);
+        let cap = self.capacity();
+        let tail = (self.head + self.len) % cap;
+        let first = data.len().min(cap - tail);
+        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        self.len += data.len();
+    }
+
+    /// Moves up to `out.len()` bytes into `out`; returns how many.
+    fn pop_into(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len);
+        if n == 0 {
+            return 0;
+        }
+        let cap = self.capacity();
+        let first = n.min(cap - self.head);
+        out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
+        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        self.head = (self.head + n) % cap;
+        self.len -= n;
+        if self.len == 0 {
+            self.head = 0;
+        }
+        n
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlayState {
+    /// No SPEAK, or its audio is over: frames are silence.
+    Idle,
+    /// Frames come from the buffer as soon as it holds a whole frame.
+    Playing,
+    /// PAUSE: silence while the transfer keeps filling up to the limit.
+    Paused,
+}
+
+/// What `take_frame` gave the media thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// `out` holds a frame of audio.
+    Audio,
+    /// Nothing to play this tick (idle, paused, or waiting for bytes).
+    Silence,
+    /// The SPEAK's last audio was taken this tick (`out` holds it,
+    /// zero-padded, when `with_audio`); it may now complete.
+    Last { generation: u64, with_audio: bool },
+}
+
+/// What `push` did with the writer's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    Stored,
+    /// Not enough room under the SPEAK's limit: pause and retry later.
+    Full,
+    /// The SPEAK these bytes belong to was stopped or replaced.
+    Stale,
+}
+
+/// The buffer plus the state of the SPEAK it is playing.
+pub struct Playback {
+    ring: ByteRing,
+    /// Identifies the SPEAK whose audio is in the ring; bumped by every new
+    /// SPEAK and every stop, so late bytes of an old transfer are refused.
+    pub generation: u64,
+    pub state: PlayState,
+    /// The download finished whole: once the ring drains, the SPEAK is done.
+    pub producer_done: bool,
+    /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
+    limit: usize,
+}
+
+impl Playback {
+    pub fn new(capacity: usize) -> Self {
+        Playback {
+            ring: ByteRing::with_capacity(capacity),
+            generation: 0,
+            state: PlayState::Idle,
+            producer_done: false,
+            limit: capacity,
+        }
+    }
+
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn free(&self) -> usize {
+        self.limit.saturating_sub(self.ring.len())
+    }
+
+    /// Whether `n` more bytes may be stored now. A chunk larger than the
+    /// SPEAK's limit still fits an empty buffer, so a small limit can never
+    /// wedge a transfer.
+    pub fn fits(&self, n: usize) -> bool {
+        n <= self.free() || (self.ring.is_empty() && n <= self.ring.capacity())
+    }
+
+    /// A new SPEAK takes over the buffer; returns its generation.
+    pub fn start(&mut self, limit: usize) -> u64 {
+        self.generation += 1;
+        self.ring.clear();
+        self.producer_done = false;
+        self.limit = limit.clamp(1, self.ring.capacity());
+        self.state = PlayState::Playing;
+        self.generation
+    }
+
+    /// Stop at once: drop buffered audio, refuse late bytes.
+    pub fn stop(&mut self) {
+        self.generation += 1;
+        self.ring.clear();
+        self.producer_done = false;
+        self.state = PlayState::Idle;
+    }
+
+    pub fn push(&mut self, generation: u64, data: &[u8]) -> Push {
+        if generation != self.generation || self.state == PlayState::Idle {
+            return Push::Stale;
+        }
+        if !self.fits(data.len()) {
+            return Push::Full;
+        }
+        self.ring.push(data);
+        Push::Stored
+    }
+
+    /// The writer has delivered everything for `generation`.
+    pub fn finish(&mut self, generation: u64) -> bool {
+        if generation != self.generation || self.state == PlayState::Idle {
+            return false;
+        }
+        self.producer_done = true;
+        true
+    }
+
+    /// One frame for the media thread. Bounded work: one copy, no allocation.
+    pub fn take_frame(&mut self, out: &mut [u8]) -> Frame {
+        if self.state != PlayState::Playing {
+            return Frame::Silence;
+        }
+        if self.ring.len() >= out.len() {
+            self.ring.pop_into(out);
+            return Frame::Audio;
+        }
+        if !self.producer_done {
+            return Frame::Silence; // underrun: more is on its way
+        }
+        let n = self.ring.pop_into(out);
+        out[n..].fill(0);
+        self.state = PlayState::Idle;
+        self.producer_done = false;
+        Frame::Last { generation: self.generation, with_audio: n > 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_wraps_and_keeps_order() {
+        let mut r = ByteRing::with_capacity(7);
+        let mut out = [0u8; 4];
+        r.push(&[1, 2, 3, 4, 5]);
+        assert_eq!(r.pop_into(&mut out), 4);
+        assert_eq!(out, [1, 2, 3, 4]);
+        r.push(&[6, 7, 8, 9, 10]);
+        assert_eq!(r.len(), 6);
+        let mut all = [0u8; 6];
+        assert_eq!(r.pop_into(&mut all), 6);
+        assert_eq!(all, [5, 6, 7, 8, 9, 10]);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn odd_bytes_carry_over_and_the_last_frame_is_padded() {
+        let mut p = Playback::new(64);
+        let g = p.start(64);
+        let mut frame = [0xAAu8; 4];
+        assert_eq!(p.push(g, &[1, 2, 3]), Push::Stored);
+        assert_eq!(p.take_frame(&mut frame), Frame::Silence);
+        assert_eq!(p.push(g, &[4, 5]), Push::Stored);
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        assert_eq!(frame, [1, 2, 3, 4]);
+        assert!(p.finish(g));
+        assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: true });
+        assert_eq!(frame, [5, 0, 0, 0]);
+        assert_eq!(p.take_frame(&mut frame), Frame::Silence);
+    }
+
+    #[test]
+    fn limit_gives_backpressure_and_stop_refuses_late_bytes() {
+        let mut p = Playback::new(16);
+        let g = p.start(8);
+        assert_eq!(p.push(g, &[0; 6]), Push::Stored);
+        assert_eq!(p.push(g, &[0; 3]), Push::Full);
+        assert_eq!(p.buffered(), 6);
+        p.stop();
+        assert_eq!(p.push(g, &[0; 1]), Push::Stale);
+        assert!(!p.finish(g));
+        let mut frame = [0u8; 2];
+        assert_eq!(p.take_frame(&mut frame), Frame::Silence);
+        let g2 = p.start(100);
+        assert!(g2 > g);
+        assert_eq!(p.free(), 16, "limit is clamped to the capacity");
+    }
+
+    #[test]
+    fn paused_playback_is_silent_but_keeps_filling() {
+        let mut p = Playback::new(16);
+        let g = p.start(16);
+        p.state = PlayState::Paused;
+        assert_eq!(p.push(g, &[9; 4]), Push::Stored);
+        let mut frame = [0u8; 2];
+        assert_eq!(p.take_frame(&mut frame), Frame::Silence);
+        p.state = PlayState::Playing;
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        assert_eq!(frame, [9, 9]);
+    }
+
+    #[test]
+    fn empty_finished_speak_completes_without_audio() {
+        let mut p = Playback::new(8);
+        let g = p.start(8);
+        p.finish(g);
+        let mut frame = [7u8; 2];
+        assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: false });
+    }
+}

@@ -1,0 +1,413 @@
+//! A synthesizer channel: the channel vtable (MRCP Server thread) and the
+//! state it shares with its worker thread and the media thread.
+//!
+//! Lock order (never take an earlier one while holding a later one):
+//!   engine `workers` → channel `worker` slot → `active` → `playback`.
+//! The media thread only ever `try_lock`s `playback`. No lock is held across
+//! a join, a network call or any wait; the longest hold is a buffer copy or
+//! posting one message to the server's queue.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use crate::abi::{self, ChannelRef, Message};
+use crate::audio::{PlayState, Playback};
+use crate::config::Config;
+use crate::engine::EngineState;
+use crate::speak::{respond, Completion, Speak};
+use crate::sys;
+use crate::text::{speakable_text, BodyError};
+use crate::wake::Waker;
+use crate::worker::{self, Command, Job, WorkerHandle};
+
+/// The rates we produce: ElevenLabs' pcm_8000 and pcm_16000, declared as
+/// LPCM so that the server never needs to resample.
+pub const SAMPLE_RATES: &[u32] = &[8000, 16000];
+pub const SAMPLE_RATE_MASK: i32 = (sys::MPF_SAMPLE_RATE_8000 | sys::MPF_SAMPLE_RATE_16000) as i32;
+const MAX_BYTES_PER_MS: usize = 16000 * 2 / 1000;
+/// libcurl hands the write callback at most 16 KiB at a time; the buffer
+/// must always be able to take one such chunk, plus a frame.
+const MIN_BUFFER_BYTES: usize = 16 * 1024 + 640;
+
+/// What the worker and the media thread share with the channel.
+pub struct Shared {
+    pub playback: Mutex<Playback>,
+    /// The SPEAK in progress, until its terminal message.
+    pub active: Mutex<Option<Arc<Speak>>>,
+    pub waker: Waker,
+    /// Generation whose last frame the media thread has played.
+    pub drained: AtomicU64,
+    /// Bytes a paused transfer waits for (0: none).
+    pub want_space: AtomicUsize,
+    /// Negotiated rate, from open_rx (0 until then).
+    pub rate: AtomicU32,
+}
+
+/// Buffer bytes for a SPEAK at `rate` under `max_buffer_ms`.
+pub fn buffer_limit(max_buffer_ms: u64, rate: u32) -> usize {
+    let bytes_per_ms = rate as usize * 2 / 1000;
+    (max_buffer_ms as usize * bytes_per_ms).max(MIN_BUFFER_BYTES)
+}
+
+/// Capacity allocated at channel creation: enough for the highest rate.
+pub fn buffer_capacity(max_buffer_ms: u64) -> usize {
+    (max_buffer_ms as usize * MAX_BYTES_PER_MS).max(MIN_BUFFER_BYTES)
+}
+
+/// method_obj of the server channel, and obj of its audio stream.
+pub struct Channel {
+    pub shared: Arc<Shared>,
+    pub engine: Arc<EngineState>,
+    pub config: Arc<Config>,
+    /// The worker, until channel close (or engine close) takes it.
+    pub worker: Arc<Mutex<Option<WorkerHandle>>>,
+    /// A worker told to shut down, joined in destroy.
+    pub stopping: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Channel {
+    pub fn new(engine: Arc<EngineState>, config: Arc<Config>) -> std::io::Result<Channel> {
+        let shared = Arc::new(Shared {
+            playback: Mutex::new(Playback::new(buffer_capacity(config.max_buffer_ms))),
+            active: Mutex::new(None),
+            waker: Waker::new()?,
+            drained: AtomicU64::new(0),
+            want_space: AtomicUsize::new(0),
+            rate: AtomicU32::new(0),
+        });
+        Ok(Channel { shared, engine, config, worker: Arc::new(Mutex::new(None)), stopping: Mutex::new(None) })
+    }
+
+    fn send_to_worker(&self, command: Command) -> bool {
+        match self.worker.lock().as_ref() {
+            Some(w) => w.send(command),
+            None => false,
+        }
+    }
+
+    pub fn open(&self, ch: ChannelRef) {
+        log::info!("[{}] channel open", ch.id());
+        ch.open_respond(true);
+    }
+
+    pub fn close(&self, ch: ChannelRef) {
+        log::info!("[{}] channel close", ch.id());
+        let handle = self.worker.lock().take();
+        if let Some(handle) = handle {
+            let told = handle.send(Command::Shutdown { respond_close: true, reason: "channel closed while speaking" });
+            *self.stopping.lock() = Some(handle.thread);
+            if told {
+                return; // the worker answers close once its transfer is down
+            }
+        }
+        // No worker to do it (engine already closed, or it is gone).
+        self.end_active(ch, &Completion::error("channel closed while speaking"));
+        ch.close_respond();
+    }
+
+    /// Frees nothing itself: joins what is left of the worker. Called after
+    /// close and close_rx, so no other thread uses the channel any more.
+    pub fn destroy(&self, ch: ChannelRef) {
+        let id = ch.id();
+        if let Some(handle) = self.worker.lock().take() {
+            // Never opened or never closed: the worker is idle or about to be.
+            handle.send(Command::Shutdown { respond_close: false, reason: "channel destroyed" });
+            worker::join(handle.thread, &id);
+        }
+        if let Some(thread) = self.stopping.lock().take() {
+            worker::join(thread, &id);
+        }
+        self.engine.forget_worker(&self.worker);
+    }
+
+    /// Ends the active SPEAK (if nobody did) with `completion`.
+    fn end_active(&self, ch: ChannelRef, completion: &Completion) {
+        let speak = self.shared.active.lock().take();
+        if let Some(speak) = speak {
+            if speak.claim() {
+                self.shared.playback.lock().stop();
+                crate::speak::send_complete(ch, speak.request, completion);
+            }
+        }
+    }
+
+    pub fn process_request(&self, ch: ChannelRef, request: Message) {
+        let method = request.method_id();
+        log::debug!("[{}] {} {} received", ch.id(), request.method_name(), request.request_id());
+        match method as sys::mrcp_synthesizer_method_id {
+            sys::SYNTHESIZER_SPEAK => self.speak(ch, request),
+            sys::SYNTHESIZER_STOP | sys::SYNTHESIZER_BARGE_IN_OCCURRED => self.stop(ch, request),
+            sys::SYNTHESIZER_PAUSE => self.pause_resume(ch, request, true),
+            sys::SYNTHESIZER_RESUME => self.pause_resume(ch, request, false),
+            // Parameters are kept and merged into SPEAKs by the server.
+            sys::SYNTHESIZER_SET_PARAMS | sys::SYNTHESIZER_GET_PARAMS => {
+                ok(ch, request);
+            }
+            sys::SYNTHESIZER_CONTROL | sys::SYNTHESIZER_DEFINE_LEXICON => {
+                respond(
+                    ch,
+                    request,
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM,
+                    sys::MRCP_REQUEST_STATE_COMPLETE,
+                    None,
+                    &[],
+                );
+            }
+            _ => {
+                respond(
+                    ch,
+                    request,
+                    sys::MRCP_STATUS_CODE_METHOD_NOT_ALLOWED,
+                    sys::MRCP_REQUEST_STATE_COMPLETE,
+                    None,
+                    &[],
+                );
+            }
+        }
+    }
+
+    fn speak(&self, ch: ChannelRef, request: Message) {
+        let id = ch.id();
+        let fail = |status, cause, reason: String| {
+            log::warn!("[{id}] SPEAK {} refused: {reason}", request.request_id());
+            let completion = Completion { cause, reason: Some(reason) };
+            respond(ch, request, status, sys::MRCP_REQUEST_STATE_COMPLETE, Some(&completion), &[]);
+        };
+
+        let rate = match self.negotiated_rate(ch) {
+            Some(rate) => rate,
+            None => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_METHOD_FAILED,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
+                    "no LPCM 8000/16000 Hz stream was negotiated for this channel".into(),
+                )
+            }
+        };
+        let content_type = request.content_type();
+        let text = match speakable_text(content_type.as_deref(), request.body()) {
+            Ok(text) => text,
+            Err(e @ BodyError::UnsupportedType(_)) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE,
+                    e.to_string(),
+                )
+            }
+            Err(e) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_METHOD_FAILED,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE,
+                    e.to_string(),
+                )
+            }
+        };
+
+        let speak = {
+            let mut active = self.shared.active.lock();
+            if active.as_ref().is_some_and(|s| !s.is_terminated()) {
+                drop(active);
+                // The server queues SPEAKs; a second one here is a client of
+                // the plugin breaking the protocol.
+                return fail(
+                    sys::MRCP_STATUS_CODE_METHOD_NOT_VALID,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
+                    "another SPEAK is in progress".into(),
+                );
+            }
+            let generation = self.shared.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate));
+            let speak = Arc::new(Speak::new(request, generation));
+            *active = Some(Arc::clone(&speak));
+            speak
+        };
+        log::info!(
+            "[{id}] SPEAK {}: {} chars, {} Hz, voice {}, model {}",
+            request.request_id(),
+            text.chars().count(),
+            rate,
+            self.config.voice_id,
+            self.config.model_id
+        );
+        // IN-PROGRESS goes out before the worker can possibly complete.
+        respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_INPROGRESS, None, &[]);
+        let job = Job { speak: Arc::clone(&speak), text, sample_rate: rate, config: Arc::clone(&self.config) };
+        if !self.send_to_worker(Command::Speak(job)) {
+            let mut active = self.shared.active.lock();
+            if speak.claim() {
+                *active = None;
+                self.shared.playback.lock().stop();
+                crate::speak::send_complete(
+                    ch,
+                    request,
+                    &Completion::error("synthesis thread unavailable (engine closing?)"),
+                );
+            }
+        }
+    }
+
+    fn negotiated_rate(&self, ch: ChannelRef) -> Option<u32> {
+        let from_stream = self.shared.rate.load(std::sync::atomic::Ordering::Acquire);
+        let rate = if from_stream != 0 { from_stream } else { ch.source_rate()? };
+        SAMPLE_RATES.contains(&rate).then_some(rate)
+    }
+
+    /// STOP and BARGE-IN-OCCURRED: answered at once; the audio stops at the
+    /// next frame; the transfer is aborted by the worker; no SPEAK-COMPLETE.
+    fn stop(&self, ch: ChannelRef, request: Message) {
+        let speak = self.shared.active.lock().take();
+        let mut stopped = Vec::new();
+        if let Some(speak) = speak {
+            if speak.claim() {
+                self.shared.playback.lock().stop();
+                stopped.push(speak.request_id);
+                self.send_to_worker(Command::Cancel { generation: speak.generation });
+            }
+        }
+        log::info!("[{}] {} {}: stopped {:?}", ch.id(), request.method_name(), request.request_id(), stopped);
+        respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &stopped);
+    }
+
+    fn pause_resume(&self, ch: ChannelRef, request: Message, pause: bool) {
+        let active = self.shared.active.lock().clone();
+        let mut affected = Vec::new();
+        if let Some(speak) = active.filter(|s| !s.is_terminated()) {
+            let mut playback = self.shared.playback.lock();
+            if playback.generation == speak.generation {
+                match (pause, playback.state) {
+                    (true, PlayState::Playing) => playback.state = PlayState::Paused,
+                    (false, PlayState::Paused) => playback.state = PlayState::Playing,
+                    _ => {}
+                }
+                affected.push(speak.request_id);
+            }
+        }
+        respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &affected);
+    }
+}
+
+fn ok(ch: ChannelRef, request: Message) -> bool {
+    respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &[])
+}
+
+/// An error response for a request whose handling panicked.
+pub fn respond_failed(ch: ChannelRef, request: Message) {
+    respond(
+        ch,
+        request,
+        sys::MRCP_STATUS_CODE_METHOD_FAILED,
+        sys::MRCP_REQUEST_STATE_COMPLETE,
+        Some(&Completion::error("internal error in the plugin")),
+        &[],
+    );
+}
+
+// ------------------------------------------------------------- trampolines
+
+/// # Safety
+/// Called by the server with a channel we created.
+unsafe fn this<'a>(ch: *mut sys::mrcp_engine_channel_t) -> Option<&'a Channel> {
+    // SAFETY: method_obj is the Box<Channel> we leaked in create_channel,
+    // alive until destroy.
+    unsafe { ch.as_ref().and_then(|c| (c.method_obj as *const Channel).as_ref()) }
+}
+
+unsafe extern "C" fn channel_destroy(ch: *mut sys::mrcp_engine_channel_t) -> sys::apt_bool_t {
+    let done = crate::panic::guard("channel_destroy", || {
+        // SAFETY: the server calls destroy once, last, on a channel we made.
+        unsafe {
+            let obj = (*ch).method_obj as *mut Channel;
+            if obj.is_null() {
+                return;
+            }
+            (*obj).destroy(ChannelRef::new(ch));
+            (*ch).method_obj = std::ptr::null_mut();
+            drop(Box::from_raw(obj));
+        }
+    });
+    abi::apt_bool(done.is_some())
+}
+
+unsafe extern "C" fn channel_open(ch: *mut sys::mrcp_engine_channel_t) -> sys::apt_bool_t {
+    let done = crate::panic::guard("channel_open", || {
+        // SAFETY: server-owned channel we created.
+        let (Some(obj), chref) = (unsafe { this(ch) }, unsafe { ChannelRef::new(ch) }) else {
+            return false;
+        };
+        obj.open(chref);
+        true
+    });
+    match done {
+        Some(true) => abi::TRUE,
+        Some(false) => abi::FALSE,
+        None => {
+            // SAFETY: server-owned channel; answer so the SIP side does not wait.
+            unsafe { ChannelRef::new(ch) }.open_respond(false);
+            abi::TRUE
+        }
+    }
+}
+
+unsafe extern "C" fn channel_close(ch: *mut sys::mrcp_engine_channel_t) -> sys::apt_bool_t {
+    let done = crate::panic::guard("channel_close", || {
+        // SAFETY: server-owned channel we created.
+        let (Some(obj), chref) = (unsafe { this(ch) }, unsafe { ChannelRef::new(ch) }) else {
+            return false;
+        };
+        obj.close(chref);
+        true
+    });
+    if done != Some(true) {
+        // SAFETY: server-owned channel; close must always be answered.
+        unsafe { ChannelRef::new(ch) }.close_respond();
+    }
+    abi::TRUE
+}
+
+unsafe extern "C" fn channel_process_request(
+    ch: *mut sys::mrcp_engine_channel_t,
+    request: *mut sys::mrcp_message_t,
+) -> sys::apt_bool_t {
+    // SAFETY: the server passes a live request.
+    let Some(request) = (unsafe { Message::from_ptr(request) }) else {
+        return abi::FALSE;
+    };
+    // SAFETY: server-owned channel we created.
+    let chref = unsafe { ChannelRef::new(ch) };
+    let done = crate::panic::guard("process_request", || {
+        // SAFETY: as above.
+        match unsafe { this(ch) } {
+            Some(obj) => {
+                obj.process_request(chref, request);
+                true
+            }
+            None => false,
+        }
+    });
+    if done != Some(true) {
+        // Every request gets its one response, even when we failed. If the
+        // panic came after a SPEAK went IN-PROGRESS, end that SPEAK too.
+        let _ = crate::panic::guard("process_request fallback", || {
+            // SAFETY: as above.
+            if let Some(obj) = unsafe { this(ch) } {
+                let active = obj.shared.active.lock().clone();
+                if let Some(speak) = active.filter(|s| s.request == request) {
+                    obj.end_active(chref, &Completion::error("internal error in the plugin"));
+                    drop(speak);
+                    return;
+                }
+            }
+            respond_failed(chref, request);
+        });
+    }
+    abi::TRUE
+}
+
+pub static CHANNEL_VTABLE: sys::mrcp_engine_channel_method_vtable_t = sys::mrcp_engine_channel_method_vtable_t {
+    destroy: Some(channel_destroy),
+    open: Some(channel_open),
+    close: Some(channel_close),
+    process_request: Some(channel_process_request),
+};

@@ -1,0 +1,361 @@
+//! Engine parameters (`<param name value>` in the engine block), parsed and
+//! validated once in engine open. A bad value fails open with one log line
+//! naming the param; the API key is never printed (`Debug` redacts it).
+
+use std::fmt;
+use std::time::Duration;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
+pub const DEFAULT_MODEL_ID: &str = "eleven_flash_v2_5";
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 8000;
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_MAX_BUFFER_MS: u64 = 4000;
+
+/// Every param we understand, for the unknown-param warning.
+pub const KNOWN_PARAMS: &[&str] = &[
+    "api_key",
+    "api_key_file",
+    "base_url",
+    "voice_id",
+    "model_id",
+    "stability",
+    "similarity_boost",
+    "style",
+    "speed",
+    "use_speaker_boost",
+    "language_code",
+    "connect_timeout_ms",
+    "first_byte_timeout_ms",
+    "stall_timeout_ms",
+    "max_buffer_ms",
+];
+
+/// ElevenLabs voice settings; `None` leaves the voice's own setting.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VoiceSettings {
+    pub stability: Option<f64>,
+    pub similarity_boost: Option<f64>,
+    pub style: Option<f64>,
+    pub speed: Option<f64>,
+    pub use_speaker_boost: Option<bool>,
+}
+
+impl VoiceSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == VoiceSettings::default()
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    pub api_key: String,
+    pub base_url: String,
+    pub voice_id: String,
+    pub model_id: String,
+    pub voice_settings: VoiceSettings,
+    pub language_code: Option<String>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub max_buffer_ms: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("voice_id", &self.voice_id)
+            .field("model_id", &self.model_id)
+            .field("voice_settings", &self.voice_settings)
+            .field("language_code", &self.language_code)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("max_buffer_ms", &self.max_buffer_ms)
+            .finish()
+    }
+}
+
+/// What was wrong with which param. Display never includes a secret value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub param: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "engine param '{}': {}", self.param, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(param: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { param, problem: problem.into() }
+}
+
+/// Params as given, looked up by name (last one wins, as apr_table_set).
+struct Params<'a>(&'a [(String, String)]);
+
+impl<'a> Params<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+    }
+
+    fn unit_float(&self, name: &'static str, min: f64, max: f64) -> Result<Option<f64>, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        let value: f64 = raw.parse().map_err(|_| err(name, format!("'{raw}' is not a number")))?;
+        if !value.is_finite() || value < min || value > max {
+            return Err(err(name, format!("{raw} is outside {min}..={max}")));
+        }
+        Ok(Some(value))
+    }
+
+    fn millis(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        let value: u64 =
+            raw.parse().map_err(|_| err(name, format!("'{raw}' is not a whole number of milliseconds")))?;
+        if value < min || value > max {
+            return Err(err(name, format!("{value} is outside {min}..={max}")));
+        }
+        Ok(value)
+    }
+
+    fn boolean(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Some(true)),
+            "false" | "0" | "no" | "off" => Ok(Some(false)),
+            _ => Err(err(name, format!("'{raw}' is not true or false"))),
+        }
+    }
+}
+
+/// Voice ids go into the URL path: allow only what ElevenLabs ids are made of.
+pub fn valid_voice_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn valid_language_code(code: &str) -> bool {
+    (2..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+impl Config {
+    /// Parses and validates. `read_file` reads `api_key_file` (injected so
+    /// tests need no files).
+    pub fn from_params(
+        params: &[(String, String)],
+        read_file: impl Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let p = Params(params);
+        let api_key = match (p.get("api_key"), p.get("api_key_file")) {
+            (Some(key), _) if !key.is_empty() => key.to_owned(),
+            (_, Some(path)) if !path.is_empty() => {
+                let text = read_file(path).map_err(|e| err("api_key_file", format!("cannot read '{path}': {e}")))?;
+                let key = text.trim().to_owned();
+                if key.is_empty() {
+                    return Err(err("api_key_file", format!("'{path}' is empty")));
+                }
+                key
+            }
+            _ => return Err(err("api_key", "missing: set api_key or api_key_file")),
+        };
+        if api_key.chars().any(|c| c.is_control() || c == ' ') {
+            // Said without the value: it is a secret.
+            return Err(err("api_key", "contains spaces or control characters"));
+        }
+
+        let base_url = p.get("base_url").unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/').to_owned();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            || base_url.len() <= "https://".len()
+            || base_url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(err("base_url", format!("'{base_url}' is not an http(s) URL")));
+        }
+
+        let voice_id = p.get("voice_id").unwrap_or("").to_owned();
+        if voice_id.is_empty() {
+            return Err(err("voice_id", "missing: set the ElevenLabs voice id to speak with"));
+        }
+        if !valid_voice_id(&voice_id) {
+            return Err(err("voice_id", format!("'{voice_id}' is not an ElevenLabs voice id")));
+        }
+
+        let model_id = p.get("model_id").unwrap_or(DEFAULT_MODEL_ID).to_owned();
+        if model_id.is_empty()
+            || !model_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(err("model_id", format!("'{model_id}' is not a model id")));
+        }
+
+        let voice_settings = VoiceSettings {
+            stability: p.unit_float("stability", 0.0, 1.0)?,
+            similarity_boost: p.unit_float("similarity_boost", 0.0, 1.0)?,
+            style: p.unit_float("style", 0.0, 1.0)?,
+            // The range ElevenLabs accepts for voice_settings.speed.
+            speed: p.unit_float("speed", 0.7, 1.2)?,
+            use_speaker_boost: p.boolean("use_speaker_boost")?,
+        };
+
+        let language_code = match p.get("language_code") {
+            None | Some("") => None,
+            Some(code) if valid_language_code(code) => Some(code.to_ascii_lowercase()),
+            Some(code) => return Err(err("language_code", format!("'{code}' is not an ISO 639 language code"))),
+        };
+
+        Ok(Config {
+            api_key,
+            base_url,
+            voice_id,
+            model_id,
+            voice_settings,
+            language_code,
+            connect_timeout: Duration::from_millis(p.millis(
+                "connect_timeout_ms",
+                DEFAULT_CONNECT_TIMEOUT_MS,
+                1,
+                120_000,
+            )?),
+            first_byte_timeout: Duration::from_millis(p.millis(
+                "first_byte_timeout_ms",
+                DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+                1,
+                120_000,
+            )?),
+            stall_timeout: Duration::from_millis(p.millis("stall_timeout_ms", DEFAULT_STALL_TIMEOUT_MS, 1, 120_000)?),
+            max_buffer_ms: p.millis("max_buffer_ms", DEFAULT_MAX_BUFFER_MS, 200, 60_000)?,
+        })
+    }
+
+    /// Params present that we do not know (likely typos), for a warning.
+    pub fn unknown_params(params: &[(String, String)]) -> Vec<String> {
+        params
+            .iter()
+            .filter(|(k, _)| !KNOWN_PARAMS.iter().any(|known| known.eq_ignore_ascii_case(k)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn no_file(_: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+
+    fn base() -> Vec<(String, String)> {
+        params(&[("api_key", "sk_secret"), ("voice_id", "JBFqnCBsd6RMkjVDRZzb")])
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_params(&base(), no_file).unwrap();
+        assert_eq!(c.base_url, DEFAULT_BASE_URL);
+        assert_eq!(c.model_id, DEFAULT_MODEL_ID);
+        assert_eq!(c.connect_timeout, Duration::from_millis(5000));
+        assert_eq!(c.max_buffer_ms, DEFAULT_MAX_BUFFER_MS);
+        assert!(c.voice_settings.is_empty());
+        assert_eq!(c.language_code, None);
+    }
+
+    #[test]
+    fn every_setting_parses() {
+        let mut p = base();
+        p.extend(params(&[
+            ("base_url", "http://127.0.0.1:9/"),
+            ("model_id", "eleven_multilingual_v2"),
+            ("stability", "0.4"),
+            ("similarity_boost", "0.9"),
+            ("style", "0"),
+            ("speed", "1.1"),
+            ("use_speaker_boost", "false"),
+            ("language_code", "DE"),
+            ("connect_timeout_ms", "250"),
+            ("first_byte_timeout_ms", "700"),
+            ("stall_timeout_ms", "900"),
+            ("max_buffer_ms", "1500"),
+        ]));
+        let c = Config::from_params(&p, no_file).unwrap();
+        assert_eq!(c.base_url, "http://127.0.0.1:9");
+        assert_eq!(c.model_id, "eleven_multilingual_v2");
+        assert_eq!(c.voice_settings.stability, Some(0.4));
+        assert_eq!(c.voice_settings.similarity_boost, Some(0.9));
+        assert_eq!(c.voice_settings.style, Some(0.0));
+        assert_eq!(c.voice_settings.speed, Some(1.1));
+        assert_eq!(c.voice_settings.use_speaker_boost, Some(false));
+        assert_eq!(c.language_code.as_deref(), Some("de"));
+        assert_eq!(c.first_byte_timeout, Duration::from_millis(700));
+        assert_eq!(c.stall_timeout, Duration::from_millis(900));
+        assert_eq!(c.max_buffer_ms, 1500);
+    }
+
+    #[test]
+    fn bad_values_name_the_param() {
+        for (name, value) in [
+            ("stability", "1.5"),
+            ("similarity_boost", "x"),
+            ("speed", "2"),
+            ("use_speaker_boost", "maybe"),
+            ("language_code", "english"),
+            ("connect_timeout_ms", "-1"),
+            ("first_byte_timeout_ms", "0"),
+            ("max_buffer_ms", "10"),
+            ("base_url", "ftp://x"),
+            ("voice_id", "../../etc"),
+            ("model_id", "a b"),
+        ] {
+            let mut p = base();
+            p.push((name.into(), value.into()));
+            let e = Config::from_params(&p, no_file).unwrap_err();
+            assert_eq!(e.param, name, "{value}");
+        }
+    }
+
+    #[test]
+    fn missing_key_and_voice_are_errors_and_the_key_is_never_shown() {
+        let e = Config::from_params(&params(&[("voice_id", "v")]), no_file).unwrap_err();
+        assert_eq!(e.param, "api_key");
+        let e = Config::from_params(&params(&[("api_key", "sk_secret")]), no_file).unwrap_err();
+        assert_eq!(e.param, "voice_id");
+        let e = Config::from_params(&params(&[("api_key", "sk secret"), ("voice_id", "v")]), no_file).unwrap_err();
+        assert!(!e.to_string().contains("secret"));
+        let c = Config::from_params(&base(), no_file).unwrap();
+        assert!(!format!("{c:?}").contains("sk_secret"));
+    }
+
+    #[test]
+    fn key_file_is_read_and_trimmed() {
+        let p = params(&[("api_key_file", "/run/key"), ("voice_id", "v1")]);
+        let c = Config::from_params(&p, |path| {
+            assert_eq!(path, "/run/key");
+            Ok("  sk_from_file\n".into())
+        })
+        .unwrap();
+        assert_eq!(c.api_key, "sk_from_file");
+        let e = Config::from_params(&p, no_file).unwrap_err();
+        assert_eq!(e.param, "api_key_file");
+        assert!(e.to_string().contains("/run/key"));
+    }
+
+    #[test]
+    fn unknown_params_are_listed() {
+        let mut p = base();
+        p.push(("voice_idd".into(), "x".into()));
+        assert_eq!(Config::unknown_params(&p), vec!["voice_idd".to_string()]);
+    }
+}

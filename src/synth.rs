@@ -1,0 +1,487 @@
+//! One ElevenLabs streaming request on the channel's own curl handles.
+//!
+//! The worker thread owns a curl multi handle and one easy handle, both
+//! reused for every SPEAK of the channel (so the connection is kept alive).
+//! Driving the transfer through the multi interface lets the worker wait on
+//! the network and on its wake-up fd at once: a STOP aborts the transfer
+//! within one wake-up, and a transfer paused for backpressure resumes as
+//! soon as the media thread has made room. Nothing here ever runs on the
+//! MRCP Server or media threads.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use curl::easy::{Easy2, Handler, List, WriteError};
+use curl::multi::{Easy2Handle, Multi, WaitFd};
+
+use crate::audio::Push;
+use crate::channel::Shared;
+use crate::config::Config;
+use crate::json;
+
+const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"));
+/// Enough of an error body to read ElevenLabs' JSON detail.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Longest sleep between checks of the clock-based limits.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+/// While paused for room, re-check at least this often (a missed wake-up
+/// costs no more than this).
+const PAUSED_WAIT: Duration = Duration::from_millis(20);
+
+/// What one SPEAK asks of ElevenLabs.
+pub struct Request<'a> {
+    pub config: &'a Config,
+    pub text: &'a str,
+    pub sample_rate: u32,
+}
+
+impl Request<'_> {
+    pub fn url(&self) -> String {
+        format!(
+            "{}/v1/text-to-speech/{}/stream?output_format=pcm_{}",
+            self.config.base_url, self.config.voice_id, self.sample_rate
+        )
+    }
+
+    pub fn body(&self) -> String {
+        let c = self.config;
+        let mut out = String::with_capacity(self.text.len() + 160);
+        out.push_str("{\"text\":");
+        json::write_str(&mut out, self.text);
+        out.push_str(",\"model_id\":");
+        json::write_str(&mut out, &c.model_id);
+        let vs = &c.voice_settings;
+        if !vs.is_empty() {
+            let mut fields: Vec<String> = Vec::new();
+            let mut num = |name: &str, v: Option<f64>| {
+                if let Some(v) = v {
+                    fields.push(format!("\"{name}\":{v}"));
+                }
+            };
+            num("stability", vs.stability);
+            num("similarity_boost", vs.similarity_boost);
+            num("style", vs.style);
+            num("speed", vs.speed);
+            if let Some(b) = vs.use_speaker_boost {
+                fields.push(format!("\"use_speaker_boost\":{b}"));
+            }
+            out.push_str(",\"voice_settings\":{");
+            out.push_str(&fields.join(","));
+            out.push('}');
+        }
+        if let Some(lang) = &c.language_code {
+            out.push_str(",\"language_code\":");
+            json::write_str(&mut out, lang);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Receives the response on the worker thread.
+pub struct Collector {
+    shared: Arc<Shared>,
+    generation: u64,
+    status: u32,
+    content_type: Option<String>,
+    /// Decided at the first body byte: 2xx and an audio content type.
+    is_audio: Option<bool>,
+    error_body: Vec<u8>,
+    pub audio_bytes: u64,
+    pub started: Instant,
+    pub first_byte: Option<Instant>,
+    last_byte: Instant,
+    /// Size of the chunk refused for lack of room (0: not paused).
+    paused_for: usize,
+    /// The SPEAK was stopped under us: abort.
+    stale: bool,
+}
+
+impl Collector {
+    fn new(shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        Collector {
+            shared,
+            generation: 0,
+            status: 0,
+            content_type: None,
+            is_audio: None,
+            error_body: Vec::new(),
+            audio_bytes: 0,
+            started: now,
+            first_byte: None,
+            last_byte: now,
+            paused_for: 0,
+            stale: false,
+        }
+    }
+
+    fn reset(&mut self, generation: u64) {
+        let now = Instant::now();
+        self.generation = generation;
+        self.status = 0;
+        self.content_type = None;
+        self.is_audio = None;
+        self.error_body.clear();
+        self.audio_bytes = 0;
+        self.started = now;
+        self.first_byte = None;
+        self.last_byte = now;
+        self.paused_for = 0;
+        self.stale = false;
+    }
+
+    fn audio_content_type(&self) -> bool {
+        match &self.content_type {
+            None => true, // lenient: nothing says it is not audio
+            Some(ct) => ct.starts_with("audio/") || ct.starts_with("application/octet-stream"),
+        }
+    }
+}
+
+impl Handler for Collector {
+    fn header(&mut self, line: &[u8]) -> bool {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("HTTP/") {
+            // A new status line (after 100 Continue, say) starts over.
+            self.status = rest.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+            self.content_type = None;
+        } else if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-type") {
+                self.content_type = Some(value.trim().to_ascii_lowercase());
+            }
+        }
+        true
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        let now = Instant::now();
+        self.first_byte.get_or_insert(now);
+        self.last_byte = now;
+        let is_audio = match self.is_audio {
+            Some(decided) => decided,
+            None => {
+                let decided = (200..300).contains(&self.status) && self.audio_content_type();
+                self.is_audio = Some(decided);
+                decided
+            }
+        };
+        if !is_audio {
+            let room = MAX_ERROR_BODY.saturating_sub(self.error_body.len());
+            self.error_body.extend_from_slice(&data[..data.len().min(room)]);
+            return Ok(data.len());
+        }
+        let outcome = self.shared.playback.lock().push(self.generation, data);
+        match outcome {
+            Push::Stored => {
+                self.audio_bytes += data.len() as u64;
+                self.paused_for = 0;
+                Ok(data.len())
+            }
+            Push::Full => {
+                // curl hands the same bytes back after unpause.
+                self.paused_for = data.len();
+                self.shared.want_space.store(data.len(), Ordering::Release);
+                Err(WriteError::Pause)
+            }
+            Push::Stale => {
+                self.stale = true;
+                Ok(0) // a short write makes curl abort the transfer
+            }
+        }
+    }
+}
+
+/// How a transfer ended.
+pub enum Outcome {
+    /// All audio is in the buffer.
+    Complete,
+    /// The SPEAK was stopped under the transfer.
+    Stale,
+    Failed(String),
+}
+
+/// The channel's curl handles, kept across SPEAKs.
+pub struct Transport {
+    multi: Multi,
+    idle: Option<Easy2<Collector>>,
+}
+
+impl Transport {
+    pub fn new(shared: Arc<Shared>) -> Result<Transport, curl::Error> {
+        let mut easy = Easy2::new(Collector::new(shared));
+        easy.useragent(USER_AGENT)?;
+        easy.tcp_nodelay(true)?;
+        easy.tcp_keepalive(true)?;
+        easy.signal(false)?;
+        easy.follow_location(false)?;
+        Ok(Transport { multi: Multi::new(), idle: Some(easy) })
+    }
+
+    /// Starts the request; audio for `generation` flows into the buffer.
+    pub fn start<'t>(&'t mut self, req: &Request<'t>, generation: u64) -> Result<Transfer<'t>, String> {
+        let mut easy = self.idle.take().ok_or_else(|| "internal: curl handle busy".to_owned())?;
+        easy.get_mut().reset(generation);
+        let config = req.config;
+        let setup = (|| -> Result<(), curl::Error> {
+            easy.url(&req.url())?;
+            let mut headers = List::new();
+            headers.append(&format!("xi-api-key: {}", config.api_key))?;
+            headers.append("Content-Type: application/json")?;
+            headers.append("Accept: audio/pcm, application/octet-stream, application/json")?;
+            // No 100-continue round trip before the body.
+            headers.append("Expect:")?;
+            easy.http_headers(headers)?;
+            easy.post(true)?;
+            easy.post_fields_copy(req.body().as_bytes())?;
+            easy.connect_timeout(config.connect_timeout)?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            self.idle = Some(easy);
+            return Err(format!("internal: cannot set up the request: {e}"));
+        }
+        match self.multi.add2(easy) {
+            Ok(handle) => Ok(Transfer { transport: self, handle: Some(handle), config, done: None }),
+            Err(e) => Err(format!("internal: cannot start the transfer: {e}")),
+        }
+    }
+}
+
+/// A running request. Dropping it without `finish` aborts it.
+pub struct Transfer<'t> {
+    transport: &'t mut Transport,
+    handle: Option<Easy2Handle<Collector>>,
+    config: &'t Config,
+    done: Option<Result<(), curl::Error>>,
+}
+
+impl Transfer<'_> {
+    fn collector(&self) -> &Collector {
+        self.handle.as_ref().expect("transfer in progress").get_ref()
+    }
+
+    /// Moves the transfer on; true once it has finished (well or not).
+    pub fn step(&mut self) -> bool {
+        if self.done.is_some() {
+            return true;
+        }
+        if let Err(e) = self.transport.multi.perform() {
+            log::warn!("curl multi perform: {e}");
+        }
+        let handle = self.handle.as_ref().expect("transfer in progress");
+        let mut result = None;
+        self.transport.multi.messages(|msg| {
+            if let Some(r) = msg.result_for2(handle) {
+                result = Some(r);
+            }
+        });
+        self.done = result;
+        self.done.is_some()
+    }
+
+    /// Resumes a transfer paused for room once the room is there.
+    pub fn unpause_if_room(&mut self) {
+        let handle = self.handle.as_mut().expect("transfer in progress");
+        let need = handle.get_ref().paused_for;
+        if need == 0 {
+            return;
+        }
+        let fits = handle.get_ref().shared.playback.lock().fits(need);
+        if fits {
+            let c = handle.get_mut();
+            c.paused_for = 0;
+            c.shared.want_space.store(0, Ordering::Release);
+            // Time spent waiting for the caller's ear is not a stall.
+            c.last_byte = Instant::now();
+            if let Err(e) = handle.unpause_write() {
+                log::warn!("curl unpause: {e}");
+            }
+        }
+    }
+
+    /// A limit that has run out, as the reason to give.
+    pub fn expired(&self, now: Instant) -> Option<String> {
+        let c = self.collector();
+        match c.first_byte {
+            None if now.duration_since(c.started) >= self.config.first_byte_timeout => Some(format!(
+                "no response from upstream within first_byte_timeout_ms={}",
+                self.config.first_byte_timeout.as_millis()
+            )),
+            Some(_) if c.paused_for == 0 && now.duration_since(c.last_byte) >= self.config.stall_timeout => Some(
+                format!("upstream stalled: no data for stall_timeout_ms={}", self.config.stall_timeout.as_millis()),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Waits for network activity, a wake-up on `wake_fd`, or the next limit.
+    pub fn wait(&self, wake_fd: i32, now: Instant) {
+        let c = self.collector();
+        let deadline = match c.first_byte {
+            None => c.started + self.config.first_byte_timeout,
+            Some(_) => c.last_byte + self.config.stall_timeout,
+        };
+        let mut timeout = deadline.saturating_duration_since(now).min(MAX_WAIT);
+        if c.paused_for > 0 {
+            timeout = timeout.min(PAUSED_WAIT);
+        }
+        let mut fd = WaitFd::new();
+        fd.set_fd(wake_fd);
+        fd.poll_on_read(true);
+        if let Err(e) = self.transport.multi.wait(&mut [fd], timeout.max(Duration::from_millis(1))) {
+            log::warn!("curl multi wait: {e}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Ends the transfer (aborting it if it is still running), gives the
+    /// easy handle back for the next SPEAK, and says how it went.
+    pub fn finish(mut self) -> (Outcome, Stats) {
+        let handle = self.handle.take().expect("transfer in progress");
+        let easy = match self.transport.multi.remove2(handle) {
+            Ok(easy) => easy,
+            Err(e) => {
+                // The handle is lost to the multi; make a fresh one next time.
+                log::error!("curl multi remove: {e}");
+                return (Outcome::Failed(format!("internal: {e}")), Stats::default());
+            }
+        };
+        let c = easy.get_ref();
+        let stats = Stats {
+            audio_bytes: c.audio_bytes,
+            time_to_first_byte: c.first_byte.map(|t| t.duration_since(c.started)),
+            http_status: c.status,
+        };
+        let outcome = match self.done.take() {
+            _ if c.stale => Outcome::Stale,
+            None => Outcome::Stale, // aborted by us before it finished
+            Some(Err(e)) => Outcome::Failed(describe_curl_error(&e, self.config)),
+            Some(Ok(())) => judge_response(c),
+        };
+        self.transport.idle = Some(easy);
+        (outcome, stats)
+    }
+}
+
+impl Drop for Transfer<'_> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            if let Ok(easy) = self.transport.multi.remove2(handle) {
+                self.transport.idle = Some(easy);
+            }
+        }
+    }
+}
+
+/// Figures for the SPEAK's summary line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub audio_bytes: u64,
+    pub time_to_first_byte: Option<Duration>,
+    pub http_status: u32,
+}
+
+fn judge_response(c: &Collector) -> Outcome {
+    let status = c.status;
+    if !(200..300).contains(&status) {
+        let (detail_status, message) = json::error_detail(&c.error_body);
+        let mut reason = format!("upstream HTTP {status}");
+        if let Some(s) = detail_status {
+            reason.push(' ');
+            reason.push_str(&s);
+        }
+        if let Some(m) = message {
+            reason.push_str(": ");
+            reason.push_str(&m);
+        }
+        return Outcome::Failed(reason);
+    }
+    if c.is_audio == Some(false) {
+        let ct = c.content_type.as_deref().unwrap_or("no content type");
+        let (detail_status, message) = json::error_detail(&c.error_body);
+        let mut reason = format!("upstream HTTP {status} sent {ct} instead of audio");
+        if let Some(detail) = detail_status.or(message) {
+            reason.push_str(": ");
+            reason.push_str(&detail);
+        }
+        return Outcome::Failed(reason);
+    }
+    if c.audio_bytes == 0 {
+        return Outcome::Failed(format!("upstream HTTP {status} sent no audio"));
+    }
+    Outcome::Complete
+}
+
+fn describe_curl_error(e: &curl::Error, config: &Config) -> String {
+    let what = if e.is_couldnt_resolve_host() {
+        "cannot resolve the upstream host".to_owned()
+    } else if e.is_couldnt_connect() {
+        "cannot connect to upstream".to_owned()
+    } else if e.is_operation_timedout() {
+        format!("upstream connection timed out (connect_timeout_ms={})", config.connect_timeout.as_millis())
+    } else if e.is_ssl_connect_error()
+        || e.is_peer_failed_verification()
+        || e.is_ssl_certproblem()
+        || e.is_ssl_cipher()
+        || e.is_ssl_cacert()
+    {
+        "TLS failure with upstream".to_owned()
+    } else if e.is_partial_file() || e.is_recv_error() || e.is_got_nothing() || e.is_send_error() {
+        "upstream stream cut short".to_owned()
+    } else {
+        format!("upstream transfer failed (curl {})", e.code())
+    };
+    match e.extra_description() {
+        Some(extra) => format!("{what}: {extra}"),
+        None => format!("{what}: {}", e.description()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VoiceSettings;
+
+    fn config() -> Config {
+        Config::from_params(
+            &[
+                ("api_key".into(), "k".into()),
+                ("voice_id".into(), "voice1".into()),
+                ("base_url".into(), "http://127.0.0.1:1".into()),
+            ],
+            |_| unreachable!(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn url_names_voice_and_rate() {
+        let c = config();
+        let r = Request { config: &c, text: "hi", sample_rate: 8000 };
+        assert_eq!(r.url(), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
+    }
+
+    #[test]
+    fn body_carries_text_model_and_only_set_settings() {
+        let mut c = config();
+        let r = Request { config: &c, text: "say \"hi\"\n", sample_rate: 16000 };
+        let v = json::parse(&r.body()).unwrap();
+        assert_eq!(v.get("text").and_then(json::Value::as_str), Some("say \"hi\"\n"));
+        assert_eq!(v.get("model_id").and_then(json::Value::as_str), Some("eleven_flash_v2_5"));
+        assert!(v.get("voice_settings").is_none());
+        assert!(v.get("language_code").is_none());
+
+        c.voice_settings = VoiceSettings { stability: Some(0.5), use_speaker_boost: Some(true), ..Default::default() };
+        c.language_code = Some("de".into());
+        let r = Request { config: &c, text: "x", sample_rate: 16000 };
+        let v = json::parse(&r.body()).unwrap();
+        let vs = v.get("voice_settings").unwrap();
+        assert_eq!(vs.get("stability"), Some(&json::Value::Number(0.5)));
+        assert_eq!(vs.get("use_speaker_boost"), Some(&json::Value::Bool(true)));
+        assert!(vs.get("style").is_none());
+        assert_eq!(v.get("language_code").and_then(json::Value::as_str), Some("de"));
+    }
+}
