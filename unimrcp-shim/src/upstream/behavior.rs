@@ -1,0 +1,197 @@
+//! What the mock does with a valid request: timing, chunking and faults.
+
+use std::time::Duration;
+
+/// How the mock answers a request that passed the key check and validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behavior {
+    /// Pause between reading the whole request and writing the response
+    /// head (with the first chunk). Applies to fault responses too, except
+    /// [`Fault::HangBeforeHeaders`], which never answers.
+    pub first_byte_delay: Duration,
+    /// PCM bytes per HTTP chunk; the last chunk may be shorter. Odd sizes are
+    /// allowed on purpose (they split samples across chunks). `0` sends all
+    /// audio in a single chunk.
+    pub chunk_bytes: usize,
+    /// Playback-speed multiple for pacing: `1.0` is real time, `0.5` drips
+    /// at half real time. `0`, negative, NaN or infinite mean "as fast as the
+    /// socket takes it".
+    pub speed: f64,
+    /// Audio length; `None` derives it from the text
+    /// ([`super::audio_ms_for_text`]).
+    pub audio_ms: Option<u32>,
+    pub fault: Fault,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            first_byte_delay: Duration::ZERO,
+            chunk_bytes: 1601,
+            speed: f64::INFINITY,
+            audio_ms: None,
+            fault: Fault::None,
+        }
+    }
+}
+
+impl Behavior {
+    /// Default behaviour paced at real time.
+    pub fn realtime() -> Self {
+        Behavior::default().with_speed(1.0)
+    }
+
+    /// Default behaviour with `fault`.
+    pub fn fault(fault: Fault) -> Self {
+        Behavior::default().with_fault(fault)
+    }
+
+    pub fn with_first_byte_delay(mut self, delay: Duration) -> Self {
+        self.first_byte_delay = delay;
+        self
+    }
+
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes;
+        self
+    }
+
+    pub fn with_speed(mut self, speed: f64) -> Self {
+        self.speed = speed;
+        self
+    }
+
+    pub fn with_audio_ms(mut self, ms: u32) -> Self {
+        self.audio_ms = Some(ms);
+        self
+    }
+
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// Bytes per second to pace at, or `None` for unpaced.
+    pub(crate) fn pacing_bytes_per_sec(&self, sample_rate: u32) -> Option<f64> {
+        let s = self.speed;
+        (s.is_finite() && s > 0.0).then(|| f64::from(sample_rate) * 2.0 * s)
+    }
+}
+
+/// Ways a response can go wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Error status with an ElevenLabs-shaped JSON body:
+    /// `{"detail":{"status":..,"message":..}}`, or `{"detail":message}` when
+    /// `detail_status` is `None`.
+    Http {
+        status: u16,
+        detail_status: Option<String>,
+        message: String,
+    },
+    /// 422 with the list-shaped (FastAPI) validation detail.
+    ValidationError,
+    /// Head and first chunk, then no bytes until the client leaves or the
+    /// mock is dropped.
+    StallAfterFirstChunk,
+    /// Send that many audio bytes (in chunks), then close without the
+    /// terminating zero-size chunk.
+    CutAfterBytes(usize),
+    /// 200 with `Content-Type: application/json` and a JSON body.
+    JsonInsteadOfAudio,
+    /// 200 with `Content-Type: text/html` and an HTML body.
+    WrongContentType,
+    /// Read the request, never answer; hold until the client leaves or the
+    /// mock is dropped.
+    HangBeforeHeaders,
+}
+
+impl Fault {
+    pub fn http(status: u16, detail_status: &str, message: &str) -> Fault {
+        Fault::Http { status, detail_status: Some(detail_status.to_string()), message: message.to_string() }
+    }
+
+    /// 429 as sent when the account's concurrency limit is reached.
+    pub fn too_many_concurrent_requests() -> Fault {
+        Fault::http(429, "too_many_concurrent_requests", "Too many concurrent requests for your subscription tier.")
+    }
+
+    /// 429 as sent when ElevenLabs itself is overloaded.
+    pub fn system_busy() -> Fault {
+        Fault::http(429, "system_busy", "We are experiencing heavy traffic, please try again later.")
+    }
+
+    pub fn voice_not_found() -> Fault {
+        Fault::http(404, "voice_not_found", "A voice with the voice_id provided was not found.")
+    }
+
+    /// Plain error status with a string detail (500, 502, 503, ...).
+    pub fn server_error(status: u16) -> Fault {
+        Fault::Http { status, detail_status: None, message: "Internal server error".to_string() }
+    }
+}
+
+/// Picks the behaviour for a request: first matching rule, else the default.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    pub default: Behavior,
+    rules: Vec<(Match, Behavior)>,
+}
+
+#[derive(Debug)]
+enum Match {
+    TextContains(String),
+    VoiceIs(String),
+}
+
+impl Rules {
+    pub fn when_text_contains(&mut self, needle: &str, b: Behavior) {
+        self.rules.push((Match::TextContains(needle.to_string()), b));
+    }
+
+    pub fn when_voice_is(&mut self, voice_id: &str, b: Behavior) {
+        self.rules.push((Match::VoiceIs(voice_id.to_string()), b));
+    }
+
+    pub fn clear(&mut self) {
+        self.rules.clear();
+    }
+
+    pub fn pick(&self, text: &str, voice_id: &str) -> Behavior {
+        self.rules
+            .iter()
+            .find(|(m, _)| match m {
+                Match::TextContains(needle) => text.contains(needle.as_str()),
+                Match::VoiceIs(v) => v == voice_id,
+            })
+            .map_or_else(|| self.default.clone(), |(_, b)| b.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_first_match_wins_then_default() {
+        let mut r = Rules { default: Behavior::default().with_audio_ms(1), ..Rules::default() };
+        r.when_text_contains("slow", Behavior::realtime());
+        r.when_text_contains("slow down", Behavior::fault(Fault::ValidationError));
+        r.when_voice_is("bogus", Behavior::fault(Fault::voice_not_found()));
+        assert_eq!(r.pick("please slow down", "v").speed, 1.0);
+        assert_eq!(r.pick("hello", "bogus").fault, Fault::voice_not_found());
+        assert_eq!(r.pick("hello", "v").audio_ms, Some(1));
+        r.clear();
+        assert_eq!(r.pick("please slow down", "v").audio_ms, Some(1));
+    }
+
+    #[test]
+    fn pacing_rate() {
+        let b = Behavior::default();
+        assert_eq!(b.pacing_bytes_per_sec(16000), None);
+        assert_eq!(b.clone().with_speed(0.0).pacing_bytes_per_sec(16000), None);
+        assert_eq!(b.clone().with_speed(f64::NAN).pacing_bytes_per_sec(8000), None);
+        assert_eq!(b.with_speed(0.5).pacing_bytes_per_sec(16000), Some(16000.0));
+    }
+}

@@ -1,0 +1,439 @@
+//! Accepting connections and answering requests.
+
+use super::audio::{audio_ms_for_text, Synth};
+use super::behavior::{Behavior, Fault};
+use super::http::{
+    self, close_gracefully, push_body_piece, response_head, wait_on_client, Conn, Framing, ReadError, Request, Waited,
+    LAST_CHUNK,
+};
+use super::{pcm_format_rate, RecordedRequest, Shared, PCM_FORMATS};
+use serde_json::{json, Value};
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long an idle keep-alive connection is kept open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Cap on stalls, hangs and delays, so no connection thread lives forever.
+const HOLD_LIMIT: Duration = Duration::from_secs(300);
+/// A client that stops reading for this long is dropped. Generous, because
+/// the plugin may legitimately pause a transfer when its buffer is full;
+/// shutdown does not wait for it (drop shuts the socket down).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Listen backlog, above std's 128, so hundreds of simultaneous connects
+/// don't overflow the queue and stall on SYN retransmits.
+const BACKLOG: libc::c_int = 1024;
+
+pub(crate) fn spawn_acceptor(shared: Arc<Shared>, listener: TcpListener) -> io::Result<JoinHandle<()>> {
+    // SAFETY: listen() on our own listening descriptor; Linux updates the
+    // backlog of an already-listening socket. Failure keeps the old one.
+    unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
+    // Non-blocking plus poll() lets the loop notice the stop flag.
+    listener.set_nonblocking(true)?;
+    thread::Builder::new().name("mock-upstream-accept".into()).spawn(move || accept_loop(&shared, &listener))
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((stream, _)) => spawn_connection(shared, stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd on the listener we own.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // E.g. out of file descriptors: back off, keep serving.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let id = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    // Without a registered clone, drop could not wake this connection, so
+    // refuse it rather than risk a hang.
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    shared.live.lock().insert(id, clone);
+    let thread_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new().name(format!("mock-upstream-conn-{id}")).spawn(move || {
+        serve_connection(&thread_shared, id, stream);
+        // Removing the clone closes the last descriptor of the socket.
+        thread_shared.live.lock().remove(&id);
+    });
+    match spawned {
+        Ok(handle) => {
+            let mut threads = shared.threads.lock();
+            // Reap finished connections so the list stays small.
+            let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(JoinHandle::is_finished);
+            *threads = running;
+            threads.push(handle);
+            drop(threads);
+            for h in done {
+                let _ = h.join();
+            }
+        }
+        Err(_) => {
+            shared.live.lock().remove(&id);
+        }
+    }
+}
+
+/// What to do with the connection after a response.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    /// Close politely (FIN, brief drain).
+    Close,
+    /// The client left or the mock is stopping: just drop the socket.
+    Gone,
+}
+
+fn serve_connection(shared: &Shared, connection_id: u64, stream: TcpStream) {
+    // Chunks must leave as they are written, not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(http::READ_SLICE));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut conn = Conn::new(stream, Arc::clone(&shared.stop));
+    loop {
+        let next = match conn.read_request(Instant::now() + IDLE_TIMEOUT) {
+            Ok(req) => handle_request(shared, &mut conn, connection_id, req),
+            Err(ReadError::Closed | ReadError::Gone) => Next::Gone,
+            Err(ReadError::Bad(status, why)) => {
+                let body = json!({ "detail": why }).to_string();
+                let mut out = response_head(status, "application/json", Framing::Length(body.len()), true, &[]);
+                out.extend_from_slice(body.as_bytes());
+                match conn.stream.write_all(&out) {
+                    Ok(()) => Next::Close,
+                    Err(_) => Next::Gone,
+                }
+            }
+        };
+        match next {
+            Next::KeepAlive if !conn.stopping() => {}
+            Next::Close => {
+                close_gracefully(&conn.stream, &shared.stop);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Counts a request in `active_streams` for as long as it is alive.
+struct ActiveGuard<'a>(&'a Shared);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(shared)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `/v1/text-to-speech/{voice_id}[/stream]` → voice id.
+fn tts_voice_id(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/text-to-speech/")?;
+    let voice = match rest.split_once('/') {
+        Some((voice, "stream")) => voice,
+        Some(_) => return None,
+        None => rest,
+    };
+    (!voice.is_empty()).then(|| http::percent_decode(voice, false))
+}
+
+fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Request) -> Next {
+    let received_at = Instant::now();
+    // Counted before it is recorded, so a test that sees the record also
+    // sees it active.
+    let _active = ActiveGuard::new(shared);
+    let idx = shared.record(record(connection_id, &req, received_at));
+    let mut ex = Exchange { shared, conn, idx, close: req.wants_close(), http10: req.http10 };
+    let speak = match check(&shared.api_key, &req) {
+        Ok(speak) => speak,
+        Err((status, body)) => return ex.send_json(status, &body),
+    };
+
+    let behavior = shared.rules.lock().pick(&speak.text, &speak.voice_id);
+    let first_byte_due = received_at.checked_add(behavior.first_byte_delay).unwrap_or(received_at + HOLD_LIMIT);
+    let hang = behavior.fault == Fault::HangBeforeHeaders;
+    if !hang && ex.wait_until(first_byte_due) == Waited::Gone {
+        return Next::Gone;
+    }
+    match &behavior.fault {
+        Fault::HangBeforeHeaders => {
+            ex.hold();
+            Next::Gone
+        }
+        Fault::None | Fault::StallAfterFirstChunk | Fault::CutAfterBytes(_) => {
+            ex.stream_audio(&behavior, &speak.text, speak.rate)
+        }
+        Fault::Http { status, detail_status, message } => {
+            let body = match detail_status {
+                Some(s) => detail(s, message),
+                None => json!({ "detail": message }),
+            };
+            ex.send_json(*status, &body)
+        }
+        Fault::ValidationError => ex.send_json(422, &missing_text()),
+        Fault::JsonInsteadOfAudio => {
+            let body = json!({ "audio_base64": "", "alignment": null, "normalized_alignment": null });
+            ex.send_whole(200, "application/json", body.to_string().as_bytes())
+        }
+        Fault::WrongContentType => ex.send_whole(
+            200,
+            "text/html; charset=utf-8",
+            b"<html><head><title>502 Bad Gateway</title></head>\
+              <body><h1>502 Bad Gateway</h1></body></html>",
+        ),
+    }
+}
+
+/// The record of `req`, before anything is answered.
+fn record(connection_id: u64, req: &Request, received_at: Instant) -> RecordedRequest {
+    let output_format = query_value(req, "output_format").map(str::to_string);
+    let json: Option<Value> = serde_json::from_slice(&req.body).ok();
+    let text = json.as_ref().and_then(|j| j.get("text")).and_then(Value::as_str).map(str::to_string);
+    RecordedRequest {
+        connection_id,
+        method: req.method.clone(),
+        path: req.path.clone(),
+        voice_id: tts_voice_id(&req.path).unwrap_or_default(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        body: req.body.clone(),
+        json,
+        text,
+        sample_rate: output_format.as_deref().and_then(pcm_format_rate),
+        output_format,
+        received_at,
+        first_byte_at: None,
+        audio_sent: Vec::new(),
+        completed: false,
+        status: 0,
+    }
+}
+
+fn query_value<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A request that passed every check.
+struct Speak {
+    voice_id: String,
+    rate: u32,
+    text: String,
+}
+
+/// Route, key and validation checks, in ElevenLabs' order; `Err` carries
+/// the error response.
+fn check(api_key: &str, req: &Request) -> Result<Speak, (u16, Value)> {
+    let voice_id = tts_voice_id(&req.path).ok_or((404, json!({ "detail": "Not Found" })))?;
+    if req.method != "POST" {
+        return Err((405, json!({ "detail": "Method Not Allowed" })));
+    }
+    if req.header("xi-api-key") != Some(api_key) {
+        return Err((401, detail("invalid_api_key", "Invalid API key")));
+    }
+    let format = query_value(req, "output_format").unwrap_or("");
+    let rate = pcm_format_rate(format).ok_or_else(|| {
+        let supported: Vec<&str> = PCM_FORMATS.iter().map(|(name, _)| *name).collect();
+        let msg = format!("unsupported output_format {format:?}; this mock serves {}", supported.join(", "));
+        (422, validation(json!(["query", "output_format"]), &msg, "value_error"))
+    })?;
+    let body: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        let msg = e.to_string();
+        (422, validation(json!(["body", 0]), &msg, "value_error.jsondecode"))
+    })?;
+    let text = match body.get("text") {
+        Some(Value::String(text)) => text.clone(),
+        Some(_) => {
+            let body = validation(json!(["body", "text"]), "str type expected", "type_error.str");
+            return Err((422, body));
+        }
+        None => return Err((422, missing_text())),
+    };
+    Ok(Speak { voice_id, rate, text })
+}
+
+/// `{"detail":{"status":..,"message":..}}`, ElevenLabs' usual error shape.
+fn detail(status: &str, message: &str) -> Value {
+    json!({ "detail": { "status": status, "message": message } })
+}
+
+/// FastAPI's list-shaped validation error.
+fn validation(loc: Value, msg: &str, kind: &str) -> Value {
+    json!({ "detail": [ { "loc": loc, "msg": msg, "type": kind } ] })
+}
+
+fn missing_text() -> Value {
+    validation(json!(["body", "text"]), "field required", "value_error.missing")
+}
+
+/// One request's response, recorded as it is written.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    conn: &'a mut Conn,
+    idx: usize,
+    close: bool,
+    http10: bool,
+}
+
+impl Exchange<'_> {
+    fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        vec![("request-id", format!("mock-{}", self.idx + 1))]
+    }
+
+    fn after_response(&self) -> Next {
+        if self.close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    fn wait_until(&self, deadline: Instant) -> Waited {
+        wait_on_client(&self.conn.stream, &self.shared.stop, deadline)
+    }
+
+    /// Holds the connection open, silent, until the client leaves, the mock
+    /// stops or [`HOLD_LIMIT`] passes.
+    fn hold(&self) {
+        self.wait_until(Instant::now() + HOLD_LIMIT);
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> bool {
+        self.conn.stream.write_all(bytes).is_ok()
+    }
+
+    /// Writes `bytes`, which carry `audio` and, if `completes`, end the
+    /// response. The record is updated *before* the write, so a client that
+    /// has read these bytes always finds them recorded; a failed write is
+    /// rolled back (the client cannot have read all of it).
+    fn write_recorded(&mut self, bytes: &[u8], audio: &[u8], completes: bool) -> bool {
+        let before = self.shared.update(self.idx, |r| {
+            let before = r.audio_sent.len();
+            r.audio_sent.extend_from_slice(audio);
+            r.completed |= completes;
+            before
+        });
+        if self.write(bytes) {
+            return true;
+        }
+        self.shared.update(self.idx, |r| {
+            r.audio_sent.truncate(before.unwrap_or(0));
+            r.completed = false;
+        });
+        false
+    }
+
+    /// Records the response head as written at `at`.
+    fn mark_head(&self, status: u16, at: Instant) {
+        self.shared.update(self.idx, |r| {
+            r.status = status;
+            r.first_byte_at = Some(at);
+        });
+    }
+
+    /// A complete response with a Content-Length body.
+    fn send_whole(&mut self, status: u16, content_type: &str, body: &[u8]) -> Next {
+        let mut out =
+            response_head(status, content_type, Framing::Length(body.len()), self.close, &self.extra_headers());
+        out.extend_from_slice(body);
+        self.mark_head(status, Instant::now());
+        if !self.write_recorded(&out, &[], true) {
+            return Next::Gone;
+        }
+        self.after_response()
+    }
+
+    fn send_json(&mut self, status: u16, body: &Value) -> Next {
+        self.send_whole(status, "application/json", body.to_string().as_bytes())
+    }
+
+    /// Streams the audio in chunks, paced and faulted per `b`.
+    fn stream_audio(&mut self, b: &Behavior, text: &str, rate: u32) -> Next {
+        let ms = b.audio_ms.unwrap_or_else(|| audio_ms_for_text(text));
+        let mut synth = Synth::new(text, rate, ms);
+        let total = match b.fault {
+            Fault::CutAfterBytes(n) => n.min(synth.len_bytes()),
+            _ => synth.len_bytes(),
+        };
+        let piece = match b.chunk_bytes {
+            0 => total.max(1),
+            n => n,
+        };
+        let framing = if self.http10 { Framing::UntilClose } else { Framing::Chunked };
+        let mut headers = self.extra_headers();
+        headers.push(("x-character-count", text.chars().count().to_string()));
+        let mut out = response_head(200, "audio/pcm", framing, self.close, &headers);
+
+        let first_byte_at = Instant::now();
+        // Pacing counts from this same instant, so the recorded schedule holds.
+        self.mark_head(200, first_byte_at);
+        let pace = b.pacing_bytes_per_sec(rate);
+        let mut sent = 0usize;
+        let mut data = Vec::with_capacity(piece.min(total));
+        // The head always goes out in the same write as the first chunk, and
+        // on its own only if there is no audio at all.
+        loop {
+            if sent > 0 {
+                if let Some(bytes_per_sec) = pace {
+                    // A chunk is due once the audio before it has "played".
+                    let due = Duration::try_from_secs_f64(sent as f64 / bytes_per_sec)
+                        .ok()
+                        .and_then(|d| first_byte_at.checked_add(d))
+                        .unwrap_or(first_byte_at + HOLD_LIMIT);
+                    if self.wait_until(due) == Waited::Gone {
+                        return Next::Gone;
+                    }
+                }
+            }
+            data.clear();
+            synth.read_into(&mut data, piece.min(total - sent));
+            if !data.is_empty() {
+                push_body_piece(&mut out, framing, &data);
+            }
+            if !out.is_empty() && !self.write_recorded(&out, &data, false) {
+                return Next::Gone;
+            }
+            out.clear();
+            sent += data.len();
+            if b.fault == Fault::StallAfterFirstChunk {
+                self.hold();
+                return Next::Gone;
+            }
+            if sent >= total || self.conn.stopping() {
+                break;
+            }
+        }
+        if self.conn.stopping() {
+            return Next::Gone;
+        }
+        if let Fault::CutAfterBytes(_) = b.fault {
+            // Close without the terminating chunk: a truncated stream.
+            return Next::Close;
+        }
+        if framing == Framing::UntilClose {
+            // The body ends when we close, after this is recorded.
+            self.shared.update(self.idx, |r| r.completed = true);
+            return Next::Close;
+        }
+        if !self.write_recorded(LAST_CHUNK, &[], true) {
+            return Next::Gone;
+        }
+        self.after_response()
+    }
+}
