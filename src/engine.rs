@@ -157,7 +157,7 @@ impl Engine {
             Ok(handle) => {
                 *slot.lock() = Some(handle);
                 self.state.workers.lock().push(slot);
-                log::debug!("[{}] channel created", chref.id());
+                log::debug!("channel created (worker elevenlabs-{n})");
                 ch
             }
             Err(e) => {

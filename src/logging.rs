@@ -51,9 +51,10 @@ pub unsafe fn adopt_log_source(orig: *mut sys::apt_log_source_t) {
     // SAFETY: name is a valid C string; `source` is a valid out-pointer that
     // the server sets only when logger.xml names our source.
     let found = unsafe { sys::apt_log_source_assign(name.as_ptr(), &mut source) };
-    if found != 0 && !source.is_null() {
-        LOG_SOURCE.store(source, Ordering::Release);
-    }
+    // Not configured in logger.xml: log through the server's default (also
+    // forgets a source from an earlier load of the plugin in this process).
+    let ours = if found != 0 { source } else { ptr::null_mut() };
+    LOG_SOURCE.store(ours, Ordering::Release);
 }
 
 fn current_source() -> *mut sys::apt_log_source_t {

@@ -1,0 +1,201 @@
+//! Speaks one sentence through the plugin inside the test host, in real
+//! time, and writes what the media path received to a WAV file.
+//!
+//! ```text
+//! cargo build --release
+//! cargo run --release -p unimrcp-shim --bin demo -- [--rate 8000|16000] [--text "..."] [--out demo.wav]
+//! ```
+//!
+//! With ELEVENLABS_API_KEY set it uses the real ElevenLabs API (voice from
+//! ELEVENLABS_VOICE_ID, or a default public voice); otherwise it starts the
+//! local test upstream on 127.0.0.1 and points the plugin at it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use unimrcp_shim::host::{MediaClock, PluginLibrary, Recorded, Server, ServerConfig};
+use unimrcp_shim::upstream::{Behavior, MockUpstream};
+
+const DEFAULT_VOICE_ID: &str = "JBFqnCBsd6RMkjVDRZzb";
+const DEFAULT_TEXT: &str = "Hello! This sentence was synthesized by ElevenLabs and streamed into the call by UniMRCP.";
+
+struct Args {
+    rate: u32,
+    text: String,
+    out: PathBuf,
+}
+
+fn usage() -> String {
+    "usage: demo [--rate 8000|16000] [--text \"...\"] [--out demo.wav]".to_string()
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { rate: 8000, text: DEFAULT_TEXT.to_string(), out: PathBuf::from("demo.wav") };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{}", usage()));
+        match arg.as_str() {
+            "--rate" => {
+                args.rate = match value("--rate")?.as_str() {
+                    "8000" => 8000,
+                    "16000" => 16000,
+                    other => return Err(format!("--rate must be 8000 or 16000, not {other}")),
+                }
+            }
+            "--text" => args.text = value("--text")?,
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "-h" | "--help" => return Err(usage()),
+            other => return Err(format!("unknown argument {other}\n{}", usage())),
+        }
+    }
+    if args.text.trim().is_empty() {
+        return Err("--text is empty".into());
+    }
+    Ok(args)
+}
+
+/// A 16-bit mono PCM WAV file: the 44-byte RIFF header, then the samples.
+fn write_wav(path: &Path, rate: u32, pcm: &[u8]) -> std::io::Result<()> {
+    let data_len = pcm.len() as u32;
+    let mut header = Vec::with_capacity(44);
+    header.extend_from_slice(b"RIFF");
+    header.extend_from_slice(&(36 + data_len).to_le_bytes());
+    header.extend_from_slice(b"WAVE");
+    header.extend_from_slice(b"fmt ");
+    header.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    header.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    header.extend_from_slice(&1u16.to_le_bytes()); // mono
+    header.extend_from_slice(&rate.to_le_bytes());
+    header.extend_from_slice(&(rate * 2).to_le_bytes()); // byte rate
+    header.extend_from_slice(&2u16.to_le_bytes()); // block align
+    header.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data_len.to_le_bytes());
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(&header)?;
+    file.write_all(pcm)?;
+    file.flush()
+}
+
+fn ms_since(t0: Instant, t: Instant) -> f64 {
+    t.saturating_duration_since(t0).as_secs_f64() * 1000.0
+}
+
+fn describe(m: &Recorded) -> String {
+    let state = match m.request_state {
+        0 => "COMPLETE",
+        1 => "IN-PROGRESS",
+        2 => "PENDING",
+        _ => "?",
+    };
+    if m.method_name == "SPEAK-COMPLETE" {
+        let cause = m.header("Completion-Cause").unwrap_or("(no Completion-Cause)");
+        let reason = m.completion_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        format!("← SPEAK-COMPLETE {cause}{reason}")
+    } else if m.method_name == "SPEECH-MARKER" {
+        format!("← SPEECH-MARKER {}", m.speech_marker.as_deref().unwrap_or(""))
+    } else {
+        format!("← {} {state}", m.status_code)
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().map_or(manifest.clone(), Path::to_path_buf);
+    let plugin = PluginLibrary::find_in_workspace(&workspace).map_err(|e| e.to_string())?;
+
+    // Keep the mock alive for the whole run (dropping it stops it).
+    let mut _mock = None;
+    let params: Vec<(String, String)> = match std::env::var("ELEVENLABS_API_KEY").ok().filter(|k| !k.is_empty()) {
+        Some(key) => {
+            let voice = std::env::var("ELEVENLABS_VOICE_ID").unwrap_or_else(|_| DEFAULT_VOICE_ID.to_string());
+            println!("upstream: ElevenLabs API, voice {voice}");
+            vec![("api_key".into(), key), ("voice_id".into(), voice)]
+        }
+        None => {
+            let mock = MockUpstream::start("demo-key");
+            // Like the real service: a short wait, then faster than real time.
+            mock.set_default(Behavior::default().with_first_byte_delay(Duration::from_millis(150)).with_speed(2.0));
+            println!(
+                "upstream: local test upstream at {} (set ELEVENLABS_API_KEY to use the real API)",
+                mock.base_url()
+            );
+            let params = vec![
+                ("api_key".into(), "demo-key".into()),
+                ("base_url".into(), mock.base_url()),
+                ("voice_id".into(), DEFAULT_VOICE_ID.into()),
+            ];
+            _mock = Some(mock);
+            params
+        }
+    };
+    println!("plugin:   {}", plugin.display());
+
+    let config = ServerConfig {
+        params: Some(params),
+        log_sources: vec!["ELEVENLABS-SYNTH".into()],
+        clock: MediaClock::RealTime,
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&plugin, config).map_err(|e| e.to_string())?;
+    let channel = server.open_channel(args.rate).map_err(|e| e.to_string())?;
+    println!("channel:  {} (LPCM {} Hz)\n", channel.id(), args.rate);
+
+    let id = channel.speak(&args.text);
+    let t0 = channel.sent_at(id).unwrap_or_else(Instant::now);
+    // Generous: the real API streams faster than real time, but a long text
+    // still takes its spoken length to play out.
+    let timeout = Duration::from_secs(30) + Duration::from_millis(120 * args.text.len() as u64);
+    let complete = channel.wait_complete(id, timeout);
+
+    let mut lines: Vec<(f64, String)> = vec![(0.0, format!("→ SPEAK {id}"))];
+    for m in channel.messages().iter().filter(|m| m.request_id == id) {
+        lines.push((ms_since(t0, m.at), describe(m)));
+    }
+    let frames = channel.frames();
+    if let Some(first) = frames.first_audible_after(t0) {
+        lines.push((ms_since(t0, frames.at(&first)), "first audio frame".into()));
+    }
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (ms, text) in &lines {
+        println!("{ms:8.1} ms  {text}");
+    }
+
+    let audio = channel.audio();
+    let audio_ms = audio.len() as f64 / (f64::from(args.rate) * 2.0) * 1000.0;
+    println!("\naudio:    {audio_ms:.0} ms, {} bytes", audio.len());
+    write_wav(&args.out, args.rate, &audio).map_err(|e| format!("writing {}: {e}", args.out.display()))?;
+    println!("wrote     {}", args.out.display());
+
+    let _ = channel.close();
+    let violations = server.violations();
+    let mut server = server;
+    let stopped = server.stop();
+    if complete.is_none() {
+        eprintln!("\nno SPEAK-COMPLETE within {timeout:?}; plugin log:\n{}", server.logs_text());
+        return Err("the SPEAK did not complete".into());
+    }
+    if !violations.is_empty() {
+        eprintln!("\nABI violations detected by the host:\n  {}", violations.join("\n  "));
+    }
+    stopped.map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Test host for the unimrcp-elevenlabs plugin.
+//!
+//! * `host`: a stand-in for unimrcpserver that loads the plugin .so as the
+//!   real server does and exports the server functions it links against.
+//! * `upstream`: a local ElevenLabs-compatible HTTP server for tests.
+//! * `sys`: the Rust view of our UniMRCP ABI declarations (bindgen).
+//!
+//! Binaries using the host must be linked with `-Wl,--export-dynamic` (see
+//! build.rs) so the plugin can resolve the exported server functions.
+
+pub mod host;
+pub mod sys;
+pub mod upstream;
+
+pub use host::anchor;
