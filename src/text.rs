@@ -147,7 +147,9 @@ fn ssml_text(doc: &str) -> Result<String, BodyError> {
                 if skip_depth.is_some_and(|d| d > stack.len()) {
                     skip_depth = None;
                 }
-                out.push(' ');
+                if separates(name) {
+                    out.push(' ');
+                }
                 continue;
             }
             let self_closing = tag.ends_with('/');
@@ -165,19 +167,19 @@ fn ssml_text(doc: &str) -> Result<String, BodyError> {
             if name == "sub" {
                 if let Some(alias) = attr(tag, "alias") {
                     if skip_depth.is_none() {
-                        out.push(' ');
                         out.push_str(&decode_text(alias)?);
-                        out.push(' ');
                     }
                     if !self_closing {
                         skip_depth = Some(stack.len() + 1);
                     }
                 }
             }
+            if separates(&name) {
+                out.push(' ');
+            }
             if !self_closing {
                 stack.push(name);
             }
-            out.push(' ');
         } else {
             let end = rest.find('<').unwrap_or(rest.len());
             let text = &rest[..end];
@@ -200,6 +202,13 @@ fn ssml_text(doc: &str) -> Result<String, BodyError> {
         return Err(BodyError::BadSsml("no <speak> element".into()));
     }
     Ok(out.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Elements that stand between words (paragraphs, sentences, pauses);
+/// inline ones (sub, say-as, emphasis, mark, ...) join their neighbours as
+/// written.
+fn separates(name: &str) -> bool {
+    matches!(name, "speak" | "p" | "s" | "paragraph" | "sentence" | "break" | "voice" | "audio")
 }
 
 fn decode_text(text: &str) -> Result<String, BodyError> {

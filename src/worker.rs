@@ -75,7 +75,6 @@ impl WorkerHandle {
 
 struct Worker {
     channel: ChannelRef,
-    id: String,
     shared: Arc<Shared>,
     rx: Receiver<Command>,
     /// Commands that arrived during a transfer and must run after it.
@@ -86,8 +85,7 @@ struct Worker {
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
-    let mut worker =
-        Worker { id: channel.id(), channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None };
+    let mut worker = Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
     loop {
@@ -95,7 +93,7 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
         match result {
             Ok(()) => break,
             Err(payload) => {
-                log::error!("[{}] panic in the synthesis thread: {}", worker.id, describe(payload.as_ref()));
+                log::error!("[{}] panic in the synthesis thread: {}", worker.id(), describe(payload.as_ref()));
                 if let Some((job, _)) = worker.draining.take() {
                     worker.end(&job.speak, Completion::error("internal error in the synthesis thread"));
                 }
@@ -112,11 +110,17 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
 }
 
 impl Worker {
+    /// The server's channel id, read when needed: the server assigns it only
+    /// after create_channel (which spawned this thread) has returned.
+    fn id(&self) -> String {
+        self.channel.id()
+    }
+
     fn serve(&mut self) {
         let mut transport = match Transport::new(Arc::clone(&self.shared)) {
             Ok(t) => Some(t),
             Err(e) => {
-                log::error!("[{}] cannot create curl handles: {e}", self.id);
+                log::error!("[{}] cannot create curl handles: {e}", self.id());
                 None
             }
         };
@@ -240,7 +244,7 @@ impl Worker {
     fn fail(&mut self, job: &Job, reason: String, stats: Stats) {
         self.stop_playback(job.speak.generation);
         let completion = Completion::error(reason);
-        log::warn!("[{}] SPEAK {}: {}", self.id, job.speak.request_id, completion.reason.as_deref().unwrap_or(""));
+        log::warn!("[{}] SPEAK {}: {}", self.id(), job.speak.request_id, completion.reason.as_deref().unwrap_or(""));
         if self.end(&job.speak, completion.clone()) {
             self.summary(job, &stats, &completion);
         }
@@ -285,7 +289,7 @@ impl Worker {
         let ttfb = stats.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
         log::info!(
             "[{}] SPEAK {} done: chars={} voice={} model={} rate={} ttfb_ms={} audio_ms={} bytes={} http={} cause={}",
-            self.id,
+            self.id(),
             job.speak.request_id,
             job.text.chars().count(),
             job.config.voice_id,

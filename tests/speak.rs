@@ -1,0 +1,205 @@
+//! SPEAK end to end: what reaches the upstream, what reaches the media
+//! path, and the MRCP messages, through the built .so in the test host.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use unimrcp_shim::host::{MediaClock, Request};
+use unimrcp_shim::upstream::Behavior;
+
+fn speak_exact(rate: u32) {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(rate).expect("channel opens");
+    let text = format!("Exact audio at {rate} hertz, byte for byte.");
+    let id = ch.speak(&text);
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+
+    let req = request_for(&rig.upstream, &text);
+    assert!(req.completed, "upstream finished the response");
+    assert_eq!(req.sample_rate, Some(rate));
+    assert_eq!(req.output_format.as_deref(), Some(format!("pcm_{rate}").as_str()));
+    assert!(req.audio_sent.len() > 10_000);
+    // Default chunks are 1601 bytes: every chunk boundary splits a sample.
+    assert_eq!(ch.audio(), padded(&req.audio_sent, frame_bytes(rate)));
+    // No frame claimed audio without writing it.
+    assert_eq!(ch.frames().count_flagged(unimrcp_shim::host::FRAME_UNWRITTEN), 0);
+    assert_clean(&rig.server);
+}
+
+#[test]
+fn audio_is_exact_at_8khz() {
+    speak_exact(8000);
+}
+
+#[test]
+fn audio_is_exact_at_16khz() {
+    speak_exact(16000);
+}
+
+#[test]
+fn request_carries_key_text_model_and_settings() {
+    let rig = rig(&[
+        ("model_id", "eleven_multilingual_v2"),
+        ("stability", "0.3"),
+        ("similarity_boost", "0.8"),
+        ("style", "0.1"),
+        ("speed", "1.1"),
+        ("use_speaker_boost", "true"),
+        ("language_code", "de"),
+    ]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let text = "Guten Tag, \"quoted\" and\nnew line.";
+    let id = ch.speak(text);
+    expect_in_progress_then_complete(&ch, id);
+    let req = request_for(&rig.upstream, text);
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.voice_id, VOICE);
+    assert_eq!(req.header("xi-api-key"), Some(API_KEY));
+    assert!(req.header("content-type").unwrap().starts_with("application/json"));
+    let json = req.json.expect("JSON body");
+    assert_eq!(json["text"], text);
+    assert_eq!(json["model_id"], "eleven_multilingual_v2");
+    assert_eq!(json["language_code"], "de");
+    let vs = &json["voice_settings"];
+    assert_eq!(vs["stability"], 0.3);
+    assert_eq!(vs["similarity_boost"], 0.8);
+    assert_eq!(vs["style"], 0.1);
+    assert_eq!(vs["speed"], 1.1);
+    assert_eq!(vs["use_speaker_boost"], true);
+}
+
+#[test]
+fn defaults_send_model_and_no_voice_settings() {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(16000).unwrap();
+    let id = ch.speak("Defaults.");
+    expect_in_progress_then_complete(&ch, id);
+    let json = request_for(&rig.upstream, "Defaults.").json.unwrap();
+    assert_eq!(json["model_id"], "eleven_flash_v2_5");
+    assert!(json.get("voice_settings").is_none());
+    assert!(json.get("language_code").is_none());
+}
+
+#[test]
+fn ssml_bodies_are_spoken_as_their_text() {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let ssml = r#"<?xml version="1.0"?><speak version="1.0" xml:lang="en-US"><p>Welcome &amp; hello <sub alias="World Wide Web">WWW</sub>.</p></speak>"#;
+    for ct in ["application/ssml+xml", "application/synthesis+ssml"] {
+        let mut req = Request::speak(ssml);
+        req.content_type = Some(ct.into());
+        let id = ch.send(req);
+        let done = expect_in_progress_then_complete(&ch, id);
+        assert_eq!(done.completion_cause, Some(NORMAL));
+    }
+    let texts: Vec<String> = rig.upstream.requests().into_iter().filter_map(|r| r.text).collect();
+    assert_eq!(texts, ["Welcome & hello World Wide Web.", "Welcome & hello World Wide Web."]);
+}
+
+#[test]
+fn speaks_in_a_row_reuse_the_connection() {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        let text = format!("Sentence number {i}.");
+        let id = ch.speak(&text);
+        let done = expect_in_progress_then_complete(&ch, id);
+        assert_eq!(done.completion_cause, Some(NORMAL));
+        expected.extend(padded(&request_for(&rig.upstream, &text).audio_sent, frame_bytes(8000)));
+    }
+    assert_eq!(ch.audio(), expected, "each SPEAK's audio, in order, nothing else");
+    assert_eq!(rig.upstream.connection_count(), 1, "one keep-alive connection for the channel");
+}
+
+#[test]
+fn complete_comes_after_the_last_frame_not_the_download() {
+    // Download is instant; 3 s of audio plays on the real-time clock.
+    let rig = rig_with_clock(&[], MediaClock::RealTime);
+    rig.upstream.set_default(Behavior::default().with_audio_ms(3000));
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("Three seconds.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    let req = request_for(&rig.upstream, "Three seconds.");
+    let sent = ch.sent_at(id).unwrap();
+    assert!(done.at.duration_since(sent) >= Duration::from_millis(2900), "completed after playback");
+    let frames = ch.frames();
+    let last_audio = frames.frames.iter().rev().find(|f| f.is_audio()).expect("audio frames");
+    assert!(frames.at(last_audio) <= done.at, "SPEAK-COMPLETE after the last audio frame");
+    assert_eq!(frames.audio_frames(), 300);
+    assert_eq!(ch.audio(), padded(&req.audio_sent, 160));
+}
+
+#[test]
+fn first_audio_arrives_while_upstream_is_still_streaming() {
+    // Upstream streams in real time: 4 s of audio take 4 s to arrive.
+    let rig = rig_with_clock(&[], MediaClock::RealTime);
+    rig.upstream.set_default(Behavior::realtime().with_audio_ms(4000).with_first_byte_delay(Duration::from_millis(50)));
+    let ch = rig.server.open_channel(16000).unwrap();
+    let id = ch.speak("Streaming.");
+    let sent = ch.sent_at(id).unwrap();
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL));
+    let frames = ch.frames();
+    let first_audible = frames.at(&frames.first_audible().unwrap());
+    let req = request_for(&rig.upstream, "Streaming.");
+    assert!(
+        first_audible.duration_since(sent) < Duration::from_millis(1000),
+        "first audio {:?} after SPEAK, long before the 4 s download ends",
+        first_audible.duration_since(sent)
+    );
+    assert!(first_audible >= req.first_byte_at.unwrap(), "no audio before the upstream sent any");
+    assert_eq!(ch.audio(), padded(&req.audio_sent, 320));
+}
+
+#[test]
+fn long_response_through_a_small_buffer_is_exact() {
+    // 20 s of audio, 1 s of buffer: the transfer must pause and resume
+    // many times (backpressure) without losing or repeating a byte.
+    let rig = rig_with_clock(&[("max_buffer_ms", "1000")], MediaClock::Every(Duration::from_millis(1)));
+    rig.upstream.set_default(Behavior::default().with_audio_ms(20_000).with_chunk_bytes(4097));
+    let ch = rig.server.open_channel(16000).unwrap();
+    let id = ch.speak("A long prompt.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    let req = request_for(&rig.upstream, "A long prompt.");
+    assert_eq!(req.audio_sent.len(), 20_000 * 32);
+    assert_eq!(ch.audio(), req.audio_sent);
+    assert_clean(&rig.server);
+}
+
+#[test]
+fn slow_drip_underruns_are_silence_and_the_speak_completes() {
+    let rig = rig_with_clock(&[], MediaClock::RealTime);
+    rig.upstream.set_default(Behavior::realtime().with_speed(0.5).with_audio_ms(600).with_chunk_bytes(801));
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("Drip.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL));
+    let req = request_for(&rig.upstream, "Drip.");
+    assert_eq!(ch.audio(), padded(&req.audio_sent, 160), "underruns lose nothing");
+}
+
+#[test]
+fn logs_name_the_channel_and_never_the_key() {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("Logged.");
+    expect_in_progress_then_complete(&ch, id);
+    let channel_id = ch.id();
+    ch.close().unwrap();
+    let logs = rig.server.logs();
+    let ours: Vec<_> = logs.iter().filter(|l| l.source == "ELEVENLABS-SYNTH").collect();
+    assert!(ours.iter().any(|l| l.text.contains("engine open")), "engine open logged on our source");
+    let summary =
+        ours.iter().find(|l| l.text.contains(&format!("SPEAK {id} done"))).expect("one summary line per SPEAK");
+    assert!(summary.text.contains(&channel_id), "summary names the channel: {}", summary.text);
+    for part in ["chars=7", "voice=TestVoice01", "model=eleven_flash_v2_5", "cause=000 normal", "bytes="] {
+        assert!(summary.text.contains(part), "{part} missing in {}", summary.text);
+    }
+    assert!(ours.iter().all(|l| l.thread != "MPF Scheduler"), "nothing logged from the media thread");
+    assert_clean(&rig.server);
+}
