@@ -420,6 +420,11 @@ fn describe_curl_error(e: &curl::Error, config: &Config) -> String {
         "cannot resolve the upstream host".to_owned()
     } else if e.is_couldnt_connect() {
         "cannot connect to upstream".to_owned()
+    } else if e.is_operation_timedout() && e.extra_description().is_some_and(|x| x.contains("SSL")) {
+        format!(
+            "TLS failure with upstream: handshake timed out (connect_timeout_ms={})",
+            config.connect_timeout.as_millis()
+        )
     } else if e.is_operation_timedout() {
         format!("upstream connection timed out (connect_timeout_ms={})", config.connect_timeout.as_millis())
     } else if e.is_ssl_connect_error()
