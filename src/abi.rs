@@ -237,7 +237,7 @@ impl Message {
     }
 
     pub fn method_id(&self) -> usize {
-        self.raw().start_line.method_id as usize
+        self.raw().start_line.method_id
     }
 
     pub fn method_name(&self) -> String {

@@ -57,6 +57,7 @@ pub unsafe extern "C" fn mrcp_plugin_create(pool: *mut sys::apr_pool_t) -> *mut 
 
 unsafe fn create_engine(pool: *mut sys::apr_pool_t) -> Result<*mut sys::mrcp_engine_t, &'static str> {
     logging::init();
+    panic::install_hook();
     let obj = abi::into_obj(Box::new(engine::Engine::new()));
     // SAFETY: exported server function; our vtable is 'static and obj stays
     // valid until engine destroy frees it.

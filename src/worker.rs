@@ -181,6 +181,7 @@ impl Worker {
     }
 
     fn synthesize(&mut self, transport: &mut Transport, job: Job) {
+        crate::panic::inject("synthesize");
         let request = Request { config: &job.config, text: &job.text, sample_rate: job.sample_rate };
         let generation = job.speak.generation;
         let mut transfer = match transport.start(&request, generation) {
