@@ -28,6 +28,10 @@ use crate::synth::{Outcome, Request, Stats, Transport};
 /// the worker is wedged and the sender reports failure instead of waiting.
 pub const COMMAND_QUEUE: usize = 64;
 
+/// Summary label of a SPEAK ended by STOP or BARGE-IN-OCCURRED (no
+/// SPEAK-COMPLETE is sent for those).
+const STOPPED: &str = "stopped";
+
 pub struct Job {
     pub speak: Arc<Speak>,
     pub text: String,
@@ -152,7 +156,8 @@ impl Worker {
                 },
                 Command::Cancel { generation } => {
                     if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == generation) {
-                        self.draining = None;
+                        let (job, stats) = self.draining.take().expect("checked above");
+                        self.summary(&job, &stats, STOPPED);
                     }
                 }
                 Command::Shutdown { respond_close, reason } => self.shutdown(respond_close, reason),
@@ -161,9 +166,11 @@ impl Worker {
     }
 
     fn shutdown(&mut self, respond_close: bool, reason: &'static str) {
-        if let Some((job, _)) = self.draining.take() {
+        if let Some((job, stats)) = self.draining.take() {
             self.stop_playback(job.speak.generation);
-            self.end(&job.speak, Completion::error(reason));
+            if self.end(&job.speak, Completion::error(reason)) {
+                self.summary(&job, &stats, "004 error (shutdown)");
+            }
         }
         self.exit = Some(respond_close);
     }
@@ -175,7 +182,7 @@ impl Worker {
             let (job, stats) = self.draining.take().expect("checked above");
             let completion = Completion::normal();
             if self.end(&job.speak, completion.clone()) {
-                self.summary(&job, &stats, &completion);
+                self.summary(&job, &stats, completion.code());
             }
         }
     }
@@ -225,6 +232,10 @@ impl Worker {
         }
         let (outcome, stats) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
+            // Ended by STOP / BARGE-IN (answered on the MRCP Server thread)
+            // or by a shutdown, which sent its own SPEAK-COMPLETE.
+            let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
+            self.summary(&job, &stats, label);
             return;
         }
         match (expired, outcome) {
@@ -247,7 +258,7 @@ impl Worker {
         let completion = Completion::error(reason);
         log::warn!("[{}] SPEAK {}: {}", self.id(), job.speak.request_id, completion.reason.as_deref().unwrap_or(""));
         if self.end(&job.speak, completion.clone()) {
-            self.summary(job, &stats, &completion);
+            self.summary(job, &stats, completion.code());
         }
     }
 
@@ -284,7 +295,8 @@ impl Worker {
         }
     }
 
-    fn summary(&self, job: &Job, stats: &Stats, completion: &Completion) {
+    /// The one INFO line per SPEAK that operators grep for.
+    fn summary(&self, job: &Job, stats: &Stats, cause: &str) {
         let bytes_per_ms = u64::from(job.sample_rate) * 2 / 1000;
         let audio_ms = stats.audio_bytes / bytes_per_ms.max(1);
         let ttfb = stats.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
@@ -300,7 +312,7 @@ impl Worker {
             audio_ms,
             stats.audio_bytes,
             stats.http_status,
-            completion.code()
+            cause
         );
     }
 }

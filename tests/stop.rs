@@ -58,6 +58,16 @@ fn stop_mid_stream() {
     let audio = ch.audio();
     assert!(!audio.is_empty() && audio.len() <= req.audio_sent.len());
     assert_eq!(&req.audio_sent[..audio.len()], &audio[..]);
+    // One summary line for the stopped SPEAK too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let summary = format!("SPEAK {speak} done:");
+    while !rig.server.logs_text().contains(&summary) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logs = rig.server.logs();
+    let lines: Vec<_> = logs.iter().filter(|l| l.text.contains(&summary)).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].text.ends_with("cause=stopped"), "{}", lines[0].text);
     assert_clean(&rig.server);
 }
 
