@@ -20,4 +20,5 @@ fn main() {
     println!("cargo:rerun-if-changed=unimrcp-shim/bindings_build.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-link-arg-tests=-Wl,--export-dynamic");
+    println!("cargo:rustc-link-arg-benches=-Wl,--export-dynamic");
 }

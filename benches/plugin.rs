@@ -1,0 +1,682 @@
+//! Benchmark binary that prints figures (it is not a timed test).
+//!
+//! ```text
+//! cargo bench --bench plugin
+//! ```
+//!
+//! It loads the built plugin into the in-process test host, points it at the
+//! local ElevenLabs-compatible upstream on 127.0.0.1 (paced at real time),
+//! runs the media clock in real time and prints:
+//!
+//! 1. the cost of `read_frame` while 100 channels speak at once (16 kHz);
+//! 2. the latency the plugin adds between SPEAK and the first audible frame,
+//!    beyond the upstream's own first-byte delay, at 1, 50 and 200 channels
+//!    (8 kHz);
+//! 3. process RSS and thread count at the peak of the 200-channel run, and
+//!    the per-channel buffer in effect.
+//!
+//! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
+//! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
+//! another (one host server per process at a time), each with its own
+//! server and upstream, and the whole run takes well under a minute.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use unimrcp_shim::host::{thread_count, thread_names, Channel, MediaClock, PluginLibrary, Server, ServerConfig};
+use unimrcp_shim::upstream::{audio_ms_for_text, Behavior, MockUpstream, RecordedRequest, MS_PER_CHAR};
+
+const API_KEY: &str = "bench-key";
+const VOICE_ID: &str = "bench-voice";
+/// Audio the plugin may hold per channel ahead of the caller.
+const MAX_BUFFER_MS: u64 = 2000;
+/// What the plugin allocates per channel for it (32 bytes/ms, the 16 kHz
+/// rate, at least 16 KiB + one 640-byte frame).
+const BUFFER_BYTES: u64 = {
+    let b = MAX_BUFFER_MS * 32;
+    if b < 16 * 1024 + 640 {
+        16 * 1024 + 640
+    } else {
+        b
+    }
+};
+const TIMEOUT_MS: &str = "10000";
+/// The upstream's configured wait before its first byte.
+const FIRST_BYTE_DELAY: Duration = Duration::from_millis(100);
+/// One media tick.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Scenario 1: channels, rate, audio per SPEAK, ticks measured.
+const FRAME_CHANNELS: usize = 100;
+const FRAME_RATE: u32 = 16000;
+const FRAME_AUDIO_MS: u32 = 4200;
+const FRAME_WINDOW_TICKS: usize = 300;
+
+/// Scenario 2: (channels, rounds); each round is one SPEAK per channel.
+const LATENCY_RUNS: [(usize, usize); 3] = [(1, 20), (50, 4), (200, 3)];
+const LATENCY_RATE: u32 = 8000;
+const LATENCY_AUDIO_MS: u32 = 300;
+/// The SPEAKs of a round are sent evenly over this long, so that they fall
+/// on every phase of the 10 ms media tick (as independent calls would).
+const LATENCY_SPREAD: Duration = Duration::from_millis(100);
+
+/// What went wrong, printed as ERROR lines; any makes the exit code non-zero.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn add(&mut self, what: String) {
+        println!("ERROR: {what}");
+        self.0.push(what);
+    }
+}
+
+fn engine_params(base_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("api_key", API_KEY.to_string()),
+        ("voice_id", VOICE_ID.to_string()),
+        ("base_url", base_url.to_string()),
+        ("max_buffer_ms", MAX_BUFFER_MS.to_string()),
+        ("first_byte_timeout_ms", TIMEOUT_MS.to_string()),
+        ("stall_timeout_ms", TIMEOUT_MS.to_string()),
+    ]
+}
+
+fn start_server(plugin: &Path, mock: &MockUpstream) -> Result<Server, String> {
+    let config = ServerConfig {
+        params: Some(engine_params(&mock.base_url()).into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        log_sources: vec!["ELEVENLABS-SYNTH".into()],
+        clock: MediaClock::RealTime,
+        ..ServerConfig::default()
+    };
+    Server::start(plugin, config).map_err(|e| format!("server start: {e}"))
+}
+
+fn open_channels(server: &Server, n: usize, rate: u32) -> Result<Vec<Channel>, String> {
+    (0..n).map(|i| server.open_channel(rate).map_err(|e| format!("opening channel {i}: {e}"))).collect()
+}
+
+/// Closes every channel, then the server; the mock goes after it.
+fn teardown(server: Server, channels: Vec<Channel>, mock: MockUpstream, failures: &mut Failures) {
+    for ch in channels {
+        let id = ch.id();
+        if let Err(e) = ch.close() {
+            failures.add(format!("closing {id}: {e}"));
+        }
+    }
+    let violations = server.violations();
+    if !violations.is_empty() {
+        failures.add(format!("{} ABI violations detected by the host: {}", violations.len(), violations.join("; ")));
+    }
+    if let Err(e) = server.shutdown() {
+        failures.add(format!("server shutdown: {e}"));
+    }
+    drop(mock);
+}
+
+/// Waits (until `deadline`) for the SPEAK-COMPLETE of each (channel, request)
+/// and counts those with `Completion-Cause: 000`; the others become failures.
+fn check_completions(
+    label: &str,
+    speaks: &[(usize, u32)],
+    channels: &[Channel],
+    deadline: Instant,
+    failures: &mut Failures,
+) -> usize {
+    let mut ok = 0;
+    let mut bad = Vec::new();
+    for &(c, id) in speaks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match channels[c].wait_complete(id, left) {
+            Some(m) if m.completion_cause == Some(0) => ok += 1,
+            Some(m) => bad.push(format!(
+                "{} SPEAK {id}: Completion-Cause {} ({})",
+                channels[c].id(),
+                m.header("Completion-Cause").unwrap_or("none"),
+                m.completion_reason.as_deref().unwrap_or("no reason")
+            )),
+            None => bad.push(format!("{} SPEAK {id}: no SPEAK-COMPLETE in time", channels[c].id())),
+        }
+    }
+    if !bad.is_empty() {
+        let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+        failures.add(format!(
+            "{label}: {} of {} SPEAKs did not complete with 000: {}",
+            bad.len(),
+            speaks.len(),
+            shown.join("; ")
+        ));
+    }
+    ok
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct<T: Copy>(sorted: &[T], p: f64) -> T {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Signed milliseconds from `a` to `b`.
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    if b >= a {
+        ms(b - a)
+    } else {
+        -ms(a - b)
+    }
+}
+
+fn sorted_f64(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// A text whose derived audio length is about `audio_ms` (55 ms per char).
+fn text_of_length(prefix: &str, audio_ms: u32) -> String {
+    const FILLER: &str = " The quick brown fox jumps over the lazy dog while the caller waits on the line.";
+    let chars = (audio_ms / MS_PER_CHAR) as usize;
+    let mut s = prefix.to_string();
+    while s.len() < chars {
+        s.push_str(FILLER);
+    }
+    s.truncate(chars);
+    s
+}
+
+fn vm_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Involuntary context switches of the thread named `name` (the first one).
+fn involuntary_switches(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("nonvoluntary_ctxt_switches:"))?;
+            return line.split_whitespace().nth(1)?.parse().ok();
+        }
+    }
+    None
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+// ---------------------------------------------------------------------------
+// 1. read_frame cost with 100 channels speaking
+
+fn bench_read_frame(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    println!();
+    println!(
+        "[1] read_frame cost: {FRAME_CHANNELS} channels speaking at once, LPCM {} kHz, real-time clock, upstream at speed 1.0",
+        FRAME_RATE / 1000
+    );
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(Behavior::realtime().with_first_byte_delay(FIRST_BYTE_DELAY));
+    let server = start_server(plugin, &mock)?;
+    let channels = match open_channels(&server, FRAME_CHANNELS, FRAME_RATE) {
+        Ok(c) => c,
+        Err(e) => {
+            teardown(server, Vec::new(), mock, failures);
+            return Err(e);
+        }
+    };
+
+    let texts: Vec<String> = (0..FRAME_CHANNELS)
+        .map(|i| text_of_length(&format!("Channel {i} reads a long prompt."), FRAME_AUDIO_MS))
+        .collect();
+    let audio_ms = audio_ms_for_text(&texts[0]);
+    let switches_before = involuntary_switches("MPF Scheduler");
+    let run_start = Instant::now();
+    let speaks: Vec<(usize, u32)> = channels.iter().enumerate().map(|(i, ch)| (i, ch.speak(&texts[i]))).collect();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(audio_ms)) + Duration::from_secs(15);
+    let ok = check_completions("read_frame run", &speaks, &channels, deadline, failures);
+    let preempted = involuntary_switches("MPF Scheduler").zip(switches_before).map(|(b, a)| b.saturating_sub(a));
+    let run_secs = run_start.elapsed().as_secs_f64();
+    println!("  SPEAK-COMPLETE 000: {ok} of {} SPEAKs", speaks.len());
+
+    // Each tick appends one duration per attached stream, in attach order
+    // (= channel open order), so a tick's calls sit at a known offset of
+    // read_frame_nanos once we know how many streams each tick read. The
+    // frame logs say that; take them first, so read_frame_nanos (appended
+    // at the end of each tick) covers every tick they contain.
+    let logs: Vec<_> = channels.iter().map(Channel::frames).collect();
+    let nanos = server.read_frame_nanos();
+    let ticks_known = logs.iter().filter_map(|l| l.frames.last().map(|f| f.tick)).min().unwrap_or(0);
+    let mut per_tick = vec![0usize; ticks_known as usize + 1];
+    for log in &logs {
+        for f in log.frames.iter().filter(|f| f.tick <= ticks_known) {
+            per_tick[f.tick as usize] += 1;
+        }
+    }
+    let mut offset = vec![0usize; per_tick.len() + 1];
+    for (t, n) in per_tick.iter().enumerate() {
+        offset[t + 1] = offset[t] + n;
+    }
+    if offset[per_tick.len()] > nanos.len() {
+        failures.add(format!(
+            "read_frame_nanos has {} entries but the frame logs count {} calls",
+            nanos.len(),
+            offset[per_tick.len()]
+        ));
+    }
+
+    // Ticks in which every channel was between its first and last audible frame.
+    let spans: Vec<Option<(u64, u64)>> = logs
+        .iter()
+        .map(|l| {
+            let first = l.frames.iter().find(|f| f.is_audible())?.tick;
+            let last = l.frames.iter().rev().find(|f| f.is_audible())?.tick;
+            Some((first, last))
+        })
+        .collect();
+    let all_spans: Option<Vec<(u64, u64)>> = spans.into_iter().collect();
+    let window = all_spans.and_then(|s| {
+        let start = s.iter().map(|x| x.0).max()?;
+        let end = s.iter().map(|x| x.1).min()?.min(ticks_known);
+        (end >= start).then_some((start, end))
+    });
+    match window {
+        None => failures.add("read_frame run: no tick in which all channels were speaking".into()),
+        Some((start, end)) => {
+            let overlap = (end - start + 1) as usize;
+            let take = overlap.min(FRAME_WINDOW_TICKS);
+            if take < FRAME_WINDOW_TICKS {
+                println!("  WARNING: only {take} ticks with all {FRAME_CHANNELS} channels speaking (wanted {FRAME_WINDOW_TICKS})");
+            }
+            let ticks = start..start + take as u64;
+            let mut samples = Vec::with_capacity(take * FRAME_CHANNELS);
+            let mut partial_ticks = 0;
+            for t in ticks.clone() {
+                let (a, b) = (offset[t as usize], offset[t as usize + 1]);
+                if b - a != FRAME_CHANNELS {
+                    partial_ticks += 1;
+                }
+                samples.extend_from_slice(&nanos[a.min(nanos.len())..b.min(nanos.len())]);
+            }
+            if partial_ticks > 0 {
+                failures.add(format!("read_frame run: {partial_ticks} ticks of the window did not read all channels"));
+            }
+            // A silent frame in mid-speech: the frame the channel was due
+            // to play next (its audio frame number `played`) was not there.
+            // Count those where that frame starts a new upstream chunk.
+            let chunk = Behavior::default().chunk_bytes.max(1);
+            let (mut silent, mut at_chunk_start) = (0usize, 0usize);
+            for l in &logs {
+                let mut played = 0usize;
+                for f in &l.frames {
+                    if f.is_audible() {
+                        played += 1;
+                    } else if ticks.contains(&f.tick) {
+                        silent += 1;
+                        let next_last_byte = (played + 1) * l.frame_bytes - 1;
+                        if played == 0 || next_last_byte / chunk != (played * l.frame_bytes - 1) / chunk {
+                            at_chunk_start += 1;
+                        }
+                    }
+                }
+            }
+            let first_at = logs[0].frames.iter().find(|f| f.tick == start).map(|f| logs[0].at(f));
+            let started_after =
+                first_at.and_then(|t| channels[0].sent_at(speaks[0].1).map(|s| ms_between(s, t))).unwrap_or(f64::NAN);
+            samples.sort_unstable();
+            if samples.is_empty() {
+                failures.add("read_frame run: no samples in the window".into());
+            } else {
+                println!(
+                    "  window: {take} ticks ({:.2} s) from {started_after:.0} ms after the first SPEAK, all {FRAME_CHANNELS} channels speaking; {} read_frame calls; {} SPEAKs of {audio_ms} ms audio each",
+                    take as f64 * ms(TICK) / 1000.0,
+                    samples.len(),
+                    ok
+                );
+                println!(
+                    "  read_frame ns ({FRAME_CHANNELS} ch speaking, {} kHz): p50 {}  p99 {}  max {}",
+                    FRAME_RATE / 1000,
+                    pct(&samples, 50.0),
+                    pct(&samples, 99.0),
+                    samples[samples.len() - 1]
+                );
+                let per_tick_total: Vec<u64> = {
+                    let mut v: Vec<u64> = samples.chunks(FRAME_CHANNELS).map(|c| c.iter().sum()).collect();
+                    v.sort_unstable();
+                    v
+                };
+                let over_100us = samples.iter().filter(|&&v| v > 100_000).count();
+                println!("  read_frame calls over 100 us: {over_100us} of {}", samples.len());
+                println!(
+                    "  read_frame ns summed per tick ({FRAME_CHANNELS} calls): p50 {}  p99 {}  max {}",
+                    pct(&per_tick_total, 50.0),
+                    pct(&per_tick_total, 99.0),
+                    per_tick_total[per_tick_total.len() - 1]
+                );
+                println!(
+                    "  non-audible frames inside the window (underrun or contended try_lock): {silent} of {}, {at_chunk_start} of them where the next frame needed a new upstream chunk ({chunk} bytes, sent just in time at speed 1.0)",
+                    take * FRAME_CHANNELS
+                );
+            }
+        }
+    }
+    println!("  media ticks late by more than one period: {} of {}", server.late_ticks(), server.ticks());
+    if let Some(n) = preempted {
+        println!(
+            "  \"MPF Scheduler\" thread preempted by the OS (involuntary context switches) {n} times in the {run_secs:.1} s run"
+        );
+    }
+    teardown(server, channels, mock, failures);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 2 + 3. Added latency at 1, 50, 200 channels; RSS and threads at 200
+
+/// Peak RSS and thread count seen by a sampler thread.
+#[derive(Default, Clone)]
+struct Peak {
+    rss_kib: u64,
+    threads: usize,
+    /// Thread names grouped by prefix, at the thread peak.
+    groups: Vec<(String, usize)>,
+}
+
+fn thread_groups() -> Vec<(String, usize)> {
+    let mut map: HashMap<String, usize> = HashMap::new();
+    for name in thread_names() {
+        let group = match name.split_once('-') {
+            Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) => format!("{head}-N"),
+            _ => name,
+        };
+        *map.entry(group).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+fn spawn_sampler(stop: Arc<AtomicBool>) -> thread::JoinHandle<Peak> {
+    thread::spawn(move || {
+        let mut peak = Peak::default();
+        while !stop.load(Ordering::Relaxed) {
+            peak.rss_kib = peak.rss_kib.max(vm_rss_kib().unwrap_or(0));
+            let n = thread_count();
+            if n > peak.threads {
+                peak.threads = n;
+                peak.groups = thread_groups();
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    })
+}
+
+struct LatencyResult {
+    channels: usize,
+    added: Vec<f64>,
+    /// Whether each `added` sample was the channel's first SPEAK (which
+    /// also opened the plugin's connection to the upstream).
+    first_of_channel: Vec<bool>,
+    upstream_first_byte: Vec<f64>,
+    dispatch: Vec<f64>,
+    delivery: Vec<f64>,
+    peak: Option<Peak>,
+}
+
+fn bench_latency(
+    plugin: &Path,
+    n: usize,
+    rounds: usize,
+    sample_peak: bool,
+    failures: &mut Failures,
+) -> Result<LatencyResult, String> {
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(Behavior::realtime().with_first_byte_delay(FIRST_BYTE_DELAY).with_audio_ms(LATENCY_AUDIO_MS));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_peak.then(|| spawn_sampler(stop.clone()));
+    let server = match start_server(plugin, &mock) {
+        Ok(s) => s,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let channels = match open_channels(&server, n, LATENCY_RATE) {
+        Ok(c) => c,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            teardown(server, Vec::new(), mock, failures);
+            return Err(e);
+        }
+    };
+
+    // (channel, request id, text) of every SPEAK.
+    let mut all: Vec<(usize, u32, String)> = Vec::new();
+    let gap = LATENCY_SPREAD / n as u32;
+    let mut completed = 0;
+    for round in 0..rounds {
+        let mut speaks = Vec::with_capacity(n);
+        let round_start = Instant::now();
+        for (c, ch) in channels.iter().enumerate() {
+            // For one channel, vary the send's phase against the tick.
+            let due = if n == 1 {
+                round_start + Duration::from_micros((round as u64 * 3700) % 10_000)
+            } else {
+                round_start + gap * c as u32
+            };
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            let text = format!("Latency probe channel {c} round {round}.");
+            let id = ch.speak(&text);
+            speaks.push((c, id));
+            all.push((c, id, text));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let label = format!("{n} ch round {}/{rounds}", round + 1);
+        completed += check_completions(&label, &speaks, &channels, deadline, failures);
+    }
+    println!("  {n:>3} ch x {rounds} rounds: SPEAK-COMPLETE 000: {completed} of {} SPEAKs", all.len());
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.and_then(|s| s.join().ok());
+
+    let by_text: HashMap<String, RecordedRequest> =
+        mock.requests().into_iter().filter_map(|r| r.text.clone().map(|t| (t, r))).collect();
+    let logs: Vec<_> = channels.iter().map(Channel::frames).collect();
+    let mut result = LatencyResult {
+        channels: n,
+        added: Vec::new(),
+        first_of_channel: Vec::new(),
+        upstream_first_byte: Vec::new(),
+        dispatch: Vec::new(),
+        delivery: Vec::new(),
+        peak,
+    };
+    let mut missing = 0;
+    for (c, id, text) in &all {
+        let (Some(sent), Some(req)) = (channels[*c].sent_at(*id), by_text.get(text)) else {
+            missing += 1;
+            continue;
+        };
+        let log = &logs[*c];
+        let Some(first) = log.first_audible_after(sent) else {
+            missing += 1;
+            continue;
+        };
+        let audible_at = log.at(&first);
+        result.added.push(ms_between(sent, audible_at) - ms(FIRST_BYTE_DELAY));
+        result.first_of_channel.push(*id == 1);
+        result.dispatch.push(ms_between(sent, req.received_at));
+        if let Some(fb) = req.first_byte_at {
+            result.upstream_first_byte.push(ms_between(req.received_at, fb));
+            result.delivery.push(ms_between(fb, audible_at));
+        }
+    }
+    if missing > 0 {
+        failures.add(format!("{n} ch: {missing} SPEAKs without an upstream request or an audible frame"));
+    }
+    let late = server.late_ticks();
+    if late > 0 {
+        println!("  {n} ch: media ticks late by more than one period: {late} of {}", server.ticks());
+    }
+    teardown(server, channels, mock, failures);
+    Ok(result)
+}
+
+fn print_latency(r: &LatencyResult) {
+    if r.added.is_empty() {
+        return;
+    }
+    let added = sorted_f64(r.added.clone());
+    let pick = |first: bool| {
+        sorted_f64(r.added.iter().zip(&r.first_of_channel).filter(|(_, f)| **f == first).map(|(a, _)| *a).collect())
+    };
+    let (first, later) = (pick(true), pick(false));
+    let fb = sorted_f64(r.upstream_first_byte.clone());
+    let dispatch = sorted_f64(r.dispatch.clone());
+    let delivery = sorted_f64(r.delivery.clone());
+    println!(
+        "  added latency @ {:>3} ch: p50 {:6.1} ms  p99 {:6.1} ms  (min {:.1}, max {:.1}, n={})",
+        r.channels,
+        pct(&added, 50.0),
+        pct(&added, 99.0),
+        added[0],
+        added[added.len() - 1],
+        added.len()
+    );
+    if !first.is_empty() && !later.is_empty() {
+        println!(
+            "    by SPEAK @ {:>3} ch: first on its channel (new connection) p50 {:.1} / p99 {:.1} ms (n={}); later (keep-alive) p50 {:.1} / p99 {:.1} ms (n={})",
+            r.channels,
+            pct(&first, 50.0),
+            pct(&first, 99.0),
+            first.len(),
+            pct(&later, 50.0),
+            pct(&later, 99.0),
+            later.len()
+        );
+    }
+    if !fb.is_empty() {
+        println!(
+            "    upstream first-byte time @ {:>3} ch (reference, configured {} ms): p50 {:6.1} ms",
+            r.channels,
+            FIRST_BYTE_DELAY.as_millis(),
+            pct(&fb, 50.0)
+        );
+        println!(
+            "    split @ {:>3} ch: SPEAK sent -> request at upstream p50 {:.1} / p99 {:.1} ms; upstream first byte -> first audible frame p50 {:.1} / p99 {:.1} ms",
+            r.channels,
+            pct(&dispatch, 50.0),
+            pct(&dispatch, 99.0),
+            pct(&delivery, 50.0),
+            pct(&delivery, 99.0)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    unimrcp_shim::anchor();
+    let started = Instant::now();
+    let plugin = match PluginLibrary::default_path() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("ERROR: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let profile = if cfg!(debug_assertions) { "debug (unoptimised)" } else { "release (optimised)" };
+    println!("unimrcp-elevenlabs plugin benchmark");
+    println!("machine: nproc {cpus}, {}; build profile: {profile}", cpu_model());
+    println!("plugin:  {}", plugin.display());
+    println!(
+        "setup:   in-process test host with a real-time 10 ms media clock; mock ElevenLabs upstream on 127.0.0.1 in the same process, streaming at speed 1.0 (real time), first-byte delay {} ms",
+        FIRST_BYTE_DELAY.as_millis()
+    );
+    println!(
+        "engine:  max_buffer_ms={MAX_BUFFER_MS} -> per-channel buffer {BUFFER_BYTES} bytes ({:.1} KiB), first_byte_timeout_ms={TIMEOUT_MS}, stall_timeout_ms={TIMEOUT_MS}",
+        BUFFER_BYTES as f64 / 1024.0
+    );
+    let baseline_rss = vm_rss_kib().unwrap_or(0);
+    let baseline_threads = thread_count();
+
+    let mut failures = Failures::default();
+    if let Err(e) = bench_read_frame(&plugin, &mut failures) {
+        failures.add(format!("read_frame scenario: {e}"));
+    }
+
+    println!();
+    println!(
+        "[2] added latency = first audible frame read by the media thread - SPEAK sent - upstream first-byte delay ({} ms); LPCM {} kHz, {} ms audio per SPEAK",
+        FIRST_BYTE_DELAY.as_millis(),
+        LATENCY_RATE / 1000,
+        LATENCY_AUDIO_MS
+    );
+    println!(
+        "  note: includes the media clock's 10 ms tick quantisation (audio is only taken at the next tick, avg ~5 ms), as a caller experiences it; SPEAKs of a round are sent spread over {} ms; a channel's first SPEAK also opens its TCP connection",
+        LATENCY_SPREAD.as_millis()
+    );
+    let mut results = Vec::new();
+    for (n, rounds) in LATENCY_RUNS {
+        match bench_latency(&plugin, n, rounds, n == 200, &mut failures) {
+            Ok(r) => results.push(r),
+            Err(e) => failures.add(format!("latency scenario at {n} channels: {e}")),
+        }
+    }
+    for r in &results {
+        print_latency(r);
+    }
+
+    println!();
+    println!("[3] resources of the 200-channel run (one process: host, plugin and mock upstream together)");
+    println!(
+        "  per-channel audio buffer: {BUFFER_BYTES} bytes ({:.1} KiB; max_buffer_ms={MAX_BUFFER_MS} x 32 bytes/ms, min 17 KiB) -> {:.1} MiB for 200 channels",
+        BUFFER_BYTES as f64 / 1024.0,
+        BUFFER_BYTES as f64 * 200.0 / (1024.0 * 1024.0)
+    );
+    match results.iter().find(|r| r.channels == 200).and_then(|r| r.peak.clone()) {
+        Some(peak) => {
+            println!(
+                "  peak RSS (VmRSS): {:.1} MiB (before any scenario: {:.1} MiB)",
+                peak.rss_kib as f64 / 1024.0,
+                baseline_rss as f64 / 1024.0
+            );
+            let groups: Vec<String> = peak.groups.iter().map(|(g, n)| format!("{g} {n}")).collect();
+            println!(
+                "  peak thread count: {} (before any scenario: {baseline_threads}); by name: {}",
+                peak.threads,
+                groups.join(", ")
+            );
+        }
+        None => failures.add("no resource figures: the 200-channel run did not complete".into()),
+    }
+
+    println!();
+    let total: usize = results.iter().map(|r| r.added.len()).sum();
+    println!("total time {:.1} s; latency samples {total}", started.elapsed().as_secs_f64());
+    if failures.0.is_empty() {
+        println!("result: OK (every SPEAK completed with 000, no host-detected violations)");
+        ExitCode::SUCCESS
+    } else {
+        println!("ERROR: benchmark FAILED: {} problem(s); the figures above are not trustworthy", failures.0.len());
+        ExitCode::FAILURE
+    }
+}
