@@ -253,3 +253,61 @@ fn bad_params_fail_engine_open_naming_the_param() {
         assert!(!err.contains("sk_secret_value"), "the key leaked: {err}");
     }
 }
+
+/// A loopback listener that never accepts and whose accept queue is full:
+/// the kernel drops further SYNs, so a connect to it times out.
+struct BlackHole {
+    fd: i32,
+    port: u16,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    fn new() -> BlackHole {
+        // SAFETY: plain socket calls on a fresh fd we own and close in Drop.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as u16;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0);
+            assert_eq!(libc::listen(fd, 0), 0);
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut blen = len;
+            libc::getsockname(fd, &mut bound as *mut _ as *mut libc::sockaddr, &mut blen);
+            let port = u16::from_be(bound.sin_port);
+            // Fill the accept queue (backlog 0 still queues one or two).
+            let mut fillers = Vec::new();
+            for _ in 0..3 {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    fillers.push(s);
+                }
+            }
+            BlackHole { fd, port, _fillers: fillers }
+        }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[test]
+fn connect_timeout() {
+    let hole = BlackHole::new();
+    let upstream = MockUpstream::start(API_KEY);
+    let server = start_server(
+        params(&upstream, &[("base_url", &format!("http://127.0.0.1:{}", hole.port)), ("connect_timeout_ms", "300")]),
+        MediaClock::Every(Duration::from_millis(2)),
+    );
+    let rig = Rig { upstream, server };
+    let (done, took) = failing_speak(&rig, "Nobody answers the SYN.");
+    assert!(reason(&done).starts_with("upstream connection timed out (connect_timeout_ms=300)"), "{}", reason(&done));
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+}
