@@ -29,7 +29,20 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "first_byte_timeout_ms",
     "stall_timeout_ms",
     "max_buffer_ms",
+    "max_request_chars",
 ];
+
+/// Characters ElevenLabs accepts in one request, per model (its published
+/// limits). Longer SPEAKs are sent in parts.
+pub fn model_char_limit(model_id: &str) -> usize {
+    match model_id {
+        "eleven_flash_v2_5" | "eleven_turbo_v2_5" => 40_000,
+        "eleven_flash_v2" | "eleven_turbo_v2" => 30_000,
+        "eleven_multilingual_v2" | "eleven_multilingual_v1" | "eleven_monolingual_v1" => 10_000,
+        // eleven_v3 and models we do not know: the most conservative limit.
+        _ => 5_000,
+    }
+}
 
 /// ElevenLabs voice settings; `None` leaves the voice's own setting.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,6 +72,8 @@ pub struct Config {
     pub first_byte_timeout: Duration,
     pub stall_timeout: Duration,
     pub max_buffer_ms: u64,
+    /// Override of the model's per-request character limit.
+    pub max_request_chars: Option<usize>,
 }
 
 impl fmt::Debug for Config {
@@ -74,6 +89,7 @@ impl fmt::Debug for Config {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("max_buffer_ms", &self.max_buffer_ms)
+            .field("max_request_chars", &self.max_request_chars)
             .finish()
     }
 }
@@ -233,7 +249,20 @@ impl Config {
             )?),
             stall_timeout: Duration::from_millis(p.millis("stall_timeout_ms", DEFAULT_STALL_TIMEOUT_MS, 1, 120_000)?),
             max_buffer_ms: p.millis("max_buffer_ms", DEFAULT_MAX_BUFFER_MS, 200, 60_000)?,
+            max_request_chars: match p.get("max_request_chars") {
+                None => None,
+                Some(raw) => {
+                    Some(raw.parse::<usize>().ok().filter(|n| (20..=100_000).contains(n)).ok_or_else(|| {
+                        err("max_request_chars", format!("'{raw}' is not a whole number in 20..=100000"))
+                    })?)
+                }
+            },
         })
+    }
+
+    /// Characters per upstream request for this engine's model.
+    pub fn max_request_chars(&self) -> usize {
+        self.max_request_chars.unwrap_or_else(|| model_char_limit(&self.model_id))
     }
 
     /// Params present that we do not know (likely typos), for a warning.
@@ -302,6 +331,9 @@ mod tests {
         assert_eq!(c.first_byte_timeout, Duration::from_millis(700));
         assert_eq!(c.stall_timeout, Duration::from_millis(900));
         assert_eq!(c.max_buffer_ms, 1500);
+        assert_eq!(c.max_request_chars(), 10_000, "multilingual v2's limit");
+        p.push(("max_request_chars".into(), "250".into()));
+        assert_eq!(Config::from_params(&p, no_file).unwrap().max_request_chars(), 250);
     }
 
     #[test]
@@ -315,6 +347,7 @@ mod tests {
             ("connect_timeout_ms", "-1"),
             ("first_byte_timeout_ms", "0"),
             ("max_buffer_ms", "10"),
+            ("max_request_chars", "5"),
             ("base_url", "ftp://x"),
             ("voice_id", "../../etc"),
             ("model_id", "a b"),

@@ -25,6 +25,7 @@ mod json;
 mod logging;
 mod panic;
 mod speak;
+mod split;
 mod stream;
 mod synth;
 mod sys;

@@ -34,6 +34,10 @@ pub struct Request<'a> {
     pub config: &'a Config,
     pub text: &'a str,
     pub sample_rate: u32,
+    /// Text spoken just before / after this request (long SPEAKs are sent
+    /// in parts), so the voice carries on naturally across the seam.
+    pub previous_text: Option<&'a str>,
+    pub next_text: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -73,6 +77,14 @@ impl Request<'_> {
         if let Some(lang) = &c.language_code {
             out.push_str(",\"language_code\":");
             json::write_str(&mut out, lang);
+        }
+        if let Some(prev) = self.previous_text {
+            out.push_str(",\"previous_text\":");
+            json::write_str(&mut out, prev);
+        }
+        if let Some(next) = self.next_text {
+            out.push_str(",\"next_text\":");
+            json::write_str(&mut out, next);
         }
         out.push('}');
         out
@@ -384,6 +396,18 @@ pub struct Stats {
     pub http_status: u32,
 }
 
+impl Stats {
+    /// Folds in the next part of the same SPEAK: bytes add up, the first
+    /// byte is the first part's, the status the latest.
+    pub fn add(&mut self, next: &Stats) {
+        self.audio_bytes += next.audio_bytes;
+        self.time_to_first_byte = self.time_to_first_byte.or(next.time_to_first_byte);
+        if next.http_status != 0 {
+            self.http_status = next.http_status;
+        }
+    }
+}
+
 fn judge_response(c: &Collector) -> Outcome {
     let status = c.status;
     if !(200..300).contains(&status) {
@@ -465,14 +489,14 @@ mod tests {
     #[test]
     fn url_names_voice_and_rate() {
         let c = config();
-        let r = Request { config: &c, text: "hi", sample_rate: 8000 };
+        let r = Request { config: &c, text: "hi", sample_rate: 8000, previous_text: None, next_text: None };
         assert_eq!(r.url(), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
     }
 
     #[test]
     fn body_carries_text_model_and_only_set_settings() {
         let mut c = config();
-        let r = Request { config: &c, text: "say \"hi\"\n", sample_rate: 16000 };
+        let r = Request { config: &c, text: "say \"hi\"\n", sample_rate: 16000, previous_text: None, next_text: None };
         let v = json::parse(&r.body()).unwrap();
         assert_eq!(v.get("text").and_then(json::Value::as_str), Some("say \"hi\"\n"));
         assert_eq!(v.get("model_id").and_then(json::Value::as_str), Some("eleven_flash_v2_5"));
@@ -481,12 +505,20 @@ mod tests {
 
         c.voice_settings = VoiceSettings { stability: Some(0.5), use_speaker_boost: Some(true), ..Default::default() };
         c.language_code = Some("de".into());
-        let r = Request { config: &c, text: "x", sample_rate: 16000 };
+        let r = Request {
+            config: &c,
+            text: "x",
+            sample_rate: 16000,
+            previous_text: Some("before"),
+            next_text: Some("after"),
+        };
         let v = json::parse(&r.body()).unwrap();
         let vs = v.get("voice_settings").unwrap();
         assert_eq!(vs.get("stability"), Some(&json::Value::Number(0.5)));
         assert_eq!(vs.get("use_speaker_boost"), Some(&json::Value::Bool(true)));
         assert!(vs.get("style").is_none());
         assert_eq!(v.get("language_code").and_then(json::Value::as_str), Some("de"));
+        assert_eq!(v.get("previous_text").and_then(json::Value::as_str), Some("before"));
+        assert_eq!(v.get("next_text").and_then(json::Value::as_str), Some("after"));
     }
 }

@@ -39,6 +39,27 @@ pub struct Job {
     pub config: Arc<Config>,
 }
 
+/// How one upstream request of a SPEAK ended.
+enum Part {
+    Done,
+    Interrupted,
+    Failed(String),
+}
+
+/// Context for continuity across parts: ElevenLabs conditions the
+/// prosody on the text around a request; a few hundred characters do.
+const CONTEXT_CHARS: usize = 300;
+
+fn context_tail(text: &str) -> &str {
+    let n = text.chars().count();
+    let skip = n.saturating_sub(CONTEXT_CHARS);
+    text.char_indices().nth(skip).map_or(text, |(i, _)| &text[i..])
+}
+
+fn context_head(text: &str) -> &str {
+    text.char_indices().nth(CONTEXT_CHARS).map_or(text, |(i, _)| &text[..i])
+}
+
 pub enum Command {
     Speak(Job),
     /// Abort the transfer for this generation (STOP, BARGE-IN); the MRCP
@@ -187,16 +208,55 @@ impl Worker {
         }
     }
 
+    /// Speaks the job's text: one upstream request per part (long texts are
+    /// split at sentence boundaries, see split.rs), all into the same
+    /// buffer generation so the parts play back to back without a gap.
     fn synthesize(&mut self, transport: &mut Transport, job: Job) {
         crate::panic::inject("synthesize");
-        let request = Request { config: &job.config, text: &job.text, sample_rate: job.sample_rate };
-        let generation = job.speak.generation;
-        let mut transfer = match transport.start(&request, generation) {
-            Ok(t) => t,
-            Err(reason) => {
-                self.fail(&job, reason, Stats::default());
-                return;
+        let parts = crate::split::split_for_requests(&job.text, job.config.max_request_chars());
+        let mut total = Stats::default();
+        for (i, part) in parts.iter().enumerate() {
+            let request = Request {
+                config: &job.config,
+                text: part,
+                sample_rate: job.sample_rate,
+                previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p])),
+                next_text: parts.get(i + 1).map(|n| context_head(n)),
+            };
+            let (result, stats) = self.transfer(transport, &request, &job);
+            total.add(&stats);
+            match result {
+                Part::Done => {}
+                Part::Interrupted => {
+                    // Ended by STOP / BARGE-IN (answered on the MRCP Server
+                    // thread) or by a shutdown, which sent its SPEAK-COMPLETE.
+                    let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
+                    self.summary(&job, &total, label);
+                    return;
+                }
+                Part::Failed(reason) => {
+                    let reason =
+                        if parts.len() > 1 { format!("{reason} (part {} of {})", i + 1, parts.len()) } else { reason };
+                    self.fail(&job, reason, total);
+                    return;
+                }
             }
+        }
+        let finished = self.shared.playback.lock().finish(job.speak.generation);
+        if finished {
+            self.draining = Some((job, total));
+            // The last frame may already have been taken.
+            self.check_drained();
+        }
+    }
+
+    /// One upstream request, run to its end while commands keep being
+    /// served (a STOP must not wait for the network).
+    fn transfer(&mut self, transport: &mut Transport, request: &Request<'_>, job: &Job) -> (Part, Stats) {
+        let generation = job.speak.generation;
+        let mut transfer = match transport.start(request, generation) {
+            Ok(t) => t,
+            Err(reason) => return (Part::Failed(reason), Stats::default()),
         };
         let mut expired: Option<String> = None;
         let mut interrupted = false;
@@ -204,7 +264,6 @@ impl Worker {
             if transfer.step() {
                 break;
             }
-            // Commands first: a STOP must not wait for the network.
             while let Ok(command) = self.rx.try_recv() {
                 match command {
                     Command::Cancel { generation: g } if g == generation => interrupted = true,
@@ -232,25 +291,14 @@ impl Worker {
         }
         let (outcome, stats) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
-            // Ended by STOP / BARGE-IN (answered on the MRCP Server thread)
-            // or by a shutdown, which sent its own SPEAK-COMPLETE.
-            let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
-            self.summary(&job, &stats, label);
-            return;
+            return (Part::Interrupted, stats);
         }
-        match (expired, outcome) {
-            (Some(reason), _) => self.fail(&job, reason, stats),
-            (None, Outcome::Failed(reason)) => self.fail(&job, reason, stats),
-            (None, Outcome::Stale) => {}
-            (None, Outcome::Complete) => {
-                let finished = self.shared.playback.lock().finish(generation);
-                if finished {
-                    self.draining = Some((job, stats));
-                    // The last frame may already have been taken.
-                    self.check_drained();
-                }
-            }
-        }
+        let part = match (expired, outcome) {
+            (Some(reason), _) | (None, Outcome::Failed(reason)) => Part::Failed(reason),
+            (None, Outcome::Stale) => Part::Interrupted,
+            (None, Outcome::Complete) => Part::Done,
+        };
+        (part, stats)
     }
 
     fn fail(&mut self, job: &Job, reason: String, stats: Stats) {

@@ -203,3 +203,44 @@ fn logs_name_the_channel_and_never_the_key() {
     assert!(ours.iter().all(|l| l.thread != "MPF Scheduler"), "nothing logged from the media thread");
     assert_clean(&rig.server);
 }
+
+#[test]
+fn text_over_the_request_limit_is_sent_in_parts_and_played_seamlessly() {
+    let rig = rig(&[("max_request_chars", "60")]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let sentences = [
+        "The first sentence is here.",
+        "A second one follows it closely.",
+        "Then comes the third sentence.",
+        "And the fourth ends the text.",
+    ];
+    let text = sentences.join(" ");
+    let id = ch.speak(&text);
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL));
+    let reqs = rig.upstream.requests();
+    let parts: Vec<&str> = reqs.iter().map(|r| r.text.as_deref().unwrap()).collect();
+    assert_eq!(parts, [&text[..60], &text[61..]].map(str::trim), "split at sentence ends under 60 chars");
+    let json0 = reqs[0].json.as_ref().unwrap();
+    let json1 = reqs[1].json.as_ref().unwrap();
+    assert!(json0.get("previous_text").is_none());
+    assert_eq!(json0["next_text"], parts[1]);
+    assert_eq!(json1["previous_text"], parts[0]);
+    assert!(json1.get("next_text").is_none());
+    // Back to back: the parts' bytes concatenated, padded only at the end.
+    let all: Vec<u8> = reqs.iter().flat_map(|r| r.audio_sent.clone()).collect();
+    assert_eq!(ch.audio(), padded(&all, 160));
+    assert_eq!(for_request(&ch, id).len(), 2, "still one SPEAK-COMPLETE");
+}
+
+#[test]
+fn a_failing_part_fails_the_speak_naming_the_part() {
+    let rig = rig(&[("max_request_chars", "40")]);
+    rig.upstream.when_text_contains("broken", Behavior::fault(unimrcp_shim::upstream::Fault::server_error(500)));
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("This first part is fine. But this part is broken.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(ERROR));
+    assert!(done.completion_reason.as_deref().unwrap().ends_with("(part 2 of 2)"), "{done:#?}");
+    assert_eq!(ch.frames().audio_frames_after(done.at), 0);
+}
