@@ -48,7 +48,7 @@ fn sentences(text: &str) -> Vec<&str> {
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         let ends = matches!(c, '.' | '!' | '?' | ';' | '。' | '！' | '？' | '\n');
-        let next_is_space = chars.peek().is_none_or(|(_, n)| n.is_whitespace());
+        let next_is_space = chars.peek().map_or(true, |(_, n)| n.is_whitespace());
         if ends && next_is_space {
             let end = i + c.len_utf8();
             out.push(&text[start..end]);

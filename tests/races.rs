@@ -112,13 +112,16 @@ fn stop_at_the_moment_of_an_upstream_error() {
     assert_clean(&rig.server);
 }
 
+/// Brings a channel into the state to close it in.
+type Prepare = fn(&Channel, u32);
+
 #[test]
 fn close_in_every_state() {
     let rig = rig_with_clock(&[("first_byte_timeout_ms", "3000")], MediaClock::RealTime);
     rig.upstream.when_text_contains("waiting", Behavior::default().with_first_byte_delay(Duration::from_secs(2)));
     rig.upstream.when_text_contains("streaming", Behavior::realtime().with_audio_ms(5000));
     rig.upstream.when_text_contains("buffered", Behavior::default().with_audio_ms(5000));
-    let cases: [(&str, fn(&Channel, u32)); 6] = [
+    let cases: [(&str, Prepare); 6] = [
         ("idle, never spoke", |_, _| {}),
         ("after a completed SPEAK", |ch, id| {
             ch.wait_complete(id, WAIT).unwrap();
