@@ -311,3 +311,20 @@ fn connect_timeout() {
     assert!(reason(&done).starts_with("upstream connection timed out (connect_timeout_ms=300)"), "{}", reason(&done));
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
 }
+
+#[test]
+fn absurd_header_values_get_a_bounded_one_line_answer() {
+    let rig = rig(&[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    for content_type in ["x/".to_string() + &"y".repeat(10_000), "text/html\r\nX-Injected: 1".to_string()] {
+        let mut req = unimrcp_shim::host::Request::speak("Hello.");
+        req.content_type = Some(content_type);
+        let id = ch.send(req);
+        let resp = ch.wait_response(id, WAIT).unwrap();
+        assert_eq!(resp.status_code, 409);
+        let reason = resp.completion_reason.as_deref().unwrap();
+        assert!(reason.len() <= 240, "bounded: {} bytes", reason.len());
+        assert!(!reason.contains('\r') && !reason.contains('\n'), "one line: {reason:?}");
+    }
+    assert_eq!(rig.upstream.request_count(), 0);
+}
