@@ -40,7 +40,7 @@ fn fifty_channels_speak_at_once_with_exact_audio_and_leave_nothing_behind() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(thread_count(), threads_before, "round {round}: threads back to baseline");
-        let workers = unimrcp_shim::host::thread_names().iter().filter(|n| n.starts_with("elevenlabs-")).count();
+        let workers = worker_threads();
         assert_eq!(workers, 0);
         // The upstream's server side may still be closing its sockets.
         assert!(rig.upstream.wait_until_idle(Duration::from_secs(5)));

@@ -115,3 +115,12 @@ pub fn assert_clean(server: &Server) {
     let logs = server.logs_text();
     assert!(!logs.contains(API_KEY), "the API key appeared in the log");
 }
+
+/// Channel worker threads alive now ("elevenlabs-<n>"; the engine's
+/// short-lived "elevenlabs-close" thread is not one).
+pub fn worker_threads() -> usize {
+    unimrcp_shim::host::thread_names()
+        .iter()
+        .filter(|n| n.strip_prefix("elevenlabs-").is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit())))
+        .count()
+}

@@ -1,0 +1,1271 @@
+//! Chaos: 100 channels (8 and 16 kHz), each driven by its own thread doing
+//! SPEAK / STOP / BARGE-IN / PAUSE / RESUME / DEACTIVATE / close-and-reopen at
+//! random moments, against an upstream that fails or lags at random per
+//! SPEAK. Bounded in time (`CHAOS_SECONDS`, default 120) and count; the
+//! random choices are deterministic per `CHAOS_SEED` (printed), the timing
+//! is not, so every check below is an invariant that holds whatever the
+//! interleaving:
+//!
+//!  1. every request gets exactly one response; every SPEAK answered
+//!     IN-PROGRESS gets exactly one terminal message: one SPEAK-COMPLETE, or
+//!     a STOP / BARGE-IN / DEACTIVATE response listing it (then none);
+//!     a STOP-like response lists exactly the SPEAK in progress at that moment;
+//!  2. no SPEAK-COMPLETE after the response that stopped that SPEAK;
+//!  3. no audio after a SPEAK's terminal message until the next SPEAK (15 ms
+//!     margin for the tick racing the message), none while paused;
+//!  4. completion causes are 000 or 004, and 004 carries a Completion-Reason
+//!     (one that names the injected fault);
+//!  5. the host saw no ABI contract violation;
+//!  6. threads, fds and memory come back after everything is closed;
+//!  7. a SPEAK that completed 000 played exactly what the upstream sent for
+//!     it (last frame zero-padded); every other SPEAK played a prefix of it.
+//!
+//! The driver keeps to what a real UniMRCP server guarantees the plugin: one
+//! SPEAK at a time per channel (the next only after the previous one ended),
+//! STOP / PAUSE / RESUME at any time, DEACTIVATE before closing mid-SPEAK
+//! (but sometimes not).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use unimrcp_shim::host::{
+    open_fd_count, thread_count, Channel, Kind, MediaClock, Recorded, Request, Server, FRAME_BAD_BUFFER, FRAME_EVENT,
+    FRAME_READ_FAILED, FRAME_UNWRITTEN,
+};
+use unimrcp_shim::upstream::{Behavior, Fault, MockUpstream, RecordedRequest};
+
+const CHANNELS: usize = 100;
+const DEFAULT_SECONDS: f64 = 120.0;
+const DEFAULT_SEED: u64 = 0x00C4_A05E_ED00_2024;
+/// Tolerance for the media tick racing a terminal message.
+const MARGIN: Duration = Duration::from_millis(15);
+/// A client does not send its next SPEAK within the same instant it saw the
+/// previous one end; this keeps a single tick from straddling both.
+const MIN_GAP: Duration = Duration::from_millis(20);
+/// Audio lengths the upstream produces, picked per SPEAK.
+const LENGTHS_MS: [u32; 6] = [200, 350, 600, 900, 1200, 1500];
+/// Completion reasons of a SPEAK ended by the channel going away.
+const CLOSE_REASONS: [&str; 3] = ["channel closed while speaking", "channel destroyed", "engine closing"];
+/// Generous bound for a STOP-like request's response ("answered at once").
+const STOP_ANSWER_LIMIT: Duration = Duration::from_secs(5);
+
+// ------------------------------------------------------------------ random
+
+/// xorshift64*, seeded through splitmix64.
+struct Rng(u64);
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(splitmix(seed).max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+
+    fn weighted(&mut self, weights: &[u64]) -> usize {
+        let total: u64 = weights.iter().sum();
+        let mut r = self.below(total);
+        for (i, w) in weights.iter().enumerate() {
+            if r < *w {
+                return i;
+            }
+            r -= w;
+        }
+        weights.len() - 1
+    }
+}
+
+// ---------------------------------------------------------------- upstream
+
+struct FaultSpec {
+    name: &'static str,
+    weight: u64,
+    /// None: a clean upstream (the SPEAK must complete 000 unless stopped or
+    /// closed); Some: what its Completion-Reason must contain.
+    reason: Option<&'static str>,
+}
+
+const FIRST_BYTE: &str = "no response from upstream within first_byte_timeout_ms=400";
+
+const FAULTS: [FaultSpec; 19] = [
+    FaultSpec { name: "none, fast", weight: 20, reason: None },
+    FaultSpec { name: "none, real time", weight: 16, reason: None },
+    FaultSpec { name: "none, slow drip 0.5x", weight: 6, reason: None },
+    FaultSpec { name: "none, first byte +150 ms, real time", weight: 6, reason: None },
+    FaultSpec { name: "none, first byte +60 ms, odd chunks", weight: 6, reason: None },
+    FaultSpec { name: "first byte +900 ms", weight: 3, reason: Some(FIRST_BYTE) },
+    FaultSpec { name: "HTTP 401", weight: 3, reason: Some("upstream HTTP 401 invalid_api_key") },
+    FaultSpec {
+        name: "HTTP 429 concurrency",
+        weight: 3,
+        reason: Some("upstream HTTP 429 too_many_concurrent_requests"),
+    },
+    FaultSpec { name: "HTTP 429 busy (+100 ms)", weight: 3, reason: Some("upstream HTTP 429 system_busy") },
+    FaultSpec { name: "HTTP 500", weight: 3, reason: Some("upstream HTTP 500") },
+    FaultSpec { name: "HTTP 503 (+200 ms)", weight: 3, reason: Some("upstream HTTP 503") },
+    FaultSpec { name: "HTTP 422 validation", weight: 3, reason: Some("upstream HTTP 422") },
+    FaultSpec {
+        name: "stall after first chunk",
+        weight: 3,
+        reason: Some("upstream stalled: no data for stall_timeout_ms=400"),
+    },
+    FaultSpec { name: "cut after 1001 bytes", weight: 3, reason: Some("upstream stream cut short") },
+    FaultSpec { name: "cut after 2999 bytes, real time", weight: 3, reason: Some("upstream stream cut short") },
+    FaultSpec { name: "JSON instead of audio", weight: 3, reason: Some("instead of audio") },
+    FaultSpec { name: "hang before headers", weight: 3, reason: Some(FIRST_BYTE) },
+    FaultSpec { name: "text/html instead of audio", weight: 3, reason: Some("sent text/html") },
+    FaultSpec { name: "HTTP 404 voice", weight: 3, reason: Some("upstream HTTP 404 voice_not_found") },
+];
+
+fn behavior(fault: usize) -> Behavior {
+    let ms = Duration::from_millis;
+    match fault {
+        0 => Behavior::default(),
+        1 => Behavior::realtime(),
+        2 => Behavior::default().with_speed(0.5).with_chunk_bytes(800),
+        3 => Behavior::realtime().with_first_byte_delay(ms(150)),
+        4 => Behavior::default().with_first_byte_delay(ms(60)).with_chunk_bytes(333),
+        5 => Behavior::realtime().with_first_byte_delay(ms(900)),
+        6 => Behavior::fault(Fault::http(401, "invalid_api_key", "Invalid API key")),
+        7 => Behavior::fault(Fault::too_many_concurrent_requests()),
+        8 => Behavior::fault(Fault::system_busy()).with_first_byte_delay(ms(100)),
+        9 => Behavior::fault(Fault::server_error(500)),
+        10 => Behavior::fault(Fault::server_error(503)).with_first_byte_delay(ms(200)),
+        11 => Behavior::fault(Fault::ValidationError),
+        12 => Behavior::fault(Fault::StallAfterFirstChunk),
+        13 => Behavior::fault(Fault::CutAfterBytes(1001)),
+        14 => Behavior::fault(Fault::CutAfterBytes(2999)).with_speed(1.0),
+        15 => Behavior::fault(Fault::JsonInsteadOfAudio),
+        16 => Behavior::fault(Fault::HangBeforeHeaders),
+        17 => Behavior::fault(Fault::WrongContentType),
+        18 => Behavior::fault(Fault::voice_not_found()),
+        _ => unreachable!("fault {fault}"),
+    }
+}
+
+/// The tag in a SPEAK's text that selects its upstream behaviour.
+fn tag(fault: usize, len: usize) -> String {
+    format!("[f{fault}l{len}]")
+}
+
+fn install_rules(upstream: &MockUpstream) {
+    for fault in 0..FAULTS.len() {
+        for (len, ms) in LENGTHS_MS.iter().enumerate() {
+            upstream.when_text_contains(&tag(fault, len), behavior(fault).with_audio_ms(*ms));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ driver
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Speak {
+        fault: usize,
+        len: usize,
+    },
+    /// A SPEAK the plugin must refuse with this status.
+    BadSpeak(u32),
+    Stop,
+    Barge,
+    Deactivate,
+    Pause,
+    Resume,
+}
+
+impl Op {
+    fn ends_speak(self) -> bool {
+        matches!(self, Op::Stop | Op::Barge | Op::Deactivate)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Speak { .. } => "SPEAK",
+            Op::BadSpeak(_) => "SPEAK(invalid)",
+            Op::Stop => "STOP",
+            Op::Barge => "BARGE-IN-OCCURRED",
+            Op::Deactivate => "DEACTIVATE",
+            Op::Pause => "PAUSE",
+            Op::Resume => "RESUME",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloseKind {
+    /// No SPEAK in progress (as far as the driver knew).
+    Idle,
+    /// DEACTIVATE answered, then close (what the real server does).
+    AfterDeactivate,
+    /// Closed with a SPEAK in progress, no DEACTIVATE.
+    MidSpeak,
+}
+
+/// One channel, from open to close, and everything sent on it.
+struct Instance {
+    label: String,
+    ch: Channel,
+    rate: u32,
+    ops: Vec<(u32, Op)>,
+    /// SPEAK request id → the unique token in its text.
+    tokens: HashMap<u32, String>,
+    close: Option<CloseKind>,
+    close_took: Duration,
+}
+
+struct Live {
+    inst: Instance,
+    speaking: Option<u32>,
+    paused: bool,
+    speaks: usize,
+    last_end: Option<Instant>,
+    closed: bool,
+}
+
+struct Ctx<'a> {
+    server: &'a Server,
+    deadline: Instant,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, msg: String) {
+        let mut f = self.failures.lock().unwrap();
+        if f.len() < 20 {
+            eprintln!("[chaos] FAILURE: {msg}");
+        }
+        f.push(msg);
+    }
+}
+
+struct Driver<'a> {
+    slot: usize,
+    rng: Rng,
+    ctx: &'a Ctx<'a>,
+    opened: usize,
+}
+
+impl Driver<'_> {
+    fn run(mut self) -> Vec<Instance> {
+        let mut out = Vec::new();
+        while Instant::now() < self.ctx.deadline {
+            let Some(live) = self.open() else { break };
+            out.push(self.channel_life(live));
+        }
+        out
+    }
+
+    fn open(&mut self) -> Option<Live> {
+        let rate = if self.rng.chance(0.5) { 8000 } else { 16000 };
+        match self.ctx.server.open_channel(rate) {
+            Ok(ch) => {
+                self.opened += 1;
+                let label = format!("slot {} channel #{} ({rate} Hz, {})", self.slot, self.opened, ch.id());
+                let inst = Instance {
+                    label,
+                    ch,
+                    rate,
+                    ops: Vec::new(),
+                    tokens: HashMap::new(),
+                    close: None,
+                    close_took: Duration::ZERO,
+                };
+                Some(Live { inst, speaking: None, paused: false, speaks: 0, last_end: None, closed: false })
+            }
+            Err(e) => {
+                self.ctx.fail(format!("slot {}: open_channel({rate}) failed: {e}", self.slot));
+                None
+            }
+        }
+    }
+
+    /// Drives one channel until it is closed.
+    fn channel_life(&mut self, mut live: Live) -> Instance {
+        while !live.closed {
+            if Instant::now() >= self.ctx.deadline {
+                self.finale(&mut live);
+                break;
+            }
+            std::thread::sleep(self.rng.ms(0, 60));
+            match self.rng.below(100) {
+                0..=1 => self.close(&mut live, false),
+                2..=8 => {
+                    let op = [Op::Stop, Op::Barge, Op::Pause, Op::Resume, Op::Deactivate][self.rng.below(5) as usize];
+                    self.control(&mut live, op);
+                }
+                9..=10 => self.bad_speak(&mut live),
+                _ => {
+                    if self.start_speak(&mut live) {
+                        self.speak_plan(&mut live);
+                    }
+                }
+            }
+            if live.speaking.is_some() && !live.closed {
+                // Something went wrong (reported); don't leave it running.
+                self.close(&mut live, false);
+            }
+        }
+        live.inst
+    }
+
+    /// At the deadline: close idle, or speak and close under the SPEAK.
+    fn finale(&mut self, live: &mut Live) {
+        match self.rng.below(3) {
+            0 => {}
+            n => {
+                if self.start_speak(live) {
+                    let d = self.rng.ms(0, 400);
+                    self.wait_end(live, d);
+                    if n == 2 {
+                        self.control(live, Op::Deactivate);
+                        if live.speaking.is_none() {
+                            return self.close(live, true);
+                        }
+                    }
+                }
+            }
+        }
+        self.close(live, false);
+    }
+
+    fn send(&mut self, live: &mut Live, op: Op, req: Request) -> u32 {
+        let id = live.inst.ch.send(req);
+        live.inst.ops.push((id, op));
+        id
+    }
+
+    fn wait_response(&self, live: &Live, id: u32, op: Op) -> Option<Recorded> {
+        let r = live.inst.ch.wait_response(id, WAIT);
+        if r.is_none() {
+            self.ctx.fail(format!("{}: no response to {} {id} within {WAIT:?}", live.inst.label, op.name()));
+        }
+        r
+    }
+
+    fn bad_speak(&mut self, live: &mut Live) {
+        let (req, status) = if self.rng.chance(0.5) {
+            (Request::speak(" \t "), 407)
+        } else {
+            let mut r = Request::speak("RIFF....WAVE");
+            r.content_type = Some("audio/wav".into());
+            (r, 409)
+        };
+        let id = self.send(live, Op::BadSpeak(status), req);
+        self.wait_response(live, id, Op::BadSpeak(status));
+    }
+
+    /// Sends a SPEAK with a random upstream behaviour; true once it is
+    /// IN-PROGRESS (possibly already stopped by a pipelined STOP).
+    fn start_speak(&mut self, live: &mut Live) -> bool {
+        if let Some(t) = live.last_end {
+            let due = t + MIN_GAP;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let weights: Vec<u64> = FAULTS.iter().map(|f| f.weight).collect();
+        let fault = self.rng.weighted(&weights);
+        let len = self.rng.below(LENGTHS_MS.len() as u64) as usize;
+        let token = format!("tok{}x{}x{}", self.slot, self.opened, live.speaks);
+        live.speaks += 1;
+        let text = format!("{} {token} chaos prompt.", tag(fault, len));
+        let op = Op::Speak { fault, len };
+        let id = self.send(live, op, Request::speak(&text));
+        live.inst.tokens.insert(id, token);
+        live.speaking = Some(id);
+        live.paused = false;
+        // STOP may be sent at any time, even before IN-PROGRESS came back.
+        if self.rng.chance(0.04) {
+            let op = if self.rng.chance(0.5) { Op::Stop } else { Op::Barge };
+            let stop = self.send(live, op, request_for_op(op));
+            self.await_control(live, stop, op);
+        }
+        let Some(resp) = self.wait_response(live, id, Op::Speak { fault, len }) else { return false };
+        if resp.status_code != 200 || resp.request_state != IN_PROGRESS {
+            // Reported by the final check.
+            if live.speaking == Some(id) {
+                live.speaking = None;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// What happens to a SPEAK in progress.
+    fn speak_plan(&mut self, live: &mut Live) {
+        #[derive(Clone, Copy)]
+        enum Plan {
+            Run,
+            PauseRun,
+            Stop,
+            Barge,
+            Deactivate,
+            PauseStop,
+            DeactivateClose,
+            CloseMid,
+            PauseClose,
+            Burst,
+        }
+        use Plan::*;
+        const PLANS: [(Plan, u64); 10] = [
+            (Run, 30),
+            (PauseRun, 14),
+            (Stop, 14),
+            (Barge, 9),
+            (Deactivate, 3),
+            (PauseStop, 6),
+            (DeactivateClose, 6),
+            (CloseMid, 4),
+            (PauseClose, 3),
+            (Burst, 5),
+        ];
+        let weights: Vec<u64> = PLANS.iter().map(|p| p.1).collect();
+        let plan = PLANS[self.rng.weighted(&weights)].0;
+        let delay = self.rng.ms(0, 1600);
+        match plan {
+            Run => {
+                if self.rng.chance(0.1) {
+                    let d = self.rng.ms(0, 500);
+                    if !self.wait_end(live, d) {
+                        self.control(live, Op::Resume); // not paused: a no-op
+                    }
+                }
+                self.finish(live);
+            }
+            PauseRun => {
+                if !self.wait_end(live, delay) {
+                    self.control(live, Op::Pause);
+                    std::thread::sleep(self.rng.ms(20, 800));
+                    if self.rng.chance(0.2) {
+                        self.control(live, Op::Pause); // already paused
+                    }
+                    self.control(live, Op::Resume);
+                }
+                self.finish(live);
+            }
+            Stop | Barge | Deactivate => {
+                let op = match plan {
+                    Stop => Op::Stop,
+                    Barge => Op::Barge,
+                    _ => Op::Deactivate,
+                };
+                // When the SPEAK ended first, sometimes STOP anyway (a race
+                // the real client makes all the time).
+                if !self.wait_end(live, delay) || self.rng.chance(0.3) {
+                    self.control(live, op);
+                }
+            }
+            PauseStop => {
+                if !self.wait_end(live, delay) {
+                    self.control(live, Op::Pause);
+                    std::thread::sleep(self.rng.ms(0, 600));
+                }
+                let op = if self.rng.chance(0.5) { Op::Stop } else { Op::Barge };
+                self.control(live, op);
+            }
+            DeactivateClose => {
+                self.wait_end(live, delay);
+                self.control(live, Op::Deactivate);
+                self.close(live, true);
+            }
+            CloseMid => {
+                self.wait_end(live, delay);
+                self.close(live, false);
+            }
+            PauseClose => {
+                if !self.wait_end(live, delay) {
+                    self.control(live, Op::Pause);
+                    std::thread::sleep(self.rng.ms(0, 600));
+                }
+                if self.rng.chance(0.5) {
+                    self.control(live, Op::Deactivate);
+                    self.close(live, true);
+                } else {
+                    self.close(live, false);
+                }
+            }
+            Burst => {
+                // PAUSE, STOP/BARGE-IN and RESUME back to back, then the answers.
+                self.wait_end(live, delay);
+                let stop_op = if self.rng.chance(0.5) { Op::Stop } else { Op::Barge };
+                let ops = [Op::Pause, stop_op, Op::Resume];
+                let ids: Vec<u32> = ops.iter().map(|&op| self.send(live, op, request_for_op(op))).collect();
+                for (id, op) in ids.into_iter().zip(ops) {
+                    self.await_control(live, id, op);
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for the SPEAK in progress to end on its own.
+    fn finish(&mut self, live: &mut Live) {
+        if live.paused {
+            self.control(live, Op::Resume);
+        }
+        if let Some(id) = live.speaking {
+            if !self.wait_end(live, WAIT) {
+                self.ctx.fail(format!(
+                    "{}: SPEAK {id} ({}) did not end within {WAIT:?} and nothing stopped it",
+                    live.inst.label,
+                    describe_speak(&live.inst, id)
+                ));
+            }
+        }
+    }
+
+    /// Waits up to `d` for the SPEAK in progress to complete; true when no
+    /// SPEAK is in progress any more.
+    fn wait_end(&mut self, live: &mut Live, d: Duration) -> bool {
+        let Some(id) = live.speaking else { return true };
+        if live.inst.ch.wait_complete(id, d).is_some() {
+            live.speaking = None;
+            live.paused = false;
+            live.last_end = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn control(&mut self, live: &mut Live, op: Op) {
+        let id = self.send(live, op, request_for_op(op));
+        self.await_control(live, id, op);
+    }
+
+    /// Reads the answer to a control request and updates what the driver
+    /// believes (the final check judges the answers).
+    fn await_control(&mut self, live: &mut Live, id: u32, op: Op) {
+        let Some(resp) = self.wait_response(live, id, op) else { return };
+        let listed = resp.active_request_ids.clone().unwrap_or_default();
+        match op {
+            Op::Pause if !listed.is_empty() => live.paused = true,
+            Op::Resume => live.paused = false,
+            _ if op.ends_speak() => {
+                if let Some(s) = live.speaking {
+                    if listed.contains(&s) {
+                        live.speaking = None;
+                        live.paused = false;
+                        live.last_end = Some(Instant::now());
+                    } else {
+                        // Not listed: it must have completed already.
+                        self.wait_end(live, WAIT);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, live: &mut Live, after_deactivate: bool) {
+        let kind = if after_deactivate {
+            CloseKind::AfterDeactivate
+        } else if live.speaking.is_some() {
+            CloseKind::MidSpeak
+        } else {
+            CloseKind::Idle
+        };
+        live.inst.close = Some(kind);
+        let started = Instant::now();
+        if let Err(e) = live.inst.ch.clone().close() {
+            self.ctx.fail(format!("{}: close failed: {e}", live.inst.label));
+        }
+        live.inst.close_took = started.elapsed();
+        live.closed = true;
+        live.speaking = None;
+    }
+}
+
+fn request_for_op(op: Op) -> Request {
+    match op {
+        Op::Stop => Request::stop(),
+        Op::Barge => Request::barge_in(),
+        Op::Deactivate => Request::deactivate(),
+        Op::Pause => Request::pause(),
+        Op::Resume => Request::resume(),
+        Op::Speak { .. } | Op::BadSpeak(_) => unreachable!("SPEAKs are built with their text"),
+    }
+}
+
+fn describe_speak(inst: &Instance, id: u32) -> String {
+    match inst.ops.iter().find(|(i, _)| *i == id) {
+        Some((_, Op::Speak { fault, len })) => {
+            format!("upstream \"{}\", {} ms", FAULTS[*fault].name, LENGTHS_MS[*len])
+        }
+        _ => "?".into(),
+    }
+}
+
+// ------------------------------------------------------------------ checks
+
+#[derive(Default)]
+struct Tally {
+    channels: usize,
+    outcomes: BTreeMap<String, usize>,
+    faults: BTreeMap<&'static str, usize>,
+    sent: BTreeMap<&'static str, usize>,
+    closes: BTreeMap<&'static str, usize>,
+    stop_latency: Vec<Duration>,
+    close_max: Duration,
+    exact_audio: usize,
+    prefix_audio: usize,
+    audio_bytes_checked: usize,
+    racing_ticks: usize,
+    paused_windows: usize,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+enum End {
+    Complete { cause: Option<u32>, reason: Option<String> },
+    Stopped(Op, u32),
+}
+
+struct SpeakRec {
+    id: u32,
+    fault: usize,
+    len: usize,
+    sent: Instant,
+    end: Option<(Instant, End)>,
+}
+
+fn cause_text(cause: Option<u32>) -> String {
+    cause.map_or_else(|| "none".into(), |c| format!("{c:03}"))
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+}
+
+/// Every invariant for one closed channel. Returns its failures.
+fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t: &mut Tally) -> Vec<String> {
+    let ch = &inst.ch;
+    let mut f: Vec<String> = Vec::new();
+    let msgs = ch.messages();
+    let frames = ch.frames();
+    let audio = ch.audio();
+    let fb = frame_bytes(inst.rate);
+    let epoch = frames.epoch;
+    let rel = |at: Instant| at.saturating_duration_since(epoch).as_secs_f64() * 1000.0;
+    let ops: HashMap<u32, Op> = inst.ops.iter().copied().collect();
+
+    t.channels += 1;
+    for (_, op) in &inst.ops {
+        *t.sent.entry(op.name()).or_default() += 1;
+    }
+    let close = match inst.close {
+        Some(CloseKind::Idle) => "idle",
+        Some(CloseKind::AfterDeactivate) => "after DEACTIVATE",
+        Some(CloseKind::MidSpeak) => "mid-SPEAK, no DEACTIVATE",
+        None => "never closed",
+    };
+    *t.closes.entry(close).or_default() += 1;
+    t.close_max = t.close_max.max(inst.close_took);
+    if ch.is_open() {
+        f.push("channel still open at the end".into());
+    }
+
+    // 1. Exactly one response per request.
+    let mut responses: HashMap<u32, usize> = HashMap::new();
+    for m in &msgs {
+        if !ops.contains_key(&m.request_id) {
+            f.push(format!("{} refers to request {} that was never sent", m.summary(), m.request_id));
+        }
+        match m.kind {
+            Kind::Response => *responses.entry(m.request_id).or_default() += 1,
+            Kind::Event => {}
+            Kind::Other(k) => f.push(format!("message of type {k}: {}", m.summary())),
+        }
+    }
+    for (id, op) in &inst.ops {
+        let n = responses.get(id).copied().unwrap_or(0);
+        if n != 1 {
+            f.push(format!("{} {id} got {n} responses, expected exactly one", op.name()));
+        }
+    }
+
+    // 1, 2, 4. The message sequence, in the order the plugin sent it.
+    let mut speaks: Vec<SpeakRec> = Vec::new();
+    let mut current: Option<usize> = None;
+    let mut pauses: Vec<(Instant, usize)> = Vec::new();
+    let mut resumes: Vec<Instant> = Vec::new();
+    for m in &msgs {
+        let Some(&op) = ops.get(&m.request_id) else { continue };
+        let id = m.request_id;
+        let listed = m.active_request_ids.clone().unwrap_or_default();
+        match (m.kind, op) {
+            (Kind::Response, Op::Speak { fault, len }) => {
+                if m.status_code == 200 && m.request_state == IN_PROGRESS {
+                    if let Some(c) = current {
+                        f.push(format!(
+                            "SPEAK {id} went IN-PROGRESS while SPEAK {} was still in progress",
+                            speaks[c].id
+                        ));
+                    }
+                    let sent = ch.sent_at(id).expect("sent");
+                    speaks.push(SpeakRec { id, fault, len, sent, end: None });
+                    current = Some(speaks.len() - 1);
+                } else {
+                    *t.outcomes.entry("valid SPEAK refused (!)".into()).or_default() += 1;
+                    f.push(format!(
+                        "valid SPEAK {id} refused: {} reason {:?}",
+                        m.summary(),
+                        m.completion_reason.as_deref()
+                    ));
+                }
+            }
+            (Kind::Response, Op::BadSpeak(status)) => {
+                *t.outcomes.entry(format!("refused {status} (invalid body)")).or_default() += 1;
+                if m.status_code != status || m.request_state != COMPLETE || m.completion_cause != Some(PARSE_FAILURE) {
+                    f.push(format!(
+                        "invalid SPEAK {id}: expected {status} COMPLETE with cause 002, got {} cause {:?}",
+                        m.summary(),
+                        m.completion_cause
+                    ));
+                }
+            }
+            (Kind::Response, op) if op.ends_speak() => {
+                if m.status_code != 200 || m.request_state != COMPLETE {
+                    f.push(format!("{} {id}: expected 200 COMPLETE, got {}", op.name(), m.summary()));
+                }
+                if let Some(sent) = ch.sent_at(id) {
+                    t.stop_latency.push(m.at.saturating_duration_since(sent));
+                }
+                let expected: Vec<u32> = current.map(|c| vec![speaks[c].id]).unwrap_or_default();
+                if listed != expected {
+                    f.push(format!(
+                        "{} {id} response at {:.1} ms lists {listed:?}, but the SPEAK in progress then was {expected:?}",
+                        op.name(),
+                        rel(m.at)
+                    ));
+                }
+                if let Some(c) = current {
+                    if listed.contains(&speaks[c].id) {
+                        speaks[c].end = Some((m.at, End::Stopped(op, id)));
+                        current = None;
+                    }
+                }
+            }
+            (Kind::Response, op @ (Op::Pause | Op::Resume)) => {
+                if m.status_code != 200 || m.request_state != COMPLETE {
+                    f.push(format!("{} {id}: expected 200 COMPLETE, got {}", op.name(), m.summary()));
+                }
+                let in_progress: Vec<u32> = current.map(|c| vec![speaks[c].id]).unwrap_or_default();
+                if !listed.iter().all(|l| in_progress.contains(l)) {
+                    f.push(format!(
+                        "{} {id} lists {listed:?}, but the SPEAK in progress was {in_progress:?}",
+                        op.name()
+                    ));
+                }
+                match (op, current) {
+                    (Op::Pause, Some(c)) if !listed.is_empty() => pauses.push((m.at, c)),
+                    (Op::Resume, _) => resumes.push(m.at),
+                    _ => {}
+                }
+            }
+            (Kind::Response, _) => unreachable!(),
+            (Kind::Event, Op::Speak { .. }) => {
+                if m.method_id != SPEAK_COMPLETE {
+                    f.push(format!("unexpected event {}", m.summary()));
+                    continue;
+                }
+                if m.request_state != COMPLETE {
+                    f.push(format!("SPEAK-COMPLETE {id} with request state {}", m.request_state));
+                }
+                match m.completion_cause {
+                    Some(NORMAL) => {}
+                    Some(ERROR) => {
+                        if !matches!(m.completion_reason.as_deref(), Some(r) if !r.trim().is_empty()) {
+                            f.push(format!("SPEAK-COMPLETE {id} with cause 004 but no Completion-Reason"));
+                        }
+                    }
+                    other => f.push(format!(
+                        "SPEAK-COMPLETE {id} with Completion-Cause {} (000 or 004 expected)",
+                        cause_text(other)
+                    )),
+                }
+                match current {
+                    Some(c) if speaks[c].id == id => {
+                        let end = End::Complete { cause: m.completion_cause, reason: m.completion_reason.clone() };
+                        speaks[c].end = Some((m.at, end));
+                        current = None;
+                    }
+                    _ => {
+                        let why = match speaks.iter().find(|s| s.id == id).and_then(|s| s.end.as_ref()) {
+                            Some((at, End::Stopped(op, sid))) => format!(
+                                "after the {} {sid} response at {:.1} ms that listed it (and so ended it)",
+                                op.name(),
+                                rel(*at)
+                            ),
+                            Some((at, End::Complete { .. })) => {
+                                format!("a second one (the first at {:.1} ms)", rel(*at))
+                            }
+                            None => "for a SPEAK that was not in progress".into(),
+                        };
+                        f.push(format!("SPEAK-COMPLETE {id} at {:.1} ms: {why}", rel(m.at)));
+                    }
+                }
+            }
+            (Kind::Event, op) => f.push(format!("event {} for {} {id}", m.summary(), op.name())),
+            (Kind::Other(_), _) => {}
+        }
+    }
+    if let Some(c) = current {
+        f.push(format!(
+            "SPEAK {} ({}) never got a terminal message: no SPEAK-COMPLETE, listed by no STOP/BARGE-IN/DEACTIVATE, channel closed {close}",
+            speaks[c].id,
+            describe_speak(inst, speaks[c].id)
+        ));
+    }
+
+    // Frames the host flagged as misuse.
+    let bad = frames.count_flagged(FRAME_UNWRITTEN | FRAME_READ_FAILED | FRAME_BAD_BUFFER | FRAME_EVENT);
+    if bad > 0 {
+        f.push(format!("{bad} frames flagged unwritten / read failed / bad buffer / event"));
+    }
+    let audio_frames = frames.audio_frames();
+    if audio_frames * fb != audio.len() {
+        f.push(format!("{audio_frames} audio frames but {} audio bytes", audio.len()));
+        return f;
+    }
+    if speaks.iter().any(|s| s.end.is_none()) {
+        return f; // reported above; the audio cannot be attributed
+    }
+    for w in speaks.windows(2) {
+        let prev_end = w[0].end.as_ref().expect("checked").0;
+        if w[1].sent <= prev_end {
+            f.push(format!("driver bug: SPEAK {} sent before SPEAK {} ended", w[1].id, w[0].id));
+            return f;
+        }
+    }
+
+    // 3. Attribute every audio frame to the SPEAK playing then. A frame's
+    // time is when its tick started; a tick that started just before a
+    // SPEAK was sent may already carry its audio (the racing tick).
+    let fr = &frames.frames;
+    let at = |j: usize| frames.at(&fr[j]);
+    let first_at_or_after = |t: Instant| fr.partition_point(|e| frames.at(e) < t);
+    let mut audio_index = Vec::with_capacity(fr.len());
+    let mut k = 0usize;
+    for e in fr {
+        audio_index.push(k);
+        if e.is_audio() {
+            k += 1;
+        }
+    }
+    let mut owner: Vec<Option<usize>> = vec![None; fr.len()];
+    let mut prev_hi = 0usize;
+    for (i, s) in speaks.iter().enumerate() {
+        let end = s.end.as_ref().expect("checked").0;
+        let lo = first_at_or_after(s.sent).saturating_sub(1).max(prev_hi);
+        let hi = first_at_or_after(end).max(lo);
+        for o in &mut owner[lo..hi] {
+            *o = Some(i);
+        }
+        prev_hi = hi;
+    }
+    let mut outside = 0usize;
+    let mut first_outside: Option<String> = None;
+    for (j, e) in fr.iter().enumerate() {
+        if !e.is_audio() || owner[j].is_some() {
+            continue;
+        }
+        let t_j = at(j);
+        let prev = speaks.iter().rev().find(|s| s.end.as_ref().expect("checked").0 <= t_j);
+        match prev {
+            Some(s) if t_j < s.end.as_ref().expect("checked").0 + MARGIN => t.racing_ticks += 1,
+            _ => {
+                outside += 1;
+                if first_outside.is_none() {
+                    let after = match prev {
+                        Some(s) => {
+                            let (end_at, end) = s.end.as_ref().expect("checked");
+                            let how = match end {
+                                End::Complete { cause, .. } => format!("SPEAK-COMPLETE (cause {})", cause_text(*cause)),
+                                End::Stopped(op, sid) => format!("{} {sid} response", op.name()),
+                            };
+                            format!(
+                                "{:.1} ms after SPEAK {} ended by its {how}",
+                                (t_j - *end_at).as_secs_f64() * 1000.0,
+                                s.id
+                            )
+                        }
+                        None => "before any SPEAK".into(),
+                    };
+                    let next = speaks
+                        .iter()
+                        .find(|s| s.sent > t_j)
+                        .map(|s| format!("; next SPEAK {} sent at {:.1} ms", s.id, rel(s.sent)));
+                    first_outside = Some(format!(
+                        "audio frame (tick {}) at {:.1} ms {after}{}",
+                        e.tick,
+                        rel(t_j),
+                        next.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(first) = first_outside {
+        f.push(format!("{outside} audio frame(s) while no SPEAK was playing; first: {first}"));
+    }
+
+    // 3. Silence while paused: from the PAUSE response (listing the SPEAK)
+    // to the next RESUME response or the SPEAK's end.
+    for (p_at, c) in &pauses {
+        t.paused_windows += 1;
+        let s_end = speaks[*c].end.as_ref().expect("checked").0;
+        let resume = resumes.iter().copied().find(|r| r > p_at);
+        let (until, racing) = match resume {
+            Some(r) if r < s_end => (r, true),
+            _ => (s_end, false),
+        };
+        let from = first_at_or_after(*p_at + MARGIN);
+        let mut to = first_at_or_after(until);
+        if racing {
+            to = to.saturating_sub(1); // the tick racing the RESUME
+        }
+        if let Some(j) = (from..to.max(from)).find(|&j| fr[j].is_audio()) {
+            f.push(format!(
+                "audio frame at {:.1} ms while SPEAK {} was paused (PAUSE answered at {:.1} ms, {} at {:.1} ms)",
+                rel(at(j)),
+                speaks[*c].id,
+                rel(*p_at),
+                if racing { "RESUME answered" } else { "SPEAK ended" },
+                rel(until)
+            ));
+        }
+    }
+
+    // 7. The audio of each SPEAK against what the upstream sent for it;
+    // 4. its Completion-Reason against the injected fault.
+    let mut played: Vec<Vec<u8>> = vec![Vec::new(); speaks.len()];
+    for (j, e) in fr.iter().enumerate() {
+        if let (true, Some(i)) = (e.is_audio(), owner[j]) {
+            let k = audio_index[j];
+            played[i].extend_from_slice(&audio[k * fb..(k + 1) * fb]);
+        }
+    }
+    for (i, s) in speaks.iter().enumerate() {
+        let spec = &FAULTS[s.fault];
+        *t.faults.entry(spec.name).or_default() += 1;
+        let what = format!("SPEAK {} (upstream \"{}\", {} ms)", s.id, spec.name, LENGTHS_MS[s.len]);
+        let token = &inst.tokens[&s.id];
+        let reqs: &[&RecordedRequest] = upstream.get(token).map_or(&[], |v| v.as_slice());
+        if reqs.len() > 1 {
+            f.push(format!("{what}: {} upstream requests for one short SPEAK", reqs.len()));
+        }
+        let sent = reqs.first().map(|r| padded(&r.audio_sent, fb)).unwrap_or_default();
+        let p = &played[i];
+        let (_, end) = s.end.as_ref().expect("checked");
+        let mut exact = false;
+        let outcome = match end {
+            End::Complete { cause: Some(NORMAL), .. } => {
+                exact = true;
+                if spec.reason.is_some() {
+                    f.push(format!("{what}: completed 000 normal although the upstream failed"));
+                }
+                "000 normal".to_string()
+            }
+            End::Complete { reason, .. } => {
+                let reason = reason.as_deref().unwrap_or("");
+                if CLOSE_REASONS.iter().any(|c| reason.starts_with(c)) {
+                    "004 error: channel closed".to_string()
+                } else {
+                    match spec.reason {
+                        None => f.push(format!("{what}: a clean upstream, yet 004 with reason {reason:?}")),
+                        Some(want) if !reason.contains(want) => {
+                            f.push(format!("{what}: Completion-Reason {reason:?} does not name the fault ({want:?})"))
+                        }
+                        Some(_) => {}
+                    }
+                    "004 error: upstream fault".to_string()
+                }
+            }
+            End::Stopped(op, _) => format!("stopped by {}", op.name()),
+        };
+        *t.outcomes.entry(outcome).or_default() += 1;
+        if exact {
+            match reqs.first() {
+                Some(r) if r.completed && r.status == 200 => {
+                    if *p != sent {
+                        f.push(format!(
+                            "{what}: completed 000 but played {} bytes where the upstream sent {} (padded); first difference at byte {}",
+                            p.len(),
+                            sent.len(),
+                            first_difference(p, &sent)
+                        ));
+                    } else {
+                        t.exact_audio += 1;
+                        t.audio_bytes_checked += p.len();
+                    }
+                }
+                Some(r) => f.push(format!(
+                    "{what}: completed 000 but its upstream response was not complete (status {}, completed {})",
+                    r.status, r.completed
+                )),
+                None => f.push(format!("{what}: completed 000 without any upstream request")),
+            }
+        } else if p.len() > sent.len() || p[..] != sent[..p.len()] {
+            f.push(format!(
+                "{what}: played {} bytes that are not a prefix of the {} the upstream sent; first difference at byte {}",
+                p.len(),
+                sent.len(),
+                first_difference(p, &sent)
+            ));
+        } else {
+            t.prefix_audio += 1;
+            t.audio_bytes_checked += p.len();
+        }
+    }
+    f
+}
+
+// -------------------------------------------------------------------- test
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_seconds() -> f64 {
+    std::env::var("CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(DEFAULT_SECONDS)
+}
+
+fn env_seed() -> u64 {
+    let Ok(s) = std::env::var("CHAOS_SEED") else { return DEFAULT_SEED };
+    let s = s.trim();
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    };
+    parsed.unwrap_or_else(|| panic!("CHAOS_SEED={s:?} is not a number"))
+}
+
+/// Waits (bounded) until `f` returns `want`; returns the last value.
+fn settle(want: usize, limit: Duration, f: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = f();
+        if v <= want || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn chaos() {
+    let seconds = env_seconds();
+    let seed = env_seed();
+    println!("[chaos] seed {seed:#x} ({seed}), {seconds} s, {CHANNELS} channels (CHAOS_SEED / CHAOS_SECONDS override)");
+
+    let threads_before = thread_count();
+    let fds_before = open_fd_count();
+    let rss_before = status_kib("VmRSS:");
+
+    let upstream = MockUpstream::start(API_KEY);
+    install_rules(&upstream);
+    let mut server = start_server(
+        params(
+            &upstream,
+            &[
+                ("first_byte_timeout_ms", "400"),
+                ("stall_timeout_ms", "400"),
+                ("connect_timeout_ms", "500"),
+                ("max_buffer_ms", "500"),
+            ],
+        ),
+        MediaClock::RealTime,
+    );
+
+    let started = Instant::now();
+    let ctx =
+        Ctx { server: &server, deadline: started + Duration::from_secs_f64(seconds), failures: Mutex::new(Vec::new()) };
+    let instances: Vec<Instance> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CHANNELS)
+            .map(|slot| {
+                let driver = Driver { slot, rng: Rng::new(seed ^ splitmix(slot as u64 + 1)), ctx: &ctx, opened: 0 };
+                std::thread::Builder::new()
+                    .name(format!("chaos-{slot}"))
+                    .spawn_scoped(s, move || driver.run())
+                    .expect("driver thread")
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("driver thread panicked")).collect()
+    });
+    let ran = started.elapsed();
+    let mut failures = ctx.failures.into_inner().unwrap();
+
+    assert_eq!(server.open_channel_count(), 0, "every channel was closed by its driver");
+    if !upstream.wait_until_idle(Duration::from_secs(5)) {
+        failures.push(format!(
+            "{} upstream transfers still running 5 s after every channel closed",
+            upstream.active_streams()
+        ));
+    }
+    let requests = upstream.requests();
+    let mut by_token: HashMap<String, Vec<&RecordedRequest>> = HashMap::new();
+    for r in &requests {
+        if let Some(tok) = r.text.as_deref().and_then(|t| t.split_whitespace().find(|w| w.starts_with("tok"))) {
+            by_token.entry(tok.to_string()).or_default().push(r);
+        }
+    }
+
+    let mut tally = Tally::default();
+    for inst in &instances {
+        for msg in verify(inst, &by_token, &mut tally) {
+            failures.push(format!("{}: {msg}", inst.label));
+        }
+    }
+    let upstream_requests = requests.len();
+    drop(by_token);
+    drop(requests);
+
+    server.stop().expect("server shuts down cleanly");
+    let violations = server.violations();
+    let key_in_logs = server.logs_text().contains(API_KEY);
+    drop(server);
+    drop(upstream);
+    drop(instances);
+
+    // 6. Resources: the mock's connection threads end when they see their
+    // sockets close; give them a few seconds.
+    let threads_after = settle(threads_before, Duration::from_secs(10), thread_count);
+    let fds_after = settle(fds_before, Duration::from_secs(10), open_fd_count);
+    // SAFETY: plain glibc call; returns freed heap memory to the OS so that
+    // RSS shows what is still allocated.
+    unsafe { libc::malloc_trim(0) };
+    let rss_after = status_kib("VmRSS:");
+    let rss_peak = status_kib("VmHWM:");
+    let rss_growth_mib = (rss_after as f64 - rss_before as f64) / 1024.0;
+
+    // ---- summary
+    let mut lat = tally.stop_latency.clone();
+    lat.sort();
+    let speaks: usize = tally.faults.values().sum();
+    println!("[chaos] ===== summary =====");
+    println!(
+        "[chaos] seed {seed:#x}, {seconds} s requested, {:.1} s run, {} channels opened over {CHANNELS} slots",
+        ran.as_secs_f64(),
+        tally.channels
+    );
+    println!("[chaos] SPEAKs in progress: {speaks}, upstream requests: {upstream_requests}");
+    for (outcome, n) in &tally.outcomes {
+        println!("[chaos]   {outcome:<34} {n}");
+    }
+    let sent = |name: &str| tally.sent.get(name).copied().unwrap_or(0);
+    println!(
+        "[chaos] sent: SPEAK {} (invalid {}), STOP {}, BARGE-IN {}, DEACTIVATE {}, PAUSE {}, RESUME {}",
+        sent("SPEAK"),
+        sent("SPEAK(invalid)"),
+        sent("STOP"),
+        sent("BARGE-IN-OCCURRED"),
+        sent("DEACTIVATE"),
+        sent("PAUSE"),
+        sent("RESUME")
+    );
+    let closes: Vec<String> = tally.closes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("[chaos] closes: {} ({}); slowest close {:?}", tally.channels, closes.join(", "), tally.close_max);
+    println!("[chaos] upstream behaviour per SPEAK:");
+    for spec in &FAULTS {
+        println!("[chaos]   {:<38} {}", spec.name, tally.faults.get(spec.name).copied().unwrap_or(0));
+    }
+    println!(
+        "[chaos] STOP/BARGE-IN/DEACTIVATE → response: n={} p50 {:?} p99 {:?} max {:?}",
+        lat.len(),
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+    println!(
+        "[chaos] audio checked: {} SPEAKs exact, {} as prefix, {:.1} MB; paused windows {}; racing ticks tolerated {}",
+        tally.exact_audio,
+        tally.prefix_audio,
+        tally.audio_bytes_checked as f64 / 1e6,
+        tally.paused_windows,
+        tally.racing_ticks
+    );
+    println!(
+        "[chaos] threads {threads_before} → {threads_after}, fds {fds_before} → {fds_after}, VmRSS {} → {} MiB (growth {rss_growth_mib:.1} MiB, peak {} MiB)",
+        rss_before / 1024,
+        rss_after / 1024,
+        rss_peak / 1024
+    );
+
+    // ---- verdict
+    if !violations.is_empty() {
+        failures.push(format!("host saw {} contract violation(s): {:#?}", violations.len(), violations));
+    }
+    if key_in_logs {
+        failures.push("the API key appeared in the log".into());
+    }
+    if let Some(max) = lat.last() {
+        if *max > STOP_ANSWER_LIMIT {
+            failures.push(format!("a STOP-like request took {max:?} to be answered (limit {STOP_ANSWER_LIMIT:?})"));
+        }
+    }
+    if threads_after != threads_before {
+        failures.push(format!(
+            "threads: {threads_before} before, {threads_after} after (names: {:?})",
+            unimrcp_shim::host::thread_names()
+        ));
+    }
+    if fds_after != fds_before {
+        failures.push(format!("open fds: {fds_before} before, {fds_after} after"));
+    }
+    if rss_growth_mib > 200.0 {
+        failures.push(format!("VmRSS grew by {rss_growth_mib:.1} MiB (limit 200)"));
+    }
+    if tally.outcomes.get("000 normal").copied().unwrap_or(0) == 0 {
+        failures.push("no SPEAK completed normally: the run exercised nothing".into());
+    }
+    if !failures.is_empty() {
+        for msg in failures.iter().take(40) {
+            eprintln!("[chaos] FAILED: {msg}");
+        }
+        panic!("{} chaos invariant failure(s) with seed {seed:#x}; first: {}", failures.len(), failures[0]);
+    }
+}
