@@ -84,6 +84,9 @@ fn engine_params(base_url: &str) -> Vec<(&'static str, String)> {
         ("max_buffer_ms", MAX_BUFFER_MS.to_string()),
         ("first_byte_timeout_ms", TIMEOUT_MS.to_string()),
         ("stall_timeout_ms", TIMEOUT_MS.to_string()),
+        // Latency and read_frame are measured upstream; cache figures come
+        // from their own scenario.
+        ("cache_enabled", "false".to_string()),
     ]
 }
 

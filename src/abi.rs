@@ -283,6 +283,17 @@ impl Message {
         Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
+    /// Cache-Control, when present.
+    pub fn cache_control(&self) -> Option<String> {
+        if !self.generic_present(sys::GENERIC_HEADER_CACHE_CONTROL) {
+            return None;
+        }
+        let header = self.generic_header()?;
+        // SAFETY: the string points into the message's pool.
+        let bytes = unsafe { str_bytes(&header.cache_control) };
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+
     /// mrcp_response_create from this request, allocated in its pool.
     pub fn response(&self, status: sys::mrcp_status_code_e, state: sys::mrcp_request_state_e) -> Option<Message> {
         // SAFETY: exported server function; the request and its pool are live.

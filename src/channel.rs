@@ -233,7 +233,14 @@ impl Channel {
         );
         // IN-PROGRESS goes out before the worker can possibly complete.
         respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_INPROGRESS, None, &[]);
-        let job = Job { speak: Arc::clone(&speak), text, sample_rate: rate, config: Arc::clone(&self.config) };
+        let job = Job {
+            speak: Arc::clone(&speak),
+            text,
+            sample_rate: rate,
+            config: Arc::clone(&self.config),
+            cache: self.engine.cache.lock().clone(),
+            policy: crate::cache::Policy::from_header(request.cache_control().as_deref()),
+        };
         if !self.send_to_worker(Command::Speak(job)) {
             let mut active = self.shared.active.lock();
             if speak.claim() {

@@ -30,7 +30,16 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "stall_timeout_ms",
     "max_buffer_ms",
     "max_request_chars",
+    "cache_enabled",
+    "cache_dir",
+    "cache_max_mb",
+    "cache_max_age_s",
+    "cache_warmup_file",
 ];
+
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
+pub const DEFAULT_CACHE_MAX_MB: u64 = 1024;
+pub const DEFAULT_CACHE_MAX_AGE_S: u64 = 30 * 24 * 3600;
 
 /// Characters ElevenLabs accepts in one request, per model (its published
 /// limits). Longer SPEAKs are sent in parts.
@@ -74,6 +83,9 @@ pub struct Config {
     pub max_buffer_ms: u64,
     /// Override of the model's per-request character limit.
     pub max_request_chars: Option<usize>,
+    /// None: the cache is off.
+    pub cache: Option<crate::cache::CacheConfig>,
+    pub cache_warmup_file: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -90,6 +102,8 @@ impl fmt::Debug for Config {
             .field("stall_timeout", &self.stall_timeout)
             .field("max_buffer_ms", &self.max_buffer_ms)
             .field("max_request_chars", &self.max_request_chars)
+            .field("cache", &self.cache)
+            .field("cache_warmup_file", &self.cache_warmup_file)
             .finish()
     }
 }
@@ -136,8 +150,7 @@ impl<'a> Params<'a> {
         let Some(raw) = self.get(name) else {
             return Ok(default);
         };
-        let value: u64 =
-            raw.parse().map_err(|_| err(name, format!("'{raw}' is not a whole number of milliseconds")))?;
+        let value: u64 = raw.parse().map_err(|_| err(name, format!("'{raw}' is not a whole number")))?;
         if value < min || value > max {
             return Err(err(name, format!("{value} is outside {min}..={max}")));
         }
@@ -228,7 +241,26 @@ impl Config {
             Some(code) => return Err(err("language_code", format!("'{code}' is not an ISO 639 language code"))),
         };
 
+        let cache = if p.boolean("cache_enabled")?.unwrap_or(true) {
+            let dir = p.get("cache_dir").unwrap_or(DEFAULT_CACHE_DIR);
+            if dir.is_empty() || !dir.starts_with('/') {
+                return Err(err("cache_dir", format!("'{dir}' is not an absolute path")));
+            }
+            let max_mb = p.millis("cache_max_mb", DEFAULT_CACHE_MAX_MB, 1, 10_000_000)?;
+            let max_age = p.millis("cache_max_age_s", DEFAULT_CACHE_MAX_AGE_S, 0, 100 * 365 * 24 * 3600)?;
+            Some(crate::cache::CacheConfig {
+                dir: dir.into(),
+                max_bytes: max_mb * 1024 * 1024,
+                max_age: (max_age > 0).then(|| Duration::from_secs(max_age)),
+            })
+        } else {
+            None
+        };
+        let cache_warmup_file = p.get("cache_warmup_file").filter(|f| !f.is_empty()).map(str::to_owned);
+
         Ok(Config {
+            cache,
+            cache_warmup_file,
             api_key,
             base_url,
             voice_id,

@@ -19,6 +19,8 @@ use crate::worker::{self, Command, WorkerHandle};
 pub struct EngineState {
     /// Set by a successful open.
     pub config: Mutex<Option<Arc<Config>>>,
+    /// The prompt cache, when enabled and usable.
+    pub cache: Mutex<Option<Arc<crate::cache::Cache>>>,
     /// Every channel's worker slot, so engine close can stop them all.
     workers: Mutex<Vec<Arc<Mutex<Option<WorkerHandle>>>>>,
     channel_seq: std::sync::atomic::AtomicU64,
@@ -57,6 +59,12 @@ impl Engine {
         };
         // The one curl_global_init of the process (curl::init runs it once).
         curl::init();
+        let cache = config.cache.clone().and_then(crate::cache::Cache::open);
+        if let Some(cache) = &cache {
+            let c = cache.config();
+            log::info!("cache: {} (max {} MiB, max age {:?})", c.dir.display(), c.max_bytes / (1024 * 1024), c.max_age);
+        }
+        *self.state.cache.lock() = cache;
         log::info!(
             "engine open: base_url={} voice_id={} model_id={} max_buffer_ms={} (curl {})",
             config.base_url,
@@ -74,6 +82,7 @@ impl Engine {
             self.state.workers.lock().iter().filter_map(|slot| slot.lock().take()).collect();
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let engine = SendPtr(engine);
+        let cache = self.state.cache.lock().take();
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -82,6 +91,9 @@ impl Engine {
             }
             for h in handles {
                 worker::join(h.thread, "engine close");
+            }
+            if let Some(cache) = cache {
+                cache.stop();
             }
             let engine = engine;
             // SAFETY: the engine outlives close (destroy comes after).

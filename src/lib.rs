@@ -18,6 +18,7 @@
 
 mod abi;
 mod audio;
+mod cache;
 mod channel;
 mod config;
 mod engine;

@@ -108,6 +108,31 @@ pub struct Collector {
     paused_for: usize,
     /// The SPEAK was stopped under us: abort.
     stale: bool,
+    /// Where the audio also goes (cache file, followers); kept across the
+    /// parts of a SPEAK.
+    pub tee: Tee,
+}
+
+/// The copies of a response besides the channel's own buffer.
+#[derive(Default)]
+pub struct Tee {
+    pub flight: Option<Arc<crate::cache::Flight>>,
+    /// Boxed: the writer's buffer and hash state are large.
+    pub writer: Option<Box<crate::cache::EntryWriter>>,
+    /// Bytes already played from an abandoned shared synthesis: not played
+    /// again, but still stored.
+    pub skip: usize,
+}
+
+impl Tee {
+    fn copy(&mut self, data: &[u8]) {
+        if let Some(flight) = &self.flight {
+            flight.append(data);
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            writer.write(data);
+        }
+    }
 }
 
 impl Collector {
@@ -126,6 +151,7 @@ impl Collector {
             last_byte: now,
             paused_for: 0,
             stale: false,
+            tee: Tee::default(),
         }
     }
 
@@ -185,11 +211,18 @@ impl Handler for Collector {
             self.error_body.extend_from_slice(&data[..data.len().min(room)]);
             return Ok(data.len());
         }
-        let outcome = self.shared.playback.lock().push(self.generation, data);
+        let skip = self.tee.skip.min(data.len());
+        let outcome = if skip == data.len() {
+            Push::Stored
+        } else {
+            self.shared.playback.lock().push(self.generation, &data[skip..])
+        };
         match outcome {
             Push::Stored => {
-                self.audio_bytes += data.len() as u64;
+                self.tee.skip -= skip;
+                self.audio_bytes += (data.len() - skip) as u64;
                 self.paused_for = 0;
+                self.tee.copy(data);
                 Ok(data.len())
             }
             Push::Full => {
@@ -233,9 +266,17 @@ impl Transport {
     }
 
     /// Starts the request; audio for `generation` flows into the buffer.
-    pub fn start<'t>(&'t mut self, req: &Request<'t>, generation: u64) -> Result<Transfer<'t>, String> {
-        let mut easy = self.idle.take().ok_or_else(|| "internal: curl handle busy".to_owned())?;
+    pub fn start<'t>(
+        &'t mut self,
+        req: &Request<'t>,
+        generation: u64,
+        tee: Tee,
+    ) -> Result<Transfer<'t>, (String, Tee)> {
+        let Some(mut easy) = self.idle.take() else {
+            return Err(("internal: curl handle busy".to_owned(), tee));
+        };
         easy.get_mut().reset(generation);
+        easy.get_mut().tee = tee;
         let config = req.config;
         let setup = (|| -> Result<(), curl::Error> {
             easy.url(&req.url())?;
@@ -252,12 +293,15 @@ impl Transport {
             Ok(())
         })();
         if let Err(e) = setup {
+            let tee = std::mem::take(&mut easy.get_mut().tee);
             self.idle = Some(easy);
-            return Err(format!("internal: cannot set up the request: {e}"));
+            return Err((format!("internal: cannot set up the request: {e}"), tee));
         }
         match self.multi.add2(easy) {
             Ok(handle) => Ok(Transfer { transport: self, handle: Some(handle), config, done: None }),
-            Err(e) => Err(format!("internal: cannot start the transfer: {e}")),
+            // The easy handle is lost with the failed add; the next SPEAK
+            // gets an error too, which says so.
+            Err(e) => Err((format!("internal: cannot start the transfer: {e}"), Tee::default())),
         }
     }
 }
@@ -351,21 +395,22 @@ impl Transfer<'_> {
 
     /// Ends the transfer (aborting it if it is still running), gives the
     /// easy handle back for the next SPEAK, and says how it went.
-    pub fn finish(mut self) -> (Outcome, Stats) {
+    pub fn finish(mut self) -> (Outcome, Stats, Tee) {
         let handle = self.handle.take().expect("transfer in progress");
-        let easy = match self.transport.multi.remove2(handle) {
+        let mut easy = match self.transport.multi.remove2(handle) {
             Ok(easy) => easy,
             Err(e) => {
-                // The handle is lost to the multi; make a fresh one next time.
                 log::error!("curl multi remove: {e}");
-                return (Outcome::Failed(format!("internal: {e}")), Stats::default());
+                return (Outcome::Failed(format!("internal: {e}")), Stats::default(), Tee::default());
             }
         };
+        let tee = std::mem::take(&mut easy.get_mut().tee);
         let c = easy.get_ref();
         let stats = Stats {
             audio_bytes: c.audio_bytes,
             time_to_first_byte: c.first_byte.map(|t| t.duration_since(c.started)),
             http_status: c.status,
+            source: "upstream",
         };
         let outcome = match self.done.take() {
             _ if c.stale => Outcome::Stale,
@@ -374,7 +419,7 @@ impl Transfer<'_> {
             Some(Ok(())) => judge_response(c),
         };
         self.transport.idle = Some(easy);
-        (outcome, stats)
+        (outcome, stats, tee)
     }
 }
 
@@ -394,6 +439,8 @@ pub struct Stats {
     pub audio_bytes: u64,
     pub time_to_first_byte: Option<Duration>,
     pub http_status: u32,
+    /// Where the audio came from: upstream, cache, or shared (a flight).
+    pub source: &'static str,
 }
 
 impl Stats {
@@ -404,6 +451,9 @@ impl Stats {
         self.time_to_first_byte = self.time_to_first_byte.or(next.time_to_first_byte);
         if next.http_status != 0 {
             self.http_status = next.http_status;
+        }
+        if !next.source.is_empty() {
+            self.source = next.source;
         }
     }
 }

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::abi::ChannelRef;
+use crate::audio::{Playback, Push};
+use crate::cache::{Cache, Flight, FlightEnd, KeyInput, Lookup, Policy};
 use crate::channel::Shared;
 use crate::config::Config;
 use crate::panic::describe;
 use crate::speak::{Completion, Speak};
-use crate::synth::{Outcome, Request, Stats, Transport};
+use crate::synth::{Outcome, Request, Stats, Tee, Transport};
 
 /// Commands queue here; a handful per SPEAK at most, so a full queue means
 /// the worker is wedged and the sender reports failure instead of waiting.
@@ -37,6 +39,100 @@ pub struct Job {
     pub text: String,
     pub sample_rate: u32,
     pub config: Arc<Config>,
+    /// The engine's prompt cache, if on.
+    pub cache: Option<Arc<Cache>>,
+    /// What the SPEAK's Cache-Control allows.
+    pub policy: Policy,
+}
+
+/// How long a local feed sleeps when the buffer is full or the flight it
+/// follows has nothing new (a wake-up from either cuts it short).
+const FEED_WAIT: Duration = Duration::from_millis(20);
+
+/// Audio that does not come from a transfer of our own, with how far it
+/// has been pushed into the buffer.
+enum Source {
+    /// A cache entry, read whole (and checked) before the first byte plays.
+    Memory(Vec<u8>, usize),
+    /// A synthesis of the same prompt another channel is running.
+    Flight(Arc<Flight>, usize),
+}
+
+enum Pulled {
+    Progress,
+    /// Nothing to do now; `room_wanted` > 0 when the buffer is full.
+    More {
+        room_wanted: usize,
+    },
+    Done,
+    Failed(String),
+    Abandoned,
+}
+
+/// How a local feed ended, with the bytes it pushed.
+enum Fed {
+    Done(usize),
+    Failed(String, usize),
+    Interrupted(usize),
+    Abandoned(usize),
+}
+
+impl Fed {
+    fn bytes(&self) -> usize {
+        match self {
+            Fed::Done(n) | Fed::Failed(_, n) | Fed::Interrupted(n) | Fed::Abandoned(n) => *n,
+        }
+    }
+}
+
+/// Pushes at most this much per lock of the buffer (bounded hold).
+const FEED_CHUNK: usize = 16 * 1024;
+
+impl Source {
+    fn offset(&self) -> usize {
+        match self {
+            Source::Memory(_, off) | Source::Flight(_, off) => *off,
+        }
+    }
+
+    fn pull(&mut self, playback: &mut Playback, generation: u64) -> Pulled {
+        let room = playback.free().min(FEED_CHUNK);
+        match self {
+            Source::Memory(audio, off) => {
+                if *off >= audio.len() {
+                    return Pulled::Done;
+                }
+                let n = room.min(audio.len() - *off);
+                if n == 0 {
+                    return Pulled::More { room_wanted: FEED_CHUNK.min(audio.len() - *off) };
+                }
+                if playback.push(generation, &audio[*off..*off + n]) != Push::Stored {
+                    return Pulled::More { room_wanted: 0 }; // stopped: the loop sees it
+                }
+                *off += n;
+                Pulled::Progress
+            }
+            Source::Flight(flight, off) => {
+                if room == 0 {
+                    return Pulled::More { room_wanted: FEED_CHUNK };
+                }
+                let mut stored = true;
+                let (n, end) =
+                    flight.take(*off, room, |bytes| stored = playback.push(generation, bytes) == Push::Stored);
+                if !stored {
+                    return Pulled::More { room_wanted: 0 };
+                }
+                *off += n;
+                match end {
+                    Some(FlightEnd::Complete) => Pulled::Done,
+                    Some(FlightEnd::Failed(reason)) => Pulled::Failed(reason),
+                    Some(FlightEnd::Abandoned) => Pulled::Abandoned,
+                    None if n > 0 => Pulled::Progress,
+                    None => Pulled::More { room_wanted: 0 },
+                }
+            }
+        }
+    }
 }
 
 /// How one upstream request of a SPEAK ended.
@@ -208,13 +304,86 @@ impl Worker {
         }
     }
 
-    /// Speaks the job's text: one upstream request per part (long texts are
-    /// split at sentence boundaries, see split.rs), all into the same
-    /// buffer generation so the parts play back to back without a gap.
+    /// Speaks the job's text: from the cache, by following a synthesis of
+    /// the same prompt already in progress, or upstream (one request per
+    /// part: long texts are split at sentence ends, see split.rs), all into
+    /// the same buffer generation so everything plays without a gap.
     fn synthesize(&mut self, transport: &mut Transport, job: Job) {
         crate::panic::inject("synthesize");
         let parts = crate::split::split_for_requests(&job.text, job.config.max_request_chars());
-        let mut total = Stats::default();
+        let key = job.cache.as_ref().map(|_| {
+            let c = &job.config;
+            KeyInput {
+                parts: &parts,
+                voice_id: &c.voice_id,
+                model_id: &c.model_id,
+                sample_rate: job.sample_rate,
+                settings: &c.voice_settings,
+                language_code: c.language_code.as_deref(),
+                seed: None,
+                text_normalization: None,
+                pronunciation_dictionaries: &[],
+            }
+            .key()
+        });
+        let mut tee = Tee::default();
+        let mut lead = None;
+        if let (Some(cache), Some(key)) = (job.cache.clone(), key) {
+            if job.policy.read {
+                match cache.lookup(key, job.sample_rate, job.policy.max_age, &self.shared) {
+                    Lookup::Hit(audio) => {
+                        let fed = self.feed(&job, Source::Memory(audio, 0));
+                        return self.fed(job, fed, "cache");
+                    }
+                    Lookup::Follow(flight) => {
+                        match self.feed(&job, Source::Flight(flight, 0)) {
+                            // The leader went away: synthesize it ourselves,
+                            // without replaying what was already heard.
+                            Fed::Abandoned(played) => tee.skip = played,
+                            fed => return self.fed(job, fed, "shared"),
+                        }
+                    }
+                    Lookup::Lead(flight, writer) => {
+                        tee.flight = Some(Arc::clone(&flight));
+                        tee.writer = writer.map(Box::new);
+                        lead = Some((Arc::clone(&cache), key, flight));
+                    }
+                }
+            }
+            if lead.is_none() && job.policy.write {
+                tee.writer = cache.writer(key, job.sample_rate).map(Box::new);
+            }
+        }
+        let (result, total, mut tee) = self.upstream(transport, &job, &parts, tee);
+        let end = match &result {
+            Part::Done => {
+                if let Some(writer) = tee.writer.take() {
+                    (*writer).commit();
+                }
+                FlightEnd::Complete
+            }
+            Part::Failed(reason) => FlightEnd::Failed(reason.clone()),
+            Part::Interrupted => FlightEnd::Abandoned,
+        };
+        drop(tee); // an uncommitted entry is deleted here
+        if let Some((cache, key, flight)) = lead {
+            cache.land(key, &flight, end);
+        }
+        match result {
+            Part::Done => self.finish_buffering(job, total),
+            Part::Interrupted => {
+                // Ended by STOP / BARGE-IN (answered on the MRCP Server
+                // thread) or by a shutdown, which sent its SPEAK-COMPLETE.
+                let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
+                self.summary(&job, &total, label);
+            }
+            Part::Failed(reason) => self.fail(&job, reason, total),
+        }
+    }
+
+    /// Every part of the text upstream, one request after the other.
+    fn upstream(&mut self, transport: &mut Transport, job: &Job, parts: &[String], mut tee: Tee) -> (Part, Stats, Tee) {
+        let mut total = Stats { source: "upstream", ..Stats::default() };
         for (i, part) in parts.iter().enumerate() {
             let request = Request {
                 config: &job.config,
@@ -223,40 +392,103 @@ impl Worker {
                 previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p])),
                 next_text: parts.get(i + 1).map(|n| context_head(n)),
             };
-            let (result, stats) = self.transfer(transport, &request, &job);
+            let (result, stats, back) = self.transfer(transport, &request, job, tee);
+            tee = back;
             total.add(&stats);
             match result {
                 Part::Done => {}
-                Part::Interrupted => {
-                    // Ended by STOP / BARGE-IN (answered on the MRCP Server
-                    // thread) or by a shutdown, which sent its SPEAK-COMPLETE.
-                    let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
-                    self.summary(&job, &total, label);
-                    return;
+                Part::Failed(reason) if parts.len() > 1 => {
+                    return (Part::Failed(format!("{reason} (part {} of {})", i + 1, parts.len())), total, tee)
                 }
-                Part::Failed(reason) => {
-                    let reason =
-                        if parts.len() > 1 { format!("{reason} (part {} of {})", i + 1, parts.len()) } else { reason };
-                    self.fail(&job, reason, total);
-                    return;
-                }
+                other => return (other, total, tee),
             }
         }
+        (Part::Done, total, tee)
+    }
+
+    /// All audio is in the buffer: the SPEAK completes once it is played.
+    fn finish_buffering(&mut self, job: Job, stats: Stats) {
         let finished = self.shared.playback.lock().finish(job.speak.generation);
         if finished {
-            self.draining = Some((job, total));
+            self.draining = Some((job, stats));
             // The last frame may already have been taken.
             self.check_drained();
         }
     }
 
+    /// The end of a local feed, as for an upstream transfer.
+    fn fed(&mut self, job: Job, fed: Fed, source: &'static str) {
+        let stats =
+            Stats { audio_bytes: fed.bytes() as u64, time_to_first_byte: Some(Duration::ZERO), http_status: 0, source };
+        match fed {
+            Fed::Done(_) => self.finish_buffering(job, stats),
+            Fed::Failed(reason, _) => self.fail(&job, reason, stats),
+            Fed::Interrupted(_) | Fed::Abandoned(_) => {
+                let label = if self.exit.is_some() { "004 error (shutdown)" } else { STOPPED };
+                self.summary(&job, &stats, label);
+            }
+        }
+    }
+
+    /// Pushes audio from a local source (a cache entry, or a flight another
+    /// channel is downloading) into the buffer as the media thread makes
+    /// room, serving commands meanwhile.
+    fn feed(&mut self, job: &Job, mut source: Source) -> Fed {
+        let generation = job.speak.generation;
+        let fed = loop {
+            let mut interrupted = false;
+            while let Ok(command) = self.rx.try_recv() {
+                match command {
+                    Command::Cancel { generation: g } if g == generation => interrupted = true,
+                    Command::Cancel { .. } => {}
+                    Command::Shutdown { respond_close, reason } => {
+                        self.stop_playback(generation);
+                        self.end(&job.speak, Completion::error(reason));
+                        self.exit = Some(respond_close);
+                        interrupted = true;
+                    }
+                    other => self.deferred.push_back(other),
+                }
+            }
+            if interrupted || job.speak.is_terminated() {
+                break Fed::Interrupted(source.offset());
+            }
+            let step = {
+                let mut playback = self.shared.playback.lock();
+                source.pull(&mut playback, generation)
+            };
+            match step {
+                Pulled::More { room_wanted } => {
+                    if room_wanted > 0 {
+                        self.shared.want_space.store(room_wanted, Ordering::Release);
+                    }
+                    self.shared.waker.wait(Some(FEED_WAIT));
+                }
+                Pulled::Progress => {}
+                Pulled::Done => break Fed::Done(source.offset()),
+                Pulled::Failed(reason) => break Fed::Failed(reason, source.offset()),
+                Pulled::Abandoned => break Fed::Abandoned(source.offset()),
+            }
+        };
+        if let Source::Flight(flight, _) = &source {
+            flight.unfollow(&self.shared);
+        }
+        fed
+    }
+
     /// One upstream request, run to its end while commands keep being
     /// served (a STOP must not wait for the network).
-    fn transfer(&mut self, transport: &mut Transport, request: &Request<'_>, job: &Job) -> (Part, Stats) {
+    fn transfer(
+        &mut self,
+        transport: &mut Transport,
+        request: &Request<'_>,
+        job: &Job,
+        tee: Tee,
+    ) -> (Part, Stats, Tee) {
         let generation = job.speak.generation;
-        let mut transfer = match transport.start(request, generation) {
+        let mut transfer = match transport.start(request, generation, tee) {
             Ok(t) => t,
-            Err(reason) => return (Part::Failed(reason), Stats::default()),
+            Err((reason, tee)) => return (Part::Failed(reason), Stats::default(), tee),
         };
         let mut expired: Option<String> = None;
         let mut interrupted = false;
@@ -289,16 +521,16 @@ impl Worker {
             transfer.wait(self.shared.waker.fd(), now);
             self.shared.waker.drain();
         }
-        let (outcome, stats) = transfer.finish();
+        let (outcome, stats, tee) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
-            return (Part::Interrupted, stats);
+            return (Part::Interrupted, stats, tee);
         }
         let part = match (expired, outcome) {
             (Some(reason), _) | (None, Outcome::Failed(reason)) => Part::Failed(reason),
             (None, Outcome::Stale) => Part::Interrupted,
             (None, Outcome::Complete) => Part::Done,
         };
-        (part, stats)
+        (part, stats, tee)
     }
 
     fn fail(&mut self, job: &Job, reason: String, stats: Stats) {
@@ -349,13 +581,14 @@ impl Worker {
         let audio_ms = stats.audio_bytes / bytes_per_ms.max(1);
         let ttfb = stats.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
         log::info!(
-            "[{}] SPEAK {} done: chars={} voice={} model={} rate={} ttfb_ms={} audio_ms={} bytes={} http={} cause={}",
+            "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} cause={}",
             self.id(),
             job.speak.request_id,
             job.text.chars().count(),
             job.config.voice_id,
             job.config.model_id,
             job.sample_rate,
+            stats.source,
             ttfb,
             audio_ms,
             stats.audio_bytes,

@@ -306,6 +306,7 @@ fn engine_block(base_url: &str) -> String {
         <param name="first_byte_timeout_ms" value="5000"/>
         <param name="stall_timeout_ms" value="5000"/>
         <param name="max_buffer_ms" value="4000"/>
+        <param name="cache_enabled" value="false"/>
       </engine>
     "#
     )

@@ -33,6 +33,9 @@ pub fn params(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Vec<(String, S
         ("base_url".into(), upstream.base_url()),
         ("first_byte_timeout_ms".into(), "5000".into()),
         ("stall_timeout_ms".into(), "3000".into()),
+        // Tests count upstream requests; the cache tests turn it on with
+        // a private dir of their own.
+        ("cache_enabled".into(), "false".into()),
     ];
     for (k, v) in extra {
         p.retain(|(name, _)| name != k);

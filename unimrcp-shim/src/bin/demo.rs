@@ -112,7 +112,9 @@ fn run(args: Args) -> Result<(), String> {
         Some(key) => {
             let voice = std::env::var("ELEVENLABS_VOICE_ID").unwrap_or_else(|_| DEFAULT_VOICE_ID.to_string());
             println!("upstream: ElevenLabs API, voice {voice}");
-            vec![("api_key".into(), key), ("voice_id".into(), voice)]
+            // A repeated demo sentence is served from this cache (no credits).
+            let cache = std::env::temp_dir().join("unimrcp-elevenlabs-demo-cache");
+            vec![("api_key".into(), key), ("voice_id".into(), voice), ("cache_dir".into(), cache.display().to_string())]
         }
         None => {
             let mock = MockUpstream::start("demo-key");
@@ -126,6 +128,7 @@ fn run(args: Args) -> Result<(), String> {
                 ("api_key".into(), "demo-key".into()),
                 ("base_url".into(), mock.base_url()),
                 ("voice_id".into(), DEFAULT_VOICE_ID.into()),
+                ("cache_enabled".into(), "false".into()),
             ];
             _mock = Some(mock);
             params

@@ -33,6 +33,8 @@ pub struct Request {
     pub prosody_rate: Option<ProsodyRate>,
     pub vendor_specific: Vec<(String, String)>,
     pub logging_tag: Option<String>,
+    /// Cache-Control (generic header), e.g. "no-cache" or "max-age=60".
+    pub cache_control: Option<String>,
 }
 
 impl Request {
@@ -49,6 +51,7 @@ impl Request {
             prosody_rate: None,
             vendor_specific: Vec::new(),
             logging_tag: None,
+            cache_control: None,
         }
     }
 
@@ -92,6 +95,7 @@ impl Request {
             || !self.body.is_empty()
             || !self.vendor_specific.is_empty()
             || self.logging_tag.is_some()
+            || self.cache_control.is_some()
     }
 
     fn has_synth(&self) -> bool {
@@ -136,6 +140,10 @@ pub(crate) fn build_request(pool: &Pool, session_id: &str, request_id: u32, req:
             if let Some(tag) = &req.logging_tag {
                 g.logging_tag = pool.apt_str(tag);
                 property_add(msg, sys::GENERIC_HEADER_LOGGING_TAG as usize, true);
+            }
+            if let Some(cc) = &req.cache_control {
+                g.cache_control = pool.apt_str(cc);
+                property_add(msg, sys::GENERIC_HEADER_CACHE_CONTROL as usize, true);
             }
             if !req.vendor_specific.is_empty() {
                 let arr = super::apr::array_make(
