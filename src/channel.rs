@@ -46,6 +46,19 @@ pub struct Shared {
     pub rate: AtomicU32,
 }
 
+impl Shared {
+    pub fn new(buffer_capacity: usize) -> std::io::Result<Shared> {
+        Ok(Shared {
+            playback: Mutex::new(Playback::new(buffer_capacity)),
+            active: Mutex::new(None),
+            waker: Waker::new()?,
+            drained: AtomicU64::new(0),
+            want_space: AtomicUsize::new(0),
+            rate: AtomicU32::new(0),
+        })
+    }
+}
+
 /// Buffer bytes for a SPEAK at `rate` under `max_buffer_ms`.
 pub fn buffer_limit(max_buffer_ms: u64, rate: u32) -> usize {
     let bytes_per_ms = rate as usize * 2 / 1000;
@@ -70,14 +83,7 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(engine: Arc<EngineState>, config: Arc<Config>) -> std::io::Result<Channel> {
-        let shared = Arc::new(Shared {
-            playback: Mutex::new(Playback::new(buffer_capacity(config.max_buffer_ms))),
-            active: Mutex::new(None),
-            waker: Waker::new()?,
-            drained: AtomicU64::new(0),
-            want_space: AtomicUsize::new(0),
-            rate: AtomicU32::new(0),
-        });
+        let shared = Arc::new(Shared::new(buffer_capacity(config.max_buffer_ms))?);
         Ok(Channel { shared, engine, config, worker: Arc::new(Mutex::new(None)), stopping: Mutex::new(None) })
     }
 

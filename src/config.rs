@@ -35,6 +35,7 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "cache_max_mb",
     "cache_max_age_s",
     "cache_warmup_file",
+    "cache_warmup_rates",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -86,6 +87,8 @@ pub struct Config {
     /// None: the cache is off.
     pub cache: Option<crate::cache::CacheConfig>,
     pub cache_warmup_file: Option<String>,
+    /// Rates the warm-up synthesizes each prompt at.
+    pub cache_warmup_rates: Vec<u32>,
 }
 
 impl fmt::Debug for Config {
@@ -104,6 +107,7 @@ impl fmt::Debug for Config {
             .field("max_request_chars", &self.max_request_chars)
             .field("cache", &self.cache)
             .field("cache_warmup_file", &self.cache_warmup_file)
+            .field("cache_warmup_rates", &self.cache_warmup_rates)
             .finish()
     }
 }
@@ -257,10 +261,18 @@ impl Config {
             None
         };
         let cache_warmup_file = p.get("cache_warmup_file").filter(|f| !f.is_empty()).map(str::to_owned);
+        let mut cache_warmup_rates = Vec::new();
+        for rate in p.get("cache_warmup_rates").unwrap_or("8000").split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match rate.parse::<u32>() {
+                Ok(r) if crate::channel::SAMPLE_RATES.contains(&r) => cache_warmup_rates.push(r),
+                _ => return Err(err("cache_warmup_rates", format!("'{rate}' is not one of 8000, 16000"))),
+            }
+        }
 
         Ok(Config {
             cache,
             cache_warmup_file,
+            cache_warmup_rates,
             api_key,
             base_url,
             voice_id,

@@ -21,6 +21,8 @@ pub struct EngineState {
     pub config: Mutex<Option<Arc<Config>>>,
     /// The prompt cache, when enabled and usable.
     pub cache: Mutex<Option<Arc<crate::cache::Cache>>>,
+    /// The cache warm-up thread, while it runs.
+    warmup: Mutex<Option<crate::warmup::Warmup>>,
     /// Every channel's worker slot, so engine close can stop them all.
     workers: Mutex<Vec<Arc<Mutex<Option<WorkerHandle>>>>>,
     channel_seq: std::sync::atomic::AtomicU64,
@@ -64,6 +66,11 @@ impl Engine {
             let c = cache.config();
             log::info!("cache: {} (max {} MiB, max age {:?})", c.dir.display(), c.max_bytes / (1024 * 1024), c.max_age);
         }
+        let config = Arc::new(config);
+        if let (Some(cache), Some(file)) = (&cache, &config.cache_warmup_file) {
+            *self.state.warmup.lock() =
+                crate::warmup::Warmup::start(file.clone(), Arc::clone(&config), Arc::clone(cache));
+        }
         *self.state.cache.lock() = cache;
         log::info!(
             "engine open: base_url={} voice_id={} model_id={} max_buffer_ms={} (curl {})",
@@ -73,7 +80,7 @@ impl Engine {
             config.max_buffer_ms,
             curl::Version::get().version()
         );
-        *self.state.config.lock() = Some(Arc::new(config));
+        *self.state.config.lock() = Some(config);
         true
     }
 
@@ -83,6 +90,7 @@ impl Engine {
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let engine = SendPtr(engine);
         let cache = self.state.cache.lock().take();
+        let warmup = self.state.warmup.lock().take();
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -91,6 +99,9 @@ impl Engine {
             }
             for h in handles {
                 worker::join(h.thread, "engine close");
+            }
+            if let Some(warmup) = warmup {
+                warmup.stop();
             }
             if let Some(cache) = cache {
                 cache.stop();

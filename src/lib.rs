@@ -32,6 +32,7 @@ mod synth;
 mod sys;
 mod text;
 mod wake;
+mod warmup;
 mod worker;
 
 // Unit tests link the stand-in server library so the plugin's references to

@@ -122,6 +122,8 @@ pub struct Tee {
     /// Bytes already played from an abandoned shared synthesis: not played
     /// again, but still stored.
     pub skip: usize,
+    /// No caller listens (cache warm-up): nothing goes to the buffer.
+    pub detached: bool,
 }
 
 impl Tee {
@@ -209,6 +211,11 @@ impl Handler for Collector {
         if !is_audio {
             let room = MAX_ERROR_BODY.saturating_sub(self.error_body.len());
             self.error_body.extend_from_slice(&data[..data.len().min(room)]);
+            return Ok(data.len());
+        }
+        if self.tee.detached {
+            self.audio_bytes += data.len() as u64;
+            self.tee.copy(data);
             return Ok(data.len());
         }
         let skip = self.tee.skip.min(data.len());

@@ -295,3 +295,41 @@ fn an_unusable_cache_dir_is_logged_once_and_synthesis_goes_on() {
     let logs = rig.server.logs_text();
     assert_eq!(logs.matches("is not usable").count(), 1, "{logs}");
 }
+
+#[test]
+fn warm_up_fills_the_cache_one_request_at_a_time() {
+    let dir = TempDir::new("warm");
+    std::fs::create_dir_all(dir.0.parent().unwrap()).unwrap();
+    let file = dir.0.parent().unwrap().join("prompts.txt");
+    std::fs::write(&file, "# IVR prompts\nWelcome to the bank.\nPress one for sales.\n\t\tPress two for support.\n")
+        .unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let extra = [("cache_warmup_file", file.as_str()), ("cache_warmup_rates", "8000,16000")];
+    {
+        let rig = cached_rig(&dir, &extra);
+        rig.upstream.set_default(Behavior::realtime().with_speed(4.0).with_audio_ms(800));
+        let deadline = Instant::now() + WAIT;
+        let mut most_at_once = 0;
+        while rig.upstream.request_count() < 6 || rig.upstream.active_streams() > 0 {
+            assert!(Instant::now() < deadline, "warm-up did not finish");
+            most_at_once = most_at_once.max(rig.upstream.active_streams());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(most_at_once, 1, "one upstream request at a time");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(dir.entry_names().len(), 6, "three prompts at two rates");
+        let ch = rig.server.open_channel(16000).unwrap();
+        speak_ok(&ch, "Press one for sales.");
+        assert_eq!(rig.upstream.request_count(), 6, "a warmed prompt is a hit");
+        assert!(rig.server.logs_text().contains("cache warm-up done"));
+    }
+    // A second server on the same dir finds everything cached.
+    let rig = cached_rig(&dir, &extra);
+    let deadline = Instant::now() + WAIT;
+    while !rig.server.logs_text().contains("cache warm-up done") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rig.upstream.request_count(), 0);
+    assert!(rig.server.logs_text().contains("0 synthesized, 6 already cached, 0 failed"));
+}

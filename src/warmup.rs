@@ -1,0 +1,267 @@
+//! Cache warm-up: after engine open, a background thread synthesizes the
+//! prompts of `cache_warmup_file` into the cache, one upstream request at a
+//! time (so calls keep the plan's concurrency), skipping prompts already
+//! cached. It has its own curl handles, which only it touches.
+//!
+//! File format: one prompt per line; blank lines and lines starting with
+//! `#` are skipped. A line is either the text alone (engine voice and
+//! model), or `voice_id<TAB>model_id<TAB>text` (an empty field means the
+//! engine's). Each prompt is warmed at every rate of `cache_warmup_rates`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::cache::{Cache, FlightEnd, KeyInput, Lookup};
+use crate::channel::Shared;
+use crate::config::{valid_voice_id, Config};
+use crate::synth::{Outcome, Request, Tee, Transport};
+
+/// One line of the warm-up file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    pub voice_id: Option<String>,
+    pub model_id: Option<String>,
+    pub text: String,
+}
+
+/// Parses the file's text; bad lines are reported by number, not fatal.
+pub fn parse(text: &str) -> (Vec<Prompt>, Vec<String>) {
+    let mut prompts = Vec::new();
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        let prompt = match fields.as_slice() {
+            [text] => Prompt { voice_id: None, model_id: None, text: text.trim().to_owned() },
+            [voice, model, text] => Prompt {
+                voice_id: Some(voice.trim()).filter(|v| !v.is_empty()).map(str::to_owned),
+                model_id: Some(model.trim()).filter(|m| !m.is_empty()).map(str::to_owned),
+                text: text.trim().to_owned(),
+            },
+            _ => {
+                problems.push(format!("line {}: expected text, or voice_id<TAB>model_id<TAB>text", n + 1));
+                continue;
+            }
+        };
+        if prompt.text.is_empty() || prompt.voice_id.as_deref().is_some_and(|v| !valid_voice_id(v)) {
+            problems.push(format!("line {}: empty text or bad voice id", n + 1));
+            continue;
+        }
+        prompts.push(prompt);
+    }
+    (prompts, problems)
+}
+
+pub struct Warmup {
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
+}
+
+impl Warmup {
+    /// Starts warming `path` in the background.
+    pub fn start(path: String, config: Arc<Config>, cache: Arc<Cache>) -> Option<Warmup> {
+        let shared = match Shared::new(crate::channel::buffer_capacity(config.max_buffer_ms)) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                log::error!("cache warm-up: {e}");
+                return None;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, shared2) = (Arc::clone(&stop), Arc::clone(&shared));
+        let thread = std::thread::Builder::new()
+            .name("elevenlabs-warm".into())
+            .spawn(move || run(&path, &config, &cache, &shared2, &stop2))
+            .map_err(|e| log::error!("cache warm-up: cannot start its thread: {e}"))
+            .ok()?;
+        Some(Warmup { stop, shared, thread })
+    }
+
+    /// Aborts the current request and joins the thread (engine close).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.shared.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+fn run(path: &str, config: &Config, cache: &Arc<Cache>, shared: &Arc<Shared>, stop: &AtomicBool) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("cache warm-up: cannot read '{path}': {e}");
+            return;
+        }
+    };
+    let (prompts, problems) = parse(&text);
+    for p in &problems {
+        log::warn!("cache warm-up: {path}: {p}");
+    }
+    let mut transport = match Transport::new(Arc::clone(shared)) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("cache warm-up: cannot create curl handles: {e}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let (mut made, mut present, mut failed) = (0, 0, 0);
+    for prompt in &prompts {
+        for &rate in &config.cache_warmup_rates {
+            if stop.load(Ordering::Acquire) {
+                log::info!("cache warm-up stopped");
+                return;
+            }
+            match warm(&mut transport, prompt, rate, config, cache, shared, stop) {
+                Warmed::Made => made += 1,
+                Warmed::Present => present += 1,
+                Warmed::Failed(why) => {
+                    failed += 1;
+                    log::warn!("cache warm-up: {:?} at {rate} Hz: {why}", prompt.text);
+                }
+            }
+        }
+    }
+    log::info!(
+        "cache warm-up done in {:?}: {made} synthesized, {present} already cached, {failed} failed",
+        started.elapsed()
+    );
+}
+
+enum Warmed {
+    Made,
+    Present,
+    Failed(String),
+}
+
+fn warm(
+    transport: &mut Transport,
+    prompt: &Prompt,
+    rate: u32,
+    engine: &Config,
+    cache: &Arc<Cache>,
+    shared: &Arc<Shared>,
+    stop: &AtomicBool,
+) -> Warmed {
+    let mut config = engine.clone();
+    if let Some(v) = &prompt.voice_id {
+        config.voice_id = v.clone();
+    }
+    if let Some(m) = &prompt.model_id {
+        config.model_id = m.clone();
+    }
+    let parts = crate::split::split_for_requests(&prompt.text, config.max_request_chars());
+    let key = KeyInput {
+        parts: &parts,
+        voice_id: &config.voice_id,
+        model_id: &config.model_id,
+        sample_rate: rate,
+        settings: &config.voice_settings,
+        language_code: config.language_code.as_deref(),
+        seed: None,
+        text_normalization: None,
+        pronunciation_dictionaries: &[],
+    }
+    .key();
+    let (flight, writer) = match cache.lookup(key, rate, None, shared) {
+        Lookup::Hit(_) => return Warmed::Present,
+        Lookup::Follow(flight) => {
+            // A call is synthesizing it right now: it will be cached.
+            flight.unfollow(shared);
+            return Warmed::Present;
+        }
+        Lookup::Lead(flight, writer) => (flight, writer),
+    };
+    let mut tee = Tee { flight: Some(Arc::clone(&flight)), writer: writer.map(Box::new), skip: 0, detached: true };
+    let mut result = Ok(());
+    for (i, part) in parts.iter().enumerate() {
+        let request = Request {
+            config: &config,
+            text: part,
+            sample_rate: rate,
+            previous_text: i.checked_sub(1).map(|p| parts[p].as_str()),
+            next_text: parts.get(i + 1).map(String::as_str),
+        };
+        let mut transfer = match transport.start(&request, 0, tee) {
+            Ok(t) => t,
+            Err((why, back)) => {
+                tee = back;
+                result = Err(why);
+                break;
+            }
+        };
+        let mut expired = None;
+        while !transfer.step() {
+            let now = Instant::now();
+            if stop.load(Ordering::Acquire) {
+                expired = Some("engine closing".to_owned());
+                break;
+            }
+            if let Some(why) = transfer.expired(now) {
+                expired = Some(why);
+                break;
+            }
+            transfer.wait(shared.waker.fd(), now);
+            shared.waker.drain();
+        }
+        let (outcome, _, back) = transfer.finish();
+        tee = back;
+        match (expired, outcome) {
+            (Some(why), _) | (None, Outcome::Failed(why)) => {
+                result = Err(why);
+                break;
+            }
+            (None, Outcome::Stale) => {
+                result = Err("aborted".into());
+                break;
+            }
+            (None, Outcome::Complete) => {}
+        }
+    }
+    let end = match &result {
+        Ok(()) => {
+            if let Some(writer) = tee.writer.take() {
+                (*writer).commit();
+            }
+            FlightEnd::Complete
+        }
+        Err(why) => FlightEnd::Failed(why.clone()),
+    };
+    drop(tee);
+    cache.land(key, &flight, end);
+    match result {
+        Ok(()) => Warmed::Made,
+        Err(why) => Warmed::Failed(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_text_or_three_fields() {
+        let (prompts, problems) = parse(
+            "# menu prompts\nPlease hold.\n\nvoiceA\televen_multilingual_v2\tBonjour.\n\t\tDefault voice.\na\tb\n",
+        );
+        assert_eq!(
+            prompts,
+            vec![
+                Prompt { voice_id: None, model_id: None, text: "Please hold.".into() },
+                Prompt {
+                    voice_id: Some("voiceA".into()),
+                    model_id: Some("eleven_multilingual_v2".into()),
+                    text: "Bonjour.".into()
+                },
+                Prompt { voice_id: None, model_id: None, text: "Default voice.".into() },
+            ]
+        );
+        assert_eq!(problems, vec!["line 6: expected text, or voice_id<TAB>model_id<TAB>text".to_string()]);
+    }
+}
