@@ -283,6 +283,107 @@ impl Message {
         Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
+    fn synth_header(&self) -> Option<&sys::mrcp_synth_header_t> {
+        // SAFETY: for synthesizer messages resource_header_accessor.data is
+        // NULL or the mrcp_synth_header_t allocated for this message.
+        unsafe { (self.raw().header.resource_header_accessor.data as *const sys::mrcp_synth_header_t).as_ref() }
+    }
+
+    fn synth_present(&self, id: sys::mrcp_synthesizer_header_id) -> bool {
+        self.field_present(sys::GENERIC_HEADER_COUNT as usize + id as usize)
+    }
+
+    fn synth_str(
+        &self,
+        id: sys::mrcp_synthesizer_header_id,
+        get: impl Fn(&sys::mrcp_synth_header_t) -> &sys::apt_str_t,
+    ) -> Option<String> {
+        if !self.synth_present(id) {
+            return None;
+        }
+        let header = self.synth_header()?;
+        // SAFETY: the string points into the message's pool.
+        Some(String::from_utf8_lossy(unsafe { str_bytes(get(header)) }).into_owned())
+    }
+
+    /// The synthesizer headers that choose how a SPEAK sounds.
+    pub fn voice_headers(&self) -> crate::speak_params::SpeakHeaders {
+        use crate::speak_params::{Rate, SpeakHeaders, Volume};
+        let mut h = SpeakHeaders {
+            voice_name: self.synth_str(sys::SYNTHESIZER_HEADER_VOICE_NAME, |s| &s.voice_param.name),
+            speech_language: self.synth_str(sys::SYNTHESIZER_HEADER_SPEECH_LANGUAGE, |s| &s.speech_language),
+            // A generic header: present even when no synthesizer header is.
+            vendor: self.vendor_params(),
+            ..SpeakHeaders::default()
+        };
+        let Some(synth) = self.synth_header() else {
+            return h;
+        };
+        if self.synth_present(sys::SYNTHESIZER_HEADER_VOICE_GENDER) {
+            h.voice_gender = Some(synth.voice_param.gender);
+        }
+        if self.synth_present(sys::SYNTHESIZER_HEADER_PROSODY_RATE) {
+            let rate = &synth.prosody_param.rate;
+            // SAFETY: the union member read is the one `type_` says is set.
+            h.prosody_rate = unsafe {
+                match rate.type_ {
+                    sys::PROSODY_RATE_TYPE_LABEL => Some(Rate::Label(rate.value.label)),
+                    sys::PROSODY_RATE_TYPE_RELATIVE_CHANGE => Some(Rate::Relative(rate.value.relative)),
+                    _ => None,
+                }
+            };
+        }
+        if self.synth_present(sys::SYNTHESIZER_HEADER_PROSODY_VOLUME) {
+            let volume = &synth.prosody_param.volume;
+            // SAFETY: as above.
+            h.prosody_volume = unsafe {
+                match volume.type_ {
+                    sys::PROSODY_VOLUME_TYPE_LABEL => Some(Volume::Label(volume.value.label)),
+                    sys::PROSODY_VOLUME_TYPE_NUMERIC => Some(Volume::Numeric(volume.value.numeric)),
+                    sys::PROSODY_VOLUME_TYPE_RELATIVE_CHANGE => Some(Volume::Relative(volume.value.relative)),
+                    _ => None,
+                }
+            };
+        }
+        h
+    }
+
+    /// Vendor-Specific-Parameters as name/value pairs.
+    pub fn vendor_params(&self) -> Vec<(String, String)> {
+        if !self.generic_present(sys::GENERIC_HEADER_VENDOR_SPECIFIC_PARAMS) {
+            return Vec::new();
+        }
+        let Some(arr) = self.generic_header().and_then(|g| {
+            // SAFETY: NULL or an APR array of apt_pair_t in the message pool.
+            unsafe { g.vendor_specific_params.as_ref() }
+        }) else {
+            return Vec::new();
+        };
+        let pairs = arr.elts as *const sys::apt_pair_t;
+        (0..arr.nelts.max(0) as usize)
+            .map(|i| {
+                // SAFETY: nelts elements of apt_pair_t, strings in the pool.
+                unsafe {
+                    let p = &*pairs.add(i);
+                    (
+                        String::from_utf8_lossy(str_bytes(&p.name)).into_owned(),
+                        String::from_utf8_lossy(str_bytes(&p.value)).into_owned(),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    /// Logging-Tag, when present.
+    pub fn logging_tag(&self) -> Option<String> {
+        if !self.generic_present(sys::GENERIC_HEADER_LOGGING_TAG) {
+            return None;
+        }
+        let header = self.generic_header()?;
+        // SAFETY: the string points into the message's pool.
+        Some(String::from_utf8_lossy(unsafe { str_bytes(&header.logging_tag) }).into_owned())
+    }
+
     /// Cache-Control, when present.
     pub fn cache_control(&self) -> Option<String> {
         if !self.generic_present(sys::GENERIC_HEADER_CACHE_CONTROL) {

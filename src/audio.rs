@@ -113,6 +113,8 @@ pub struct Playback {
     pub producer_done: bool,
     /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
     limit: usize,
+    /// Prosody-Volume of this SPEAK, applied to each frame as it is taken.
+    gain: f32,
 }
 
 impl Playback {
@@ -123,6 +125,7 @@ impl Playback {
             state: PlayState::Idle,
             producer_done: false,
             limit: capacity,
+            gain: 1.0,
         }
     }
 
@@ -143,7 +146,8 @@ impl Playback {
     }
 
     /// A new SPEAK takes over the buffer; returns its generation.
-    pub fn start(&mut self, limit: usize) -> u64 {
+    pub fn start(&mut self, limit: usize, gain: f32) -> u64 {
+        self.gain = gain;
         self.generation += 1;
         self.ring.clear();
         self.producer_done = false;
@@ -187,6 +191,7 @@ impl Playback {
         }
         if self.ring.len() >= out.len() {
             self.ring.pop_into(out);
+            apply_gain(out, self.gain);
             return Frame::Audio;
         }
         if !self.producer_done {
@@ -194,9 +199,23 @@ impl Playback {
         }
         let n = self.ring.pop_into(out);
         out[n..].fill(0);
+        apply_gain(out, self.gain);
         self.state = PlayState::Idle;
         self.producer_done = false;
         Frame::Last { generation: self.generation, with_audio: n > 0 }
+    }
+}
+
+/// Scales 16-bit host-endian samples, saturating. Bounded work (one frame),
+/// no allocation; a gain of 1 leaves the bytes exactly as received.
+fn apply_gain(frame: &mut [u8], gain: f32) {
+    if gain == 1.0 {
+        return;
+    }
+    for sample in frame.chunks_exact_mut(2) {
+        let v = i16::from_ne_bytes([sample[0], sample[1]]) as f32 * gain;
+        let scaled = v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16;
+        sample.copy_from_slice(&scaled.to_ne_bytes());
     }
 }
 
@@ -222,7 +241,7 @@ mod tests {
     #[test]
     fn odd_bytes_carry_over_and_the_last_frame_is_padded() {
         let mut p = Playback::new(64);
-        let g = p.start(64);
+        let g = p.start(64, 1.0);
         let mut frame = [0xAAu8; 4];
         assert_eq!(p.push(g, &[1, 2, 3]), Push::Stored);
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
@@ -238,7 +257,7 @@ mod tests {
     #[test]
     fn limit_gives_backpressure_and_stop_refuses_late_bytes() {
         let mut p = Playback::new(16);
-        let g = p.start(8);
+        let g = p.start(8, 1.0);
         assert_eq!(p.push(g, &[0; 6]), Push::Stored);
         assert_eq!(p.push(g, &[0; 3]), Push::Full);
         assert_eq!(p.buffered(), 6);
@@ -247,7 +266,7 @@ mod tests {
         assert!(!p.finish(g));
         let mut frame = [0u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
-        let g2 = p.start(100);
+        let g2 = p.start(100, 1.0);
         assert!(g2 > g);
         assert_eq!(p.free(), 16, "limit is clamped to the capacity");
     }
@@ -255,7 +274,7 @@ mod tests {
     #[test]
     fn paused_playback_is_silent_but_keeps_filling() {
         let mut p = Playback::new(16);
-        let g = p.start(16);
+        let g = p.start(16, 1.0);
         p.state = PlayState::Paused;
         assert_eq!(p.push(g, &[9; 4]), Push::Stored);
         let mut frame = [0u8; 2];
@@ -266,9 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn gain_scales_and_saturates() {
+        let mut p = Playback::new(16);
+        let g = p.start(16, 2.0);
+        let samples: Vec<u8> = [1000i16, -20000, 30000, 0].iter().flat_map(|s| s.to_ne_bytes()).collect();
+        p.push(g, &samples);
+        let mut frame = [0u8; 8];
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        let out: Vec<i16> = frame.chunks_exact(2).map(|c| i16::from_ne_bytes([c[0], c[1]])).collect();
+        assert_eq!(out, [2000, i16::MIN, i16::MAX, 0]);
+    }
+
+    #[test]
     fn empty_finished_speak_completes_without_audio() {
         let mut p = Playback::new(8);
-        let g = p.start(8);
+        let g = p.start(8, 1.0);
         p.finish(g);
         let mut frame = [7u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: false });

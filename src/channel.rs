@@ -18,6 +18,7 @@ use crate::audio::{PlayState, Playback};
 use crate::config::Config;
 use crate::engine::EngineState;
 use crate::speak::{respond, Completion, Speak};
+use crate::speak_params::Refusal;
 use crate::sys;
 use crate::text::{speakable_text, BodyError};
 use crate::wake::Waker;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub want_space: AtomicUsize,
     /// Negotiated rate, from open_rx (0 until then).
     pub rate: AtomicU32,
+    /// The client's Logging-Tag for this session, shown in log lines.
+    pub logging_tag: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -55,7 +58,16 @@ impl Shared {
             drained: AtomicU64::new(0),
             want_space: AtomicUsize::new(0),
             rate: AtomicU32::new(0),
+            logging_tag: Mutex::new(None),
         })
+    }
+
+    /// The channel id for log lines, with the Logging-Tag when one was set.
+    pub fn label(&self, ch: ChannelRef) -> String {
+        match self.logging_tag.lock().as_deref() {
+            Some(tag) => format!("{} tag={tag}", ch.id()),
+            None => ch.id(),
+        }
     }
 }
 
@@ -95,12 +107,12 @@ impl Channel {
     }
 
     pub fn open(&self, ch: ChannelRef) {
-        log::info!("[{}] channel open", ch.id());
+        log::info!("[{}] channel open", self.label(ch));
         ch.open_respond(true);
     }
 
     pub fn close(&self, ch: ChannelRef) {
-        log::info!("[{}] channel close", ch.id());
+        log::info!("[{}] channel close", self.label(ch));
         let handle = self.worker.lock().take();
         if let Some(handle) = handle {
             let told = handle.send(Command::Shutdown { respond_close: true, reason: "channel closed while speaking" });
@@ -140,9 +152,18 @@ impl Channel {
         }
     }
 
+    /// The channel id for log lines, with the Logging-Tag when one was set.
+    fn label(&self, ch: ChannelRef) -> String {
+        self.shared.label(ch)
+    }
+
     pub fn process_request(&self, ch: ChannelRef, request: Message) {
+        if let Some(tag) = request.logging_tag() {
+            let tag = crate::abi::sanitize_header_value(&tag);
+            *self.shared.logging_tag.lock() = (!tag.is_empty()).then_some(tag);
+        }
         let method = request.method_id();
-        log::debug!("[{}] {} {} received", ch.id(), request.method_name(), request.request_id());
+        log::debug!("[{}] {} {} received", self.label(ch), request.method_name(), request.request_id());
         match method as sys::mrcp_synthesizer_method_id {
             sys::SYNTHESIZER_SPEAK => self.speak(ch, request),
             sys::SYNTHESIZER_STOP | sys::SYNTHESIZER_BARGE_IN_OCCURRED => self.stop(ch, request),
@@ -176,7 +197,7 @@ impl Channel {
     }
 
     fn speak(&self, ch: ChannelRef, request: Message) {
-        let id = ch.id();
+        let id = self.label(ch);
         let fail = |status, cause, reason: String| {
             log::warn!("[{id}] SPEAK {} refused: {reason}", request.request_id());
             let completion = Completion { cause, reason: Some(reason) };
@@ -212,6 +233,25 @@ impl Channel {
             }
         };
 
+        let resolved = match crate::speak_params::resolve(&self.config, &request.voice_headers()) {
+            Ok(r) => r,
+            Err(Refusal::Language(reason)) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED,
+                    reason,
+                )
+            }
+            Err(Refusal::Value(reason)) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
+                    reason,
+                )
+            }
+        };
+        let config = Arc::new(resolved.config);
+
         let speak = {
             let mut active = self.shared.active.lock();
             if active.as_ref().is_some_and(|s| !s.is_terminated()) {
@@ -224,7 +264,8 @@ impl Channel {
                     "another SPEAK is in progress".into(),
                 );
             }
-            let generation = self.shared.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate));
+            let generation =
+                self.shared.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate), resolved.gain);
             let speak = Arc::new(Speak::new(request, generation));
             *active = Some(Arc::clone(&speak));
             speak
@@ -234,8 +275,8 @@ impl Channel {
             request.request_id(),
             text.chars().count(),
             rate,
-            self.config.voice_id,
-            self.config.model_id
+            config.voice_id,
+            config.model_id
         );
         // IN-PROGRESS goes out before the worker can possibly complete.
         respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_INPROGRESS, None, &[]);
@@ -243,7 +284,7 @@ impl Channel {
             speak: Arc::clone(&speak),
             text,
             sample_rate: rate,
-            config: Arc::clone(&self.config),
+            config,
             cache: self.engine.cache.lock().clone(),
             policy: crate::cache::Policy::from_header(request.cache_control().as_deref()),
         };
@@ -279,7 +320,7 @@ impl Channel {
                 self.send_to_worker(Command::Cancel { generation: speak.generation });
             }
         }
-        log::info!("[{}] {} {}: stopped {:?}", ch.id(), request.method_name(), request.request_id(), stopped);
+        log::info!("[{}] {} {}: stopped {:?}", self.label(ch), request.method_name(), request.request_id(), stopped);
         respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &stopped);
     }
 

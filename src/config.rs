@@ -36,6 +36,12 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "cache_max_age_s",
     "cache_warmup_file",
     "cache_warmup_rates",
+    "voice_map",
+    "voice_id_male",
+    "voice_id_female",
+    "voice_id_neutral",
+    "seed",
+    "apply_text_normalization",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -89,6 +95,15 @@ pub struct Config {
     pub cache_warmup_file: Option<String>,
     /// Rates the warm-up synthesizes each prompt at.
     pub cache_warmup_rates: Vec<u32>,
+    /// Voice-Name values and the voice ids they stand for.
+    pub voice_map: Vec<(String, String)>,
+    /// Voices for Voice-Gender when no Voice-Name is given.
+    pub voice_id_male: Option<String>,
+    pub voice_id_female: Option<String>,
+    pub voice_id_neutral: Option<String>,
+    pub seed: Option<u64>,
+    /// auto, on or off.
+    pub apply_text_normalization: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -108,6 +123,12 @@ impl fmt::Debug for Config {
             .field("cache", &self.cache)
             .field("cache_warmup_file", &self.cache_warmup_file)
             .field("cache_warmup_rates", &self.cache_warmup_rates)
+            .field("voice_map", &self.voice_map)
+            .field("voice_id_male", &self.voice_id_male)
+            .field("voice_id_female", &self.voice_id_female)
+            .field("voice_id_neutral", &self.voice_id_neutral)
+            .field("seed", &self.seed)
+            .field("apply_text_normalization", &self.apply_text_normalization)
             .finish()
     }
 }
@@ -269,7 +290,39 @@ impl Config {
             }
         }
 
+        let mut voice_map = Vec::new();
+        for entry in p.get("voice_map").unwrap_or("").split([';', ',']).map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.split_once('=') {
+                Some((name, id)) if !name.trim().is_empty() && valid_voice_id(id.trim()) => {
+                    voice_map.push((name.trim().to_owned(), id.trim().to_owned()))
+                }
+                _ => return Err(err("voice_map", format!("'{entry}' is not Name=voice_id"))),
+            }
+        }
+        let gender_voice = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match p.get(name) {
+                None | Some("") => Ok(None),
+                Some(id) if valid_voice_id(id) => Ok(Some(id.to_owned())),
+                Some(id) => Err(err(name, format!("'{id}' is not an ElevenLabs voice id"))),
+            }
+        };
+        let seed = match p.get("seed") {
+            None | Some("") => None,
+            Some(raw) => Some(raw.parse::<u64>().map_err(|_| err("seed", format!("'{raw}' is not a whole number")))?),
+        };
+        let apply_text_normalization = match p.get("apply_text_normalization") {
+            None | Some("") => None,
+            Some(v @ ("auto" | "on" | "off")) => Some(v.to_owned()),
+            Some(v) => return Err(err("apply_text_normalization", format!("'{v}' is not auto, on or off"))),
+        };
+
         Ok(Config {
+            voice_map,
+            voice_id_male: gender_voice("voice_id_male")?,
+            voice_id_female: gender_voice("voice_id_female")?,
+            voice_id_neutral: gender_voice("voice_id_neutral")?,
+            seed,
+            apply_text_normalization,
             cache,
             cache_warmup_file,
             cache_warmup_rates,

@@ -26,6 +26,7 @@ mod json;
 mod logging;
 mod panic;
 mod speak;
+mod speak_params;
 mod split;
 mod stream;
 mod synth;

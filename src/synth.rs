@@ -78,6 +78,13 @@ impl Request<'_> {
             out.push_str(",\"language_code\":");
             json::write_str(&mut out, lang);
         }
+        if let Some(seed) = c.seed {
+            out.push_str(&format!(",\"seed\":{seed}"));
+        }
+        if let Some(norm) = &c.apply_text_normalization {
+            out.push_str(",\"apply_text_normalization\":");
+            json::write_str(&mut out, norm);
+        }
         if let Some(prev) = self.previous_text {
             out.push_str(",\"previous_text\":");
             json::write_str(&mut out, prev);

@@ -164,8 +164,8 @@ fn warm(
         sample_rate: rate,
         settings: &config.voice_settings,
         language_code: config.language_code.as_deref(),
-        seed: None,
-        text_normalization: None,
+        seed: config.seed,
+        text_normalization: config.apply_text_normalization.as_deref(),
         pronunciation_dictionaries: &[],
     }
     .key();

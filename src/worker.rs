@@ -234,7 +234,7 @@ impl Worker {
     /// The server's channel id, read when needed: the server assigns it only
     /// after create_channel (which spawned this thread) has returned.
     fn id(&self) -> String {
-        self.channel.id()
+        self.shared.label(self.channel)
     }
 
     fn serve(&mut self) {
@@ -320,8 +320,8 @@ impl Worker {
                 sample_rate: job.sample_rate,
                 settings: &c.voice_settings,
                 language_code: c.language_code.as_deref(),
-                seed: None,
-                text_normalization: None,
+                seed: c.seed,
+                text_normalization: c.apply_text_normalization.as_deref(),
                 pronunciation_dictionaries: &[],
             }
             .key()

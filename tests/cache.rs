@@ -76,8 +76,7 @@ fn a_repeat_costs_nothing_upstream_and_sounds_the_same() {
     assert_eq!(speak_ok(&a, "Please hold."), first);
     assert_eq!(speak_ok(&b, "Please hold."), first);
     assert_eq!(rig.upstream.request_count(), 1, "repeats made no upstream request");
-    let logs = rig.server.logs_text();
-    assert_eq!(logs.matches("source=cache").count(), 2, "summary lines say where the audio came from");
+    assert_eq!(wait_for_log(&rig.server, "source=cache", 2), 2, "summary lines say where the audio came from");
     // Another rate is another entry.
     let wide = rig.server.open_channel(16000).unwrap();
     speak_ok(&wide, "Please hold.");
@@ -194,13 +193,8 @@ fn speaks_of_a_prompt_in_flight_share_one_upstream_request() {
     for ch in &channels {
         assert_eq!(ch.audio(), padded(&req.audio_sent, 320));
     }
-    // Summary lines follow the SPEAK-COMPLETE: give the last one a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while rig.server.logs_text().matches("source=shared").count() < 5 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(rig.server.logs_text().matches("source=shared").count(), 5);
-    assert_eq!(rig.server.logs_text().matches("source=upstream").count(), 1);
+    assert_eq!(wait_for_log(&rig.server, "source=shared", 5), 5);
+    assert_eq!(wait_for_log(&rig.server, "source=upstream", 1), 1);
     assert_clean(&rig.server);
 }
 

@@ -127,3 +127,17 @@ pub fn worker_threads() -> usize {
         .filter(|n| n.strip_prefix("elevenlabs-").is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit())))
         .count()
 }
+
+/// Waits (bounded) until `needle` occurs `count` times in the server log and
+/// returns how often it does. Summary lines are logged just after the
+/// SPEAK-COMPLETE they follow, so tests wait for them rather than race.
+pub fn wait_for_log(server: &unimrcp_shim::host::Server, needle: &str, count: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = server.logs_text().matches(needle).count();
+        if n >= count || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -39,7 +39,7 @@ pub use record::{
     FrameEntry, FrameLog, Kind, Lifecycle, LifecycleKind, LogLine, Recorded, FRAME_ALL_ZERO, FRAME_AUDIO,
     FRAME_BAD_BUFFER, FRAME_EVENT, FRAME_READ_FAILED, FRAME_UNWRITTEN,
 };
-pub use request::{ProsodyRate, Request};
+pub use request::{ProsodyRate, ProsodyVolume, Request};
 pub use server::{EngineAnswer, Server, ServerConfig, ANSWER_TIMEOUT, ENGINE_CLOSE_TIMEOUT, ENGINE_ID};
 
 /// Threads of this process (entries in /proc/self/task).

@@ -20,6 +20,15 @@ pub enum ProsodyRate {
     Relative(f32),
 }
 
+/// Prosody-Volume: a label (PROSODY_VOLUME_*), a number 0–100, or a
+/// relative change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProsodyVolume {
+    Label(u32),
+    Numeric(f32),
+    Relative(f32),
+}
+
 /// An MRCP request for the synthesizer; `None`/empty fields are absent.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -31,6 +40,9 @@ pub struct Request {
     pub speech_language: Option<String>,
     pub kill_on_barge_in: Option<bool>,
     pub prosody_rate: Option<ProsodyRate>,
+    /// Voice-Gender: a VOICE_GENDER_* value.
+    pub voice_gender: Option<u32>,
+    pub prosody_volume: Option<ProsodyVolume>,
     pub vendor_specific: Vec<(String, String)>,
     pub logging_tag: Option<String>,
     /// Cache-Control (generic header), e.g. "no-cache" or "max-age=60".
@@ -49,6 +61,8 @@ impl Request {
             speech_language: None,
             kill_on_barge_in: None,
             prosody_rate: None,
+            voice_gender: None,
+            prosody_volume: None,
             vendor_specific: Vec::new(),
             logging_tag: None,
             cache_control: None,
@@ -103,6 +117,8 @@ impl Request {
             || self.speech_language.is_some()
             || self.kill_on_barge_in.is_some()
             || self.prosody_rate.is_some()
+            || self.voice_gender.is_some()
+            || self.prosody_volume.is_some()
     }
 }
 
@@ -172,6 +188,28 @@ pub(crate) fn build_request(pool: &Pool, session_id: &str, request_id: u32, req:
             if let Some(lang) = &req.speech_language {
                 s.speech_language = pool.apt_str(lang);
                 property_add(msg, sys::SYNTHESIZER_HEADER_SPEECH_LANGUAGE as usize, false);
+            }
+            if let Some(gender) = req.voice_gender {
+                s.voice_param.gender = gender;
+                property_add(msg, sys::SYNTHESIZER_HEADER_VOICE_GENDER as usize, false);
+            }
+            if let Some(volume) = req.prosody_volume {
+                let v = &mut s.prosody_param.volume;
+                match volume {
+                    ProsodyVolume::Label(label) => {
+                        v.type_ = sys::PROSODY_VOLUME_TYPE_LABEL;
+                        v.value.label = label;
+                    }
+                    ProsodyVolume::Numeric(n) => {
+                        v.type_ = sys::PROSODY_VOLUME_TYPE_NUMERIC;
+                        v.value.numeric = n;
+                    }
+                    ProsodyVolume::Relative(r) => {
+                        v.type_ = sys::PROSODY_VOLUME_TYPE_RELATIVE_CHANGE;
+                        v.value.relative = r;
+                    }
+                }
+                property_add(msg, sys::SYNTHESIZER_HEADER_PROSODY_VOLUME as usize, false);
             }
             if let Some(kill) = req.kill_on_barge_in {
                 s.kill_on_barge_in = kill.into();

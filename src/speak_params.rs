@@ -1,0 +1,324 @@
+//! What one SPEAK asks for, from its MRCP headers, resolved against the
+//! engine params into the settings sent upstream.
+//!
+//! Precedence (README): SSML over SPEAK headers over SET-PARAMS over engine
+//! params. The server merges SET-PARAMS values into each SPEAK's headers,
+//! so here a header is a header; Vendor-Specific-Parameters, being the
+//! ElevenLabs-native way to say it, win over the generic MRCP headers.
+
+use crate::config::{valid_voice_id, Config};
+use crate::sys;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    /// A PROSODY_RATE_* label.
+    Label(u32),
+    /// A relative change: 1.5 is 50 % faster.
+    Relative(f32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Volume {
+    /// A PROSODY_VOLUME_* label.
+    Label(u32),
+    /// 0–100; 50 is medium.
+    Numeric(f32),
+    /// A relative change: 2.0 is twice as loud.
+    Relative(f32),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpeakHeaders {
+    pub voice_name: Option<String>,
+    /// A VOICE_GENDER_* value.
+    pub voice_gender: Option<u32>,
+    pub speech_language: Option<String>,
+    pub prosody_rate: Option<Rate>,
+    pub prosody_volume: Option<Volume>,
+    pub vendor: Vec<(String, String)>,
+}
+
+/// The settings of one SPEAK.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The engine config with this SPEAK's choices applied.
+    pub config: Config,
+    /// Linear gain for the samples (Prosody-Volume); 1.0 leaves them as sent.
+    pub gain: f32,
+}
+
+/// Why a SPEAK cannot be spoken as asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 005 language-unsupported.
+    Language(String),
+    /// A header value we cannot honour (409).
+    Value(String),
+}
+
+/// ElevenLabs' `speed` range.
+const SPEED_MIN: f64 = 0.7;
+const SPEED_MAX: f64 = 1.2;
+
+/// Languages per model family (ISO 639-1, as ElevenLabs names them).
+const MULTILINGUAL_V2: &[&str] = &[
+    "en", "ja", "zh", "de", "hi", "fr", "ko", "pt", "it", "es", "id", "nl", "tr", "fil", "pl", "sv", "bg", "ro", "ar",
+    "cs", "el", "fi", "hr", "ms", "sk", "da", "ta", "uk", "ru",
+];
+const V2_5_EXTRA: &[&str] = &["hu", "no", "vi"];
+
+/// Which languages `model` speaks (None: not known here, accept any), and
+/// whether it takes `language_code` (only the v2.5 models do; the others
+/// detect the language from the text and reject the field).
+fn languages(model: &str) -> (Option<Vec<&'static str>>, bool) {
+    match model {
+        "eleven_flash_v2_5" | "eleven_turbo_v2_5" => {
+            (Some(MULTILINGUAL_V2.iter().chain(V2_5_EXTRA).copied().collect()), true)
+        }
+        "eleven_multilingual_v2" => (Some(MULTILINGUAL_V2.to_vec()), false),
+        "eleven_flash_v2" | "eleven_turbo_v2" | "eleven_monolingual_v1" => (Some(vec!["en"]), false),
+        _ => (None, false),
+    }
+}
+
+/// "en-US" → "en"; "fil-PH" → "fil".
+fn primary_subtag(tag: &str) -> String {
+    tag.split(['-', '_']).next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn rate_speed(rate: Rate, base: f64) -> Option<f64> {
+    let speed = match rate {
+        Rate::Label(l) => match l {
+            sys::PROSODY_RATE_XSLOW => 0.7,
+            sys::PROSODY_RATE_SLOW => 0.85,
+            sys::PROSODY_RATE_MEDIUM => 1.0,
+            sys::PROSODY_RATE_FAST => 1.1,
+            sys::PROSODY_RATE_XFAST => 1.2,
+            _ => return None, // default: the voice's own
+        },
+        Rate::Relative(r) if r.is_finite() && r > 0.0 => base * f64::from(r),
+        Rate::Relative(_) => return None,
+    };
+    Some(speed.clamp(SPEED_MIN, SPEED_MAX))
+}
+
+fn volume_gain(volume: Volume) -> f32 {
+    let gain = match volume {
+        Volume::Label(l) => match l {
+            sys::PROSODY_VOLUME_SILENT => 0.0,
+            sys::PROSODY_VOLUME_XSOFT => 0.25,
+            sys::PROSODY_VOLUME_SOFT => 0.5,
+            sys::PROSODY_VOLUME_LOUD => 1.41,
+            sys::PROSODY_VOLUME_XLOUD => 2.0,
+            _ => 1.0, // medium, default
+        },
+        Volume::Numeric(n) if n.is_finite() => n / 50.0,
+        Volume::Relative(r) if r.is_finite() => r,
+        _ => 1.0,
+    };
+    gain.clamp(0.0, 4.0)
+}
+
+fn vendor_key(name: &str) -> String {
+    let n = name.trim().to_ascii_lowercase();
+    n.strip_prefix("elevenlabs.").map(str::to_owned).unwrap_or(n)
+}
+
+fn unit(name: &str, value: &str, min: f64, max: f64) -> Result<f64, Refusal> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && (min..=max).contains(v))
+        .ok_or_else(|| Refusal::Value(format!("Vendor-Specific-Parameters {name}={value} is outside {min}..={max}")))
+}
+
+pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
+    let mut c = base.clone();
+    // Voice: by name (configured map) or id, else by gender.
+    if let Some(name) = h.voice_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        c.voice_id = match base.voice_map.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some((_, id)) => id.clone(),
+            None if valid_voice_id(name) => name.to_owned(),
+            None => {
+                return Err(Refusal::Value(format!("unknown Voice-Name '{name}' (not in voice_map, not a voice id)")))
+            }
+        };
+    } else if let Some(gender) = h.voice_gender {
+        let by_gender = match gender {
+            sys::VOICE_GENDER_MALE => &base.voice_id_male,
+            sys::VOICE_GENDER_FEMALE => &base.voice_id_female,
+            sys::VOICE_GENDER_NEUTRAL => &base.voice_id_neutral,
+            _ => &None,
+        };
+        if let Some(id) = by_gender {
+            c.voice_id = id.clone();
+        }
+    }
+    if let Some(rate) = h.prosody_rate {
+        if let Some(speed) = rate_speed(rate, base.voice_settings.speed.unwrap_or(1.0)) {
+            c.voice_settings.speed = Some(speed);
+        }
+    }
+    let mut gain = h.prosody_volume.map_or(1.0, volume_gain);
+    let mut language = h.speech_language.as_deref().map(primary_subtag).filter(|l| !l.is_empty());
+
+    for (name, value) in &h.vendor {
+        let v = value.trim();
+        match vendor_key(name).as_str() {
+            "voice_id" if valid_voice_id(v) => c.voice_id = v.to_owned(),
+            "model_id" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') => {
+                c.model_id = v.to_owned()
+            }
+            "stability" => c.voice_settings.stability = Some(unit(name, v, 0.0, 1.0)?),
+            "similarity_boost" => c.voice_settings.similarity_boost = Some(unit(name, v, 0.0, 1.0)?),
+            "style" => c.voice_settings.style = Some(unit(name, v, 0.0, 1.0)?),
+            "speed" => c.voice_settings.speed = Some(unit(name, v, SPEED_MIN, SPEED_MAX)?),
+            "use_speaker_boost" => {
+                c.voice_settings.use_speaker_boost = Some(match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => {
+                        return Err(Refusal::Value(format!("Vendor-Specific-Parameters {name}={v} is not true/false")))
+                    }
+                })
+            }
+            "seed" => {
+                c.seed = Some(v.parse().map_err(|_| {
+                    Refusal::Value(format!("Vendor-Specific-Parameters {name}={v} is not a whole number"))
+                })?)
+            }
+            "apply_text_normalization" | "text_normalization" => match v {
+                "auto" | "on" | "off" => c.apply_text_normalization = Some(v.to_owned()),
+                _ => return Err(Refusal::Value(format!("Vendor-Specific-Parameters {name}={v}: auto, on or off"))),
+            },
+            "language_code" => language = Some(primary_subtag(v)).filter(|l| !l.is_empty()),
+            "volume_gain" => gain = unit(name, v, 0.0, 4.0)? as f32,
+            other => log::debug!("Vendor-Specific-Parameters: '{other}' is not ours, ignored"),
+        }
+    }
+
+    if let Some(lang) = language {
+        let (supported, takes_code) = languages(&c.model_id);
+        if supported.is_some_and(|list| !list.contains(&lang.as_str())) {
+            return Err(Refusal::Language(format!("model {} does not speak '{lang}'", c.model_id)));
+        }
+        c.language_code = takes_code.then_some(lang);
+    } else if !languages(&c.model_id).1 {
+        // An engine-wide language_code only where the model takes one.
+        c.language_code = None;
+    }
+    Ok(Resolved { config: c, gain })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        let p: Vec<(String, String)> = [
+            ("api_key", "k"),
+            ("voice_id", "defaultVoice"),
+            ("voice_map", "Rachel=21m00Tcm4TlvDq8ikWAM; Adam = pNInz6obpgDQGcFmaJgB"),
+            ("voice_id_female", "femaleVoice"),
+            ("voice_id_male", "maleVoice"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Config::from_params(&p, |_| unreachable!()).unwrap()
+    }
+
+    fn with(f: impl FnOnce(&mut SpeakHeaders)) -> Result<Resolved, Refusal> {
+        let mut h = SpeakHeaders::default();
+        f(&mut h);
+        resolve(&base(), &h)
+    }
+
+    #[test]
+    fn voice_by_name_id_or_gender() {
+        assert_eq!(with(|h| h.voice_name = Some("rachel".into())).unwrap().config.voice_id, "21m00Tcm4TlvDq8ikWAM");
+        assert_eq!(with(|h| h.voice_name = Some("Adam".into())).unwrap().config.voice_id, "pNInz6obpgDQGcFmaJgB");
+        assert_eq!(with(|h| h.voice_name = Some("someVoiceId".into())).unwrap().config.voice_id, "someVoiceId");
+        assert!(matches!(with(|h| h.voice_name = Some("Mary Poppins".into())), Err(Refusal::Value(_))));
+        assert_eq!(with(|h| h.voice_gender = Some(sys::VOICE_GENDER_FEMALE)).unwrap().config.voice_id, "femaleVoice");
+        assert_eq!(with(|h| h.voice_gender = Some(sys::VOICE_GENDER_NEUTRAL)).unwrap().config.voice_id, "defaultVoice");
+        let named = with(|h| {
+            h.voice_name = Some("Adam".into());
+            h.voice_gender = Some(sys::VOICE_GENDER_FEMALE);
+        });
+        assert_eq!(named.unwrap().config.voice_id, "pNInz6obpgDQGcFmaJgB", "a name beats a gender");
+    }
+
+    #[test]
+    fn rate_becomes_a_clamped_speed() {
+        let speed = |r| with(|h| h.prosody_rate = Some(r)).unwrap().config.voice_settings.speed;
+        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_XSLOW)), Some(0.7));
+        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_FAST)), Some(1.1));
+        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_DEFAULT)), None);
+        assert_eq!(speed(Rate::Relative(1.1)), Some(1.1f32 as f64));
+        assert_eq!(speed(Rate::Relative(3.0)), Some(1.2));
+        assert_eq!(speed(Rate::Relative(0.1)), Some(0.7));
+    }
+
+    #[test]
+    fn volume_becomes_a_gain() {
+        let gain = |v| with(|h| h.prosody_volume = Some(v)).unwrap().gain;
+        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_SILENT)), 0.0);
+        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_SOFT)), 0.5);
+        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_MEDIUM)), 1.0);
+        assert_eq!(gain(Volume::Numeric(100.0)), 2.0);
+        assert_eq!(gain(Volume::Relative(9.0)), 4.0);
+    }
+
+    #[test]
+    fn language_is_checked_and_sent_only_where_the_model_takes_it() {
+        let r = with(|h| h.speech_language = Some("de-DE".into())).unwrap();
+        assert_eq!(r.config.language_code.as_deref(), Some("de"));
+        assert_eq!(
+            with(|h| h.speech_language = Some("xx-YY".into())),
+            Err(Refusal::Language("model eleven_flash_v2_5 does not speak 'xx'".into()))
+        );
+        let multilingual = with(|h| {
+            h.speech_language = Some("fr-FR".into());
+            h.vendor = vec![("model_id".into(), "eleven_multilingual_v2".into())];
+        })
+        .unwrap();
+        assert_eq!(multilingual.config.model_id, "eleven_multilingual_v2");
+        assert_eq!(multilingual.config.language_code, None, "multilingual v2 detects the language itself");
+        assert!(matches!(
+            with(|h| {
+                h.speech_language = Some("vi".into());
+                h.vendor = vec![("model_id".into(), "eleven_multilingual_v2".into())];
+            }),
+            Err(Refusal::Language(_))
+        ));
+    }
+
+    #[test]
+    fn vendor_parameters_set_any_elevenlabs_setting() {
+        let r = with(|h| {
+            h.prosody_rate = Some(Rate::Label(sys::PROSODY_RATE_SLOW));
+            h.vendor = vec![
+                ("elevenlabs.stability".into(), "0.2".into()),
+                ("similarity_boost".into(), "0.9".into()),
+                ("style".into(), "0.3".into()),
+                ("speed".into(), "1.15".into()),
+                ("use_speaker_boost".into(), "false".into()),
+                ("seed".into(), "42".into()),
+                ("apply_text_normalization".into(), "off".into()),
+                ("voice_id".into(), "vendorVoice".into()),
+                ("other.vendor".into(), "ignored".into()),
+            ];
+        })
+        .unwrap();
+        let vs = &r.config.voice_settings;
+        assert_eq!((vs.stability, vs.similarity_boost, vs.style), (Some(0.2), Some(0.9), Some(0.3)));
+        assert_eq!(vs.speed, Some(1.15), "vendor params win over Prosody-Rate");
+        assert_eq!(vs.use_speaker_boost, Some(false));
+        assert_eq!(r.config.seed, Some(42));
+        assert_eq!(r.config.apply_text_normalization.as_deref(), Some("off"));
+        assert_eq!(r.config.voice_id, "vendorVoice");
+        assert!(matches!(with(|h| h.vendor = vec![("stability".into(), "7".into())]), Err(Refusal::Value(_))));
+    }
+}

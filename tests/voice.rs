@@ -1,0 +1,140 @@
+//! SPEAK headers choose the voice, language, speed, volume and any
+//! ElevenLabs setting for one SPEAK; what reaches the upstream is checked.
+
+mod common;
+
+use common::*;
+use unimrcp_shim::host::{Channel, Kind, ProsodyRate, ProsodyVolume, Request};
+use unimrcp_shim::sys;
+use unimrcp_shim::upstream::RecordedRequest;
+
+const MAP: &str = "Rachel=21m00Tcm4TlvDq8ikWAM;Adam=pNInz6obpgDQGcFmaJgB";
+
+fn voice_rig() -> Rig {
+    rig(&[("voice_map", MAP), ("voice_id_female", "FemaleVoice01"), ("voice_id_male", "MaleVoice01")])
+}
+
+/// Sends `req` (a SPEAK for `text`) and returns what reached the upstream.
+fn spoken(rig: &Rig, ch: &Channel, text: &str, req: Request) -> RecordedRequest {
+    let id = ch.send(req);
+    let done = expect_in_progress_then_complete(ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    request_for(&rig.upstream, text)
+}
+
+fn speak_with(text: &str, f: impl FnOnce(&mut Request)) -> Request {
+    let mut r = Request::speak(text);
+    f(&mut r);
+    r
+}
+
+#[test]
+fn voice_name_by_map_or_id_and_gender_defaults() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    let voice =
+        spoken(&rig, &ch, "By name.", speak_with("By name.", |r| r.voice_name = Some("rachel".into()))).voice_id;
+    assert_eq!(voice, "21m00Tcm4TlvDq8ikWAM");
+    let voice =
+        spoken(&rig, &ch, "By id.", speak_with("By id.", |r| r.voice_name = Some("CustomVoiceId9".into()))).voice_id;
+    assert_eq!(voice, "CustomVoiceId9");
+    let voice =
+        spoken(&rig, &ch, "By gender.", speak_with("By gender.", |r| r.voice_gender = Some(sys::VOICE_GENDER_FEMALE)))
+            .voice_id;
+    assert_eq!(voice, "FemaleVoice01");
+    let voice = spoken(&rig, &ch, "Default.", Request::speak("Default.")).voice_id;
+    assert_eq!(voice, VOICE);
+    // An unknown name is refused before anything goes upstream.
+    let before = rig.upstream.request_count();
+    let id = ch.send(speak_with("Unknown.", |r| r.voice_name = Some("Mary Poppins".into())));
+    let resp = ch.wait_response(id, WAIT).unwrap();
+    assert_eq!((resp.kind, resp.status_code), (Kind::Response, 409));
+    assert!(resp.completion_reason.as_deref().unwrap().contains("unknown Voice-Name 'Mary Poppins'"));
+    assert_eq!(rig.upstream.request_count(), before);
+}
+
+#[test]
+fn speech_language_becomes_language_code_or_005() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    let json = spoken(&rig, &ch, "Guten Tag.", speak_with("Guten Tag.", |r| r.speech_language = Some("de-DE".into())))
+        .json
+        .unwrap();
+    assert_eq!(json["language_code"], "de");
+    let id = ch.send(speak_with("Klingon.", |r| r.speech_language = Some("tlh-001".into())));
+    let resp = ch.wait_response(id, WAIT).unwrap();
+    assert_eq!(resp.status_code, 409);
+    assert_eq!(resp.completion_cause, Some(5), "005 language-unsupported");
+    assert_eq!(rig.upstream.request_count(), 1);
+}
+
+#[test]
+fn prosody_rate_becomes_speed_and_vendor_params_set_anything() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    let json = spoken(&rig, &ch, "Slowly.", speak_with("Slowly.", |r| r.prosody_rate = Some(ProsodyRate::XSlow)))
+        .json
+        .unwrap();
+    assert_eq!(json["voice_settings"]["speed"], 0.7);
+    let json = spoken(
+        &rig,
+        &ch,
+        "Much faster.",
+        speak_with("Much faster.", |r| r.prosody_rate = Some(ProsodyRate::Relative(5.0))),
+    )
+    .json
+    .unwrap();
+    assert_eq!(json["voice_settings"]["speed"], 1.2, "clamped to what the API accepts");
+    let json = spoken(
+        &rig,
+        &ch,
+        "Tuned.",
+        speak_with("Tuned.", |r| {
+            r.vendor_specific = vec![
+                ("elevenlabs.model_id".into(), "eleven_multilingual_v2".into()),
+                ("stability".into(), "0.25".into()),
+                ("style".into(), "0.5".into()),
+                ("seed".into(), "1234".into()),
+                ("apply_text_normalization".into(), "off".into()),
+            ]
+        }),
+    )
+    .json
+    .unwrap();
+    assert_eq!(json["model_id"], "eleven_multilingual_v2");
+    assert_eq!(json["voice_settings"]["stability"], 0.25);
+    assert_eq!(json["voice_settings"]["style"], 0.5);
+    assert_eq!(json["seed"], 1234);
+    assert_eq!(json["apply_text_normalization"], "off");
+    // Only that SPEAK: the next one is back to the engine's settings.
+    let json = spoken(&rig, &ch, "Plain again.", Request::speak("Plain again.")).json.unwrap();
+    assert_eq!(json["model_id"], "eleven_flash_v2_5");
+    assert!(json.get("seed").is_none() && json.get("voice_settings").is_none());
+}
+
+#[test]
+fn prosody_volume_scales_the_samples() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id =
+        ch.send(speak_with("Softly.", |r| r.prosody_volume = Some(ProsodyVolume::Label(sys::PROSODY_VOLUME_SOFT))));
+    expect_in_progress_then_complete(&ch, id);
+    let sent = padded(&request_for(&rig.upstream, "Softly.").audio_sent, 160);
+    let halved: Vec<u8> = sent
+        .chunks_exact(2)
+        .flat_map(|c| (((i16::from_ne_bytes([c[0], c[1]]) as f32) * 0.5).round() as i16).to_ne_bytes())
+        .collect();
+    assert_eq!(ch.audio(), halved, "every sample at half amplitude");
+}
+
+#[test]
+fn logging_tag_appears_in_the_channel_log_lines() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.send(speak_with("Tagged.", |r| r.logging_tag = Some("call-4711".into())));
+    expect_in_progress_then_complete(&ch, id);
+    wait_for_log(&rig.server, "done:", 1);
+    let logs = rig.server.logs();
+    let summary = logs.iter().find(|l| l.text.contains(&format!("SPEAK {id} done"))).unwrap();
+    assert!(summary.text.contains(&format!("{} tag=call-4711", ch.id())), "{}", summary.text);
+}
