@@ -42,7 +42,7 @@ fn audio_is_exact_at_16khz() {
 #[test]
 fn request_carries_key_text_model_and_settings() {
     let rig = rig(&[
-        ("model_id", "eleven_multilingual_v2"),
+        ("model_id", "eleven_turbo_v2_5"),
         ("stability", "0.3"),
         ("similarity_boost", "0.8"),
         ("style", "0.1"),
@@ -61,7 +61,7 @@ fn request_carries_key_text_model_and_settings() {
     assert!(req.header("content-type").unwrap().starts_with("application/json"));
     let json = req.json.expect("JSON body");
     assert_eq!(json["text"], text);
-    assert_eq!(json["model_id"], "eleven_multilingual_v2");
+    assert_eq!(json["model_id"], "eleven_turbo_v2_5");
     assert_eq!(json["language_code"], "de");
     let vs = &json["voice_settings"];
     assert_eq!(vs["stability"], 0.3);
