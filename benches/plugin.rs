@@ -13,15 +13,20 @@
 //!    beyond the upstream's own first-byte delay, at 1, 50 and 200 channels
 //!    (8 kHz);
 //! 3. process RSS and thread count at the peak of the 200-channel run, and
-//!    the per-channel buffer in effect.
+//!    the per-channel buffer in effect;
+//! 4. the prompt cache: time to first audible frame on a hit vs a miss
+//!    (8 kHz, one channel), and the hit rate and upstream request count when
+//!    100 channels speak 10 distinct prompts for several rounds.
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
 //! another (one host server per process at a time), each with its own
-//! server and upstream, and the whole run takes well under a minute.
+//! server and upstream, and the whole run takes about a minute. Scenarios
+//! 1-3 run with the cache off; scenario 4 turns it on with a fresh
+//! temporary cache dir per part, removed afterwards.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -65,6 +70,17 @@ const LATENCY_AUDIO_MS: u32 = 300;
 /// on every phase of the 10 ms media tick (as independent calls would).
 const LATENCY_SPREAD: Duration = Duration::from_millis(100);
 
+/// Scenario 4a: distinct prompts spoken once (misses), then again (hits),
+/// one after the other on one channel.
+const CACHE_PROMPTS: usize = 20;
+const CACHE_RATE: u32 = 8000;
+const CACHE_AUDIO_MS: u32 = 300;
+/// Scenario 4b: channels, distinct prompts (channel i speaks prompt
+/// i % CACHE_DISTINCT), rounds (the SPEAKs of a round are sent together).
+const CACHE_CHANNELS: usize = 100;
+const CACHE_DISTINCT: usize = 10;
+const CACHE_ROUNDS: usize = 3;
+
 /// What went wrong, printed as ERROR lines; any makes the exit code non-zero.
 #[derive(Default)]
 struct Failures(Vec<String>);
@@ -76,23 +92,35 @@ impl Failures {
     }
 }
 
-fn engine_params(base_url: &str) -> Vec<(&'static str, String)> {
-    vec![
+/// Engine params; `cache_dir` turns the prompt cache on, in that dir.
+fn engine_params(base_url: &str, cache_dir: Option<&Path>) -> Vec<(&'static str, String)> {
+    let mut params = vec![
         ("api_key", API_KEY.to_string()),
         ("voice_id", VOICE_ID.to_string()),
         ("base_url", base_url.to_string()),
         ("max_buffer_ms", MAX_BUFFER_MS.to_string()),
         ("first_byte_timeout_ms", TIMEOUT_MS.to_string()),
         ("stall_timeout_ms", TIMEOUT_MS.to_string()),
+    ];
+    match cache_dir {
+        Some(dir) => {
+            params.push(("cache_enabled", "true".to_string()));
+            params.push(("cache_dir", dir.to_string_lossy().into_owned()));
+        }
         // Latency and read_frame are measured upstream; cache figures come
         // from their own scenario.
-        ("cache_enabled", "false".to_string()),
-    ]
+        None => params.push(("cache_enabled", "false".to_string())),
+    }
+    params
 }
 
 fn start_server(plugin: &Path, mock: &MockUpstream) -> Result<Server, String> {
+    start_server_with_cache(plugin, mock, None)
+}
+
+fn start_server_with_cache(plugin: &Path, mock: &MockUpstream, cache_dir: Option<&Path>) -> Result<Server, String> {
     let config = ServerConfig {
-        params: Some(engine_params(&mock.base_url()).into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        params: Some(engine_params(&mock.base_url(), cache_dir).into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
         log_sources: vec!["ELEVENLABS-SYNTH".into()],
         clock: MediaClock::RealTime,
         ..ServerConfig::default()
@@ -594,6 +622,278 @@ fn print_latency(r: &LatencyResult) {
 }
 
 // ---------------------------------------------------------------------------
+// 4. Prompt cache: hit vs miss, and sharing among 100 channels
+
+/// A fresh cache dir under the system temp dir (the plugin creates it),
+/// removed on drop.
+struct TempCacheDir(PathBuf);
+
+impl TempCacheDir {
+    fn new(tag: &str) -> TempCacheDir {
+        let dir = std::env::temp_dir().join(format!("unimrcp-elevenlabs-bench-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempCacheDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Committed entries (40 hex digits; not temporary files).
+    fn entries(&self) -> usize {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TempCacheDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// (channel id, request id) -> `source=` of the plugin's one summary line
+/// per SPEAK ("[<channel>] SPEAK <n> done: ... source=<s> ...").
+fn speak_sources(server: &Server) -> HashMap<(String, u32), String> {
+    let mut map = HashMap::new();
+    for line in server.logs() {
+        let Some((channel, rest)) = line.text.strip_prefix('[').and_then(|t| t.split_once("] SPEAK ")) else {
+            continue;
+        };
+        let Some((n, rest)) = rest.split_once(" done: ") else { continue };
+        let (Ok(n), Some(source)) = (n.parse::<u32>(), rest.split_whitespace().find_map(|w| w.strip_prefix("source=")))
+        else {
+            continue;
+        };
+        map.insert((channel.to_string(), n), source.to_string());
+    }
+    map
+}
+
+/// The summary lines follow the SPEAK-COMPLETE: waits (until `timeout`)
+/// for those of every (channel, request) in `want`.
+fn wait_sources(server: &Server, want: &[(String, u32)], timeout: Duration) -> HashMap<(String, u32), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let map = speak_sources(server);
+        if want.iter().all(|k| map.contains_key(k)) || Instant::now() >= deadline {
+            return map;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn upstream_behavior() -> Behavior {
+    Behavior::realtime().with_first_byte_delay(FIRST_BYTE_DELAY).with_audio_ms(CACHE_AUDIO_MS)
+}
+
+/// "p50 x / p99 y ms (n=z)", or "-" without samples.
+fn p50_p99(samples: Vec<f64>) -> String {
+    let s = sorted_f64(samples);
+    if s.is_empty() {
+        return "- (n=0)".into();
+    }
+    format!("p50 {:6.1} / p99 {:6.1} ms (n={})", pct(&s, 50.0), pct(&s, 99.0), s.len())
+}
+
+/// 4a: time to first audible frame of a miss and of a hit.
+fn bench_cache_hit_vs_miss(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    let dir = TempCacheDir::new("hit-vs-miss");
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(upstream_behavior());
+    let server = start_server_with_cache(plugin, &mock, Some(dir.path()))?;
+    let channels = match open_channels(&server, 1, CACHE_RATE) {
+        Ok(c) => c,
+        Err(e) => {
+            teardown(server, Vec::new(), mock, failures);
+            return Err(e);
+        }
+    };
+    let ch = &channels[0];
+    let texts: Vec<String> =
+        (0..CACHE_PROMPTS).map(|i| format!("Cache probe prompt number {i}, thank you for holding.")).collect();
+
+    // (hit pass, request id), one SPEAK at a time.
+    let mut speaks: Vec<(bool, u32)> = Vec::with_capacity(2 * CACHE_PROMPTS);
+    let mut completed = 0;
+    let mut upstream_after_misses = 0;
+    for hit in [false, true] {
+        for (i, text) in texts.iter().enumerate() {
+            // Vary the send's phase against the 10 ms tick.
+            let k = usize::from(hit) * CACHE_PROMPTS + i;
+            thread::sleep(Duration::from_micros((k as u64 * 3700) % 10_000));
+            let id = ch.speak(text);
+            let label = format!("cache {} {}/{CACHE_PROMPTS}", if hit { "hit" } else { "miss" }, i + 1);
+            completed +=
+                check_completions(&label, &[(0, id)], &channels, Instant::now() + Duration::from_secs(20), failures);
+            speaks.push((hit, id));
+        }
+        if !hit {
+            upstream_after_misses = mock.request_count();
+        }
+    }
+    let upstream_total = mock.request_count();
+    let entries = dir.entries();
+
+    let want: Vec<(String, u32)> = speaks.iter().map(|&(_, id)| (ch.id(), id)).collect();
+    let sources = wait_sources(&server, &want, Duration::from_secs(3));
+    let log = ch.frames();
+    let (mut miss_ttff, mut hit_ttff, mut miss_ip, mut hit_ip, mut hit_after_ip) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut missing, mut mislabelled) = (0, Vec::new());
+    for &(hit, id) in &speaks {
+        let expected = if hit { "cache" } else { "upstream" };
+        let source = sources.get(&(ch.id(), id)).map_or("none", String::as_str);
+        if source != expected {
+            mislabelled.push(format!("SPEAK {id} source={source} (expected {expected})"));
+        }
+        let sent = ch.sent_at(id);
+        let in_progress = ch.wait_response(id, Duration::ZERO).map(|m| m.at);
+        let first = sent.and_then(|s| log.first_audible_after(s)).map(|f| log.at(&f));
+        let (Some(sent), Some(in_progress), Some(first)) = (sent, in_progress, first) else {
+            missing += 1;
+            continue;
+        };
+        let ttff = ms_between(sent, first);
+        let ip = ms_between(sent, in_progress);
+        if hit {
+            hit_ttff.push(ttff);
+            hit_ip.push(ip);
+            hit_after_ip.push(ms_between(in_progress, first));
+        } else {
+            miss_ttff.push(ttff);
+            miss_ip.push(ip);
+        }
+    }
+    println!(
+        "  a) {CACHE_PROMPTS} distinct prompts on one channel, one SPEAK at a time: each spoken once (miss), then all again (hit)"
+    );
+    println!(
+        "     SPEAK-COMPLETE 000: {completed} of {}; upstream requests: {upstream_after_misses} after the misses, {upstream_total} after the hits; cache entries on disk: {entries}",
+        speaks.len()
+    );
+    if missing > 0 {
+        failures.add(format!("cache hit vs miss: {missing} SPEAKs without an IN-PROGRESS or an audible frame"));
+    }
+    if !mislabelled.is_empty() {
+        let shown: Vec<&str> = mislabelled.iter().take(5).map(String::as_str).collect();
+        failures.add(format!(
+            "cache hit vs miss: {} SPEAKs not served as expected (summary line source=): {}",
+            mislabelled.len(),
+            shown.join("; ")
+        ));
+    }
+    let hit_after_ip_max = hit_after_ip.iter().copied().fold(f64::NAN, f64::max);
+    println!("     SPEAK sent -> first audible frame, miss: {}", p50_p99(miss_ttff));
+    println!("     SPEAK sent -> first audible frame, hit:  {}", p50_p99(hit_ttff));
+    println!("     SPEAK sent -> IN-PROGRESS: miss {}; hit {}", p50_p99(miss_ip), p50_p99(hit_ip));
+    println!(
+        "     hit - IN-PROGRESS (first audible frame - IN-PROGRESS response): {}, max {hit_after_ip_max:.1} ms (one media tick = {} ms)",
+        p50_p99(hit_after_ip),
+        TICK.as_millis()
+    );
+    let late = server.late_ticks();
+    if late > 0 {
+        println!("     media ticks late by more than one period: {late} of {}", server.ticks());
+    }
+    teardown(server, channels, mock, failures);
+    Ok(())
+}
+
+/// 4b: 100 channels speaking 10 distinct prompts, several rounds.
+fn bench_cache_sharing(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    let dir = TempCacheDir::new("sharing");
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(upstream_behavior());
+    let server = start_server_with_cache(plugin, &mock, Some(dir.path()))?;
+    let channels = match open_channels(&server, CACHE_CHANNELS, CACHE_RATE) {
+        Ok(c) => c,
+        Err(e) => {
+            teardown(server, Vec::new(), mock, failures);
+            return Err(e);
+        }
+    };
+    let texts: Vec<String> =
+        (0..CACHE_DISTINCT).map(|k| format!("Shared prompt {k}: your call is important to us.")).collect();
+
+    // (round, channel, request id)
+    let mut all: Vec<(usize, usize, u32)> = Vec::with_capacity(CACHE_ROUNDS * CACHE_CHANNELS);
+    let mut completed = 0;
+    for round in 0..CACHE_ROUNDS {
+        let speaks: Vec<(usize, u32)> =
+            channels.iter().enumerate().map(|(c, ch)| (c, ch.speak(&texts[c % CACHE_DISTINCT]))).collect();
+        let label = format!("cache sharing round {}/{CACHE_ROUNDS}", round + 1);
+        completed += check_completions(&label, &speaks, &channels, Instant::now() + Duration::from_secs(20), failures);
+        all.extend(speaks.into_iter().map(|(c, id)| (round, c, id)));
+    }
+    let upstream = mock.request_count();
+    let entries = dir.entries();
+
+    let ids: Vec<String> = channels.iter().map(Channel::id).collect();
+    let want: Vec<(String, u32)> = all.iter().map(|&(_, c, id)| (ids[c].clone(), id)).collect();
+    let sources = wait_sources(&server, &want, Duration::from_secs(3));
+    let logs: Vec<_> = channels.iter().map(Channel::frames).collect();
+    const SOURCES: [&str; 3] = ["upstream", "shared", "cache"];
+    // [round][source index or 3 = no summary line / other]
+    let mut counts = [[0usize; 4]; CACHE_ROUNDS];
+    let mut ttff: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for &(round, c, id) in &all {
+        let source = sources.get(&(ids[c].clone(), id)).map(String::as_str);
+        let idx = source.and_then(|s| SOURCES.iter().position(|x| *x == s)).unwrap_or(3);
+        counts[round][idx] += 1;
+        if idx < 3 {
+            let sent = channels[c].sent_at(id);
+            if let Some((sent, first)) = sent.and_then(|s| logs[c].first_audible_after(s).map(|f| (s, f))) {
+                ttff[idx].push(ms_between(sent, logs[c].at(&first)));
+            }
+        }
+    }
+    let total: [usize; 4] = counts.iter().fold([0; 4], |mut acc, r| {
+        acc.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+        acc
+    });
+    let served_locally = total[1] + total[2];
+    println!(
+        "  b) {CACHE_CHANNELS} channels, {CACHE_DISTINCT} distinct prompts (channel i speaks prompt i % {CACHE_DISTINCT}), {CACHE_ROUNDS} rounds, the {CACHE_CHANNELS} SPEAKs of a round sent together"
+    );
+    println!("     SPEAK-COMPLETE 000: {completed} of {} SPEAKs", all.len());
+    println!(
+        "     cache hit rate: {:.1} % ({served_locally} of {} SPEAKs served from the cache or by following a flight): upstream {}, shared {}, cache {}{}",
+        100.0 * served_locally as f64 / all.len().max(1) as f64,
+        all.len(),
+        total[0],
+        total[1],
+        total[2],
+        if total[3] > 0 { format!(", no summary line {}", total[3]) } else { String::new() }
+    );
+    let rounds: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .map(|(r, c)| format!("round {}: upstream {} shared {} cache {}", r + 1, c[0], c[1], c[2]))
+        .collect();
+    println!("     by round: {}", rounds.join("; "));
+    println!(
+        "     upstream requests: {upstream} (expected {CACHE_DISTINCT}, one per distinct prompt); cache entries on disk: {entries}"
+    );
+    if upstream != CACHE_DISTINCT {
+        println!("     WARNING: {upstream} upstream requests for {CACHE_DISTINCT} distinct prompts");
+    }
+    for (i, name) in SOURCES.iter().enumerate() {
+        println!("     SPEAK sent -> first audible frame, source={name:<8}: {}", p50_p99(std::mem::take(&mut ttff[i])));
+    }
+    teardown(server, channels, mock, failures);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 
 fn main() -> ExitCode {
     unimrcp_shim::anchor();
@@ -671,6 +971,21 @@ fn main() -> ExitCode {
         }
         None => failures.add("no resource figures: the 200-channel run did not complete".into()),
     }
+
+    println!();
+    println!(
+        "[4] prompt cache (cache_enabled=true, a fresh temporary cache_dir per part): LPCM {} kHz, {CACHE_AUDIO_MS} ms audio per prompt, upstream first-byte delay {} ms at speed 1.0",
+        CACHE_RATE / 1000,
+        FIRST_BYTE_DELAY.as_millis()
+    );
+    let cache_started = Instant::now();
+    if let Err(e) = bench_cache_hit_vs_miss(&plugin, &mut failures) {
+        failures.add(format!("cache hit vs miss scenario: {e}"));
+    }
+    if let Err(e) = bench_cache_sharing(&plugin, &mut failures) {
+        failures.add(format!("cache sharing scenario: {e}"));
+    }
+    println!("  scenario [4] took {:.1} s", cache_started.elapsed().as_secs_f64());
 
     println!();
     let total: usize = results.iter().map(|r| r.added.len()).sum();
