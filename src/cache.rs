@@ -460,6 +460,19 @@ impl Cache {
             flight.follow(Arc::clone(shared));
             return Lookup::Follow(Arc::clone(flight));
         }
+        // A leader may have stored the entry and landed between our read
+        // and this lock: look once more (outside the lock) before leading.
+        if self.entry_path(&key).exists() {
+            drop(flights);
+            if let Some(audio) = self.read(&key, sample_rate, max_age) {
+                return Lookup::Hit(audio);
+            }
+            flights = self.flights.lock();
+            if let Some(flight) = flights.get(&key) {
+                flight.follow(Arc::clone(shared));
+                return Lookup::Follow(Arc::clone(flight));
+            }
+        }
         let flight = Arc::new(Flight::default());
         flights.insert(key, Arc::clone(&flight));
         drop(flights);

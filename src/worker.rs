@@ -332,15 +332,19 @@ impl Worker {
             if job.policy.read {
                 match cache.lookup(key, job.sample_rate, job.policy.max_age, &self.shared) {
                     Lookup::Hit(audio) => {
-                        let fed = self.feed(&job, Source::Memory(audio, 0));
-                        return self.fed(job, fed, "cache");
+                        let started = Instant::now();
+                        let (fed, first) = self.feed(&job, Source::Memory(audio, 0));
+                        return self.fed(job, fed, "cache", first.map(|t| t.duration_since(started)));
                     }
                     Lookup::Follow(flight) => {
+                        let started = Instant::now();
                         match self.feed(&job, Source::Flight(flight, 0)) {
                             // The leader went away: synthesize it ourselves,
                             // without replaying what was already heard.
-                            Fed::Abandoned(played) => tee.skip = played,
-                            fed => return self.fed(job, fed, "shared"),
+                            (Fed::Abandoned(played), _) => tee.skip = played,
+                            (fed, first) => {
+                                return self.fed(job, fed, "shared", first.map(|t| t.duration_since(started)))
+                            }
                         }
                     }
                     Lookup::Lead(flight, writer) => {
@@ -417,9 +421,8 @@ impl Worker {
     }
 
     /// The end of a local feed, as for an upstream transfer.
-    fn fed(&mut self, job: Job, fed: Fed, source: &'static str) {
-        let stats =
-            Stats { audio_bytes: fed.bytes() as u64, time_to_first_byte: Some(Duration::ZERO), http_status: 0, source };
+    fn fed(&mut self, job: Job, fed: Fed, source: &'static str, first_byte: Option<Duration>) {
+        let stats = Stats { audio_bytes: fed.bytes() as u64, time_to_first_byte: first_byte, http_status: 0, source };
         match fed {
             Fed::Done(_) => self.finish_buffering(job, stats),
             Fed::Failed(reason, _) => self.fail(&job, reason, stats),
@@ -433,8 +436,10 @@ impl Worker {
     /// Pushes audio from a local source (a cache entry, or a flight another
     /// channel is downloading) into the buffer as the media thread makes
     /// room, serving commands meanwhile.
-    fn feed(&mut self, job: &Job, mut source: Source) -> Fed {
+    /// Returns how it ended and when the first byte went into the buffer.
+    fn feed(&mut self, job: &Job, mut source: Source) -> (Fed, Option<Instant>) {
         let generation = job.speak.generation;
+        let mut first: Option<Instant> = None;
         let fed = loop {
             let mut interrupted = false;
             while let Ok(command) = self.rx.try_recv() {
@@ -464,8 +469,15 @@ impl Worker {
                     }
                     self.shared.waker.wait(Some(FEED_WAIT));
                 }
-                Pulled::Progress => {}
-                Pulled::Done => break Fed::Done(source.offset()),
+                Pulled::Progress => {
+                    first.get_or_insert_with(Instant::now);
+                }
+                Pulled::Done => {
+                    if source.offset() > 0 {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    break Fed::Done(source.offset());
+                }
                 Pulled::Failed(reason) => break Fed::Failed(reason, source.offset()),
                 Pulled::Abandoned => break Fed::Abandoned(source.offset()),
             }
@@ -473,7 +485,7 @@ impl Worker {
         if let Source::Flight(flight, _) = &source {
             flight.unfollow(&self.shared);
         }
-        fed
+        (fed, first)
     }
 
     /// One upstream request, run to its end while commands keep being
