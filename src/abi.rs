@@ -272,15 +272,23 @@ impl Message {
         self.field_present(id as usize)
     }
 
-    /// Content-Type of the request, when present.
-    pub fn content_type(&self) -> Option<String> {
-        if !self.generic_present(sys::GENERIC_HEADER_CONTENT_TYPE) {
+    /// A string field of the generic header, when present.
+    fn generic_str(
+        &self,
+        id: sys::mrcp_generic_header_id,
+        get: impl Fn(&sys::mrcp_generic_header_t) -> &sys::apt_str_t,
+    ) -> Option<String> {
+        if !self.generic_present(id) {
             return None;
         }
         let header = self.generic_header()?;
         // SAFETY: the string points into the message's pool.
-        let bytes = unsafe { str_bytes(&header.content_type) };
-        Some(String::from_utf8_lossy(bytes).into_owned())
+        Some(String::from_utf8_lossy(unsafe { str_bytes(get(header)) }).into_owned())
+    }
+
+    /// Content-Type of the request, when present.
+    pub fn content_type(&self) -> Option<String> {
+        self.generic_str(sys::GENERIC_HEADER_CONTENT_TYPE, |g| &g.content_type)
     }
 
     fn synth_header(&self) -> Option<&sys::mrcp_synth_header_t> {
@@ -376,23 +384,12 @@ impl Message {
 
     /// Logging-Tag, when present.
     pub fn logging_tag(&self) -> Option<String> {
-        if !self.generic_present(sys::GENERIC_HEADER_LOGGING_TAG) {
-            return None;
-        }
-        let header = self.generic_header()?;
-        // SAFETY: the string points into the message's pool.
-        Some(String::from_utf8_lossy(unsafe { str_bytes(&header.logging_tag) }).into_owned())
+        self.generic_str(sys::GENERIC_HEADER_LOGGING_TAG, |g| &g.logging_tag)
     }
 
     /// Cache-Control, when present.
     pub fn cache_control(&self) -> Option<String> {
-        if !self.generic_present(sys::GENERIC_HEADER_CACHE_CONTROL) {
-            return None;
-        }
-        let header = self.generic_header()?;
-        // SAFETY: the string points into the message's pool.
-        let bytes = unsafe { str_bytes(&header.cache_control) };
-        Some(String::from_utf8_lossy(bytes).into_owned())
+        self.generic_str(sys::GENERIC_HEADER_CACHE_CONTROL, |g| &g.cache_control)
     }
 
     /// mrcp_response_create from this request, allocated in its pool.

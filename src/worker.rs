@@ -436,26 +436,35 @@ impl Worker {
     /// Pushes audio from a local source (a cache entry, or a flight another
     /// channel is downloading) into the buffer as the media thread makes
     /// room, serving commands meanwhile.
+    /// Serves the commands that arrived while `job` runs: a STOP must not
+    /// wait for the network or the buffer. True when the job must end now
+    /// (stopped, or shut down: then its SPEAK-COMPLETE is already sent);
+    /// other commands wait until the job is over.
+    fn serve_commands(&mut self, job: &Job) -> bool {
+        let generation = job.speak.generation;
+        let mut interrupted = false;
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Cancel { generation: g } if g == generation => interrupted = true,
+                Command::Cancel { .. } => {}
+                Command::Shutdown { respond_close, reason } => {
+                    self.stop_playback(generation);
+                    self.end(&job.speak, Completion::error(reason));
+                    self.exit = Some(respond_close);
+                    interrupted = true;
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+        interrupted || job.speak.is_terminated()
+    }
+
     /// Returns how it ended and when the first byte went into the buffer.
     fn feed(&mut self, job: &Job, mut source: Source) -> (Fed, Option<Instant>) {
         let generation = job.speak.generation;
         let mut first: Option<Instant> = None;
         let fed = loop {
-            let mut interrupted = false;
-            while let Ok(command) = self.rx.try_recv() {
-                match command {
-                    Command::Cancel { generation: g } if g == generation => interrupted = true,
-                    Command::Cancel { .. } => {}
-                    Command::Shutdown { respond_close, reason } => {
-                        self.stop_playback(generation);
-                        self.end(&job.speak, Completion::error(reason));
-                        self.exit = Some(respond_close);
-                        interrupted = true;
-                    }
-                    other => self.deferred.push_back(other),
-                }
-            }
-            if interrupted || job.speak.is_terminated() {
+            if self.serve_commands(job) {
                 break Fed::Interrupted(source.offset());
             }
             let step = {
@@ -508,20 +517,8 @@ impl Worker {
             if transfer.step() {
                 break;
             }
-            while let Ok(command) = self.rx.try_recv() {
-                match command {
-                    Command::Cancel { generation: g } if g == generation => interrupted = true,
-                    Command::Cancel { .. } => {}
-                    Command::Shutdown { respond_close, reason } => {
-                        self.stop_playback(generation);
-                        self.end(&job.speak, Completion::error(reason));
-                        self.exit = Some(respond_close);
-                        interrupted = true;
-                    }
-                    other => self.deferred.push_back(other),
-                }
-            }
-            if interrupted || job.speak.is_terminated() {
+            if self.serve_commands(job) {
+                interrupted = true;
                 break;
             }
             let now = Instant::now();
