@@ -369,19 +369,23 @@ unsafe fn this<'a>(ch: *mut sys::mrcp_engine_channel_t) -> Option<&'a Channel> {
 }
 
 unsafe extern "C" fn channel_destroy(ch: *mut sys::mrcp_engine_channel_t) -> sys::apt_bool_t {
-    let done = crate::panic::guard("channel_destroy", || {
-        // SAFETY: the server calls destroy once, last, on a channel we made.
-        unsafe {
-            let obj = (*ch).method_obj as *mut Channel;
-            if obj.is_null() {
-                return;
-            }
-            (*obj).destroy(ChannelRef::new(ch));
-            (*ch).method_obj = std::ptr::null_mut();
-            drop(Box::from_raw(obj));
+    // Take our object out first, so that it is freed even if the body
+    // panics (the guard would otherwise skip the free).
+    // SAFETY: the server calls destroy once, last, on a channel we made;
+    // method_obj is the Box<Channel> we leaked in create_channel.
+    let channel = unsafe {
+        let Some(c) = ch.as_mut() else { return abi::FALSE };
+        let obj = std::mem::replace(&mut c.method_obj, std::ptr::null_mut()) as *mut Channel;
+        if obj.is_null() {
+            return abi::FALSE;
         }
-    });
-    abi::apt_bool(done.is_some())
+        Box::from_raw(obj)
+    };
+    // SAFETY: the channel pointer stays valid for the whole call.
+    let chref = unsafe { ChannelRef::new(ch) };
+    let done = crate::panic::guard("channel_destroy", || channel.destroy(chref));
+    let freed = crate::panic::guard("channel_destroy (free)", move || drop(channel));
+    abi::apt_bool(done.is_some() && freed.is_some())
 }
 
 unsafe extern "C" fn channel_open(ch: *mut sys::mrcp_engine_channel_t) -> sys::apt_bool_t {

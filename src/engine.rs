@@ -212,19 +212,20 @@ unsafe fn this<'a>(engine: *mut sys::mrcp_engine_t) -> Option<&'a Engine> {
 }
 
 unsafe extern "C" fn engine_destroy(engine: *mut sys::mrcp_engine_t) -> sys::apt_bool_t {
-    let done = crate::panic::guard("engine_destroy", || {
-        // SAFETY: destroy is the server's last call on the engine.
-        unsafe {
-            let obj = (*engine).obj as *mut Engine;
-            if obj.is_null() {
-                return;
-            }
-            (*obj).destroy();
-            (*engine).obj = std::ptr::null_mut();
-            drop(Box::from_raw(obj));
+    // As channel_destroy: out first, so a panicking body cannot leak it.
+    // SAFETY: destroy is the server's last call on the engine; obj is the
+    // Box<Engine> we leaked in mrcp_plugin_create.
+    let obj = unsafe {
+        let Some(e) = engine.as_mut() else { return abi::FALSE };
+        let obj = std::mem::replace(&mut e.obj, std::ptr::null_mut()) as *mut Engine;
+        if obj.is_null() {
+            return abi::FALSE;
         }
-    });
-    abi::apt_bool(done.is_some())
+        Box::from_raw(obj)
+    };
+    let done = crate::panic::guard("engine_destroy", || obj.destroy());
+    let freed = crate::panic::guard("engine_destroy (free)", move || drop(obj));
+    abi::apt_bool(done.is_some() && freed.is_some())
 }
 
 unsafe extern "C" fn engine_open(engine: *mut sys::mrcp_engine_t) -> sys::apt_bool_t {
