@@ -115,6 +115,9 @@ pub struct Playback {
     limit: usize,
     /// Prosody-Volume of this SPEAK, applied to each frame as it is taken.
     gain: f32,
+    /// Bytes to hold before the first frame plays (jitter reserve); 0 once
+    /// primed.
+    prime: usize,
 }
 
 impl Playback {
@@ -126,6 +129,7 @@ impl Playback {
             producer_done: false,
             limit: capacity,
             gain: 1.0,
+            prime: 0,
         }
     }
 
@@ -146,8 +150,9 @@ impl Playback {
     }
 
     /// A new SPEAK takes over the buffer; returns its generation.
-    pub fn start(&mut self, limit: usize, gain: f32) -> u64 {
+    pub fn start(&mut self, limit: usize, gain: f32, prebuffer: usize) -> u64 {
         self.gain = gain;
+        self.prime = prebuffer.min(limit);
         self.generation += 1;
         self.ring.clear();
         self.producer_done = false;
@@ -188,6 +193,12 @@ impl Playback {
     pub fn take_frame(&mut self, out: &mut [u8]) -> Frame {
         if self.state != PlayState::Playing {
             return Frame::Silence;
+        }
+        if self.prime > 0 {
+            if self.ring.len() < self.prime && !self.producer_done {
+                return Frame::Silence; // still building the jitter reserve
+            }
+            self.prime = 0;
         }
         if self.ring.len() >= out.len() {
             self.ring.pop_into(out);
@@ -241,7 +252,7 @@ mod tests {
     #[test]
     fn odd_bytes_carry_over_and_the_last_frame_is_padded() {
         let mut p = Playback::new(64);
-        let g = p.start(64, 1.0);
+        let g = p.start(64, 1.0, 0);
         let mut frame = [0xAAu8; 4];
         assert_eq!(p.push(g, &[1, 2, 3]), Push::Stored);
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
@@ -257,7 +268,7 @@ mod tests {
     #[test]
     fn limit_gives_backpressure_and_stop_refuses_late_bytes() {
         let mut p = Playback::new(16);
-        let g = p.start(8, 1.0);
+        let g = p.start(8, 1.0, 0);
         assert_eq!(p.push(g, &[0; 6]), Push::Stored);
         assert_eq!(p.push(g, &[0; 3]), Push::Full);
         assert_eq!(p.buffered(), 6);
@@ -266,7 +277,7 @@ mod tests {
         assert!(!p.finish(g));
         let mut frame = [0u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
-        let g2 = p.start(100, 1.0);
+        let g2 = p.start(100, 1.0, 0);
         assert!(g2 > g);
         assert_eq!(p.free(), 16, "limit is clamped to the capacity");
     }
@@ -274,7 +285,7 @@ mod tests {
     #[test]
     fn paused_playback_is_silent_but_keeps_filling() {
         let mut p = Playback::new(16);
-        let g = p.start(16, 1.0);
+        let g = p.start(16, 1.0, 0);
         p.state = PlayState::Paused;
         assert_eq!(p.push(g, &[9; 4]), Push::Stored);
         let mut frame = [0u8; 2];
@@ -285,9 +296,31 @@ mod tests {
     }
 
     #[test]
+    fn prebuffer_holds_the_first_frame_until_the_reserve_is_there() {
+        let mut p = Playback::new(64);
+        let g = p.start(64, 1.0, 6);
+        let mut frame = [0u8; 2];
+        p.push(g, &[1, 2, 3, 4]);
+        assert_eq!(p.take_frame(&mut frame), Frame::Silence, "4 of 6 bytes");
+        p.push(g, &[5, 6]);
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        assert_eq!(frame, [1, 2]);
+        // Once primed, an underrun does not re-arm the reserve.
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        p.push(g, &[7, 8]);
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        // A short SPEAK that ends below the reserve still plays.
+        let g = p.start(64, 1.0, 60);
+        p.push(g, &[9]);
+        p.finish(g);
+        assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: true });
+    }
+
+    #[test]
     fn gain_scales_and_saturates() {
         let mut p = Playback::new(16);
-        let g = p.start(16, 2.0);
+        let g = p.start(16, 2.0, 0);
         let samples: Vec<u8> = [1000i16, -20000, 30000, 0].iter().flat_map(|s| s.to_ne_bytes()).collect();
         p.push(g, &samples);
         let mut frame = [0u8; 8];
@@ -299,7 +332,7 @@ mod tests {
     #[test]
     fn empty_finished_speak_completes_without_audio() {
         let mut p = Playback::new(8);
-        let g = p.start(8, 1.0);
+        let g = p.start(8, 1.0, 0);
         p.finish(g);
         let mut frame = [7u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: false });

@@ -264,8 +264,13 @@ impl Channel {
                     "another SPEAK is in progress".into(),
                 );
             }
-            let generation =
-                self.shared.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate), resolved.gain);
+            let bytes_per_ms = rate as usize * 2 / 1000;
+            let prebuffer = self.config.prebuffer_ms as usize * bytes_per_ms;
+            let generation = self.shared.playback.lock().start(
+                buffer_limit(self.config.max_buffer_ms, rate),
+                resolved.gain,
+                prebuffer,
+            );
             let speak = Arc::new(Speak::new(request, generation));
             *active = Some(Arc::clone(&speak));
             speak

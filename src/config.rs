@@ -30,6 +30,7 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "stall_timeout_ms",
     "max_buffer_ms",
     "max_request_chars",
+    "prebuffer_ms",
     "cache_enabled",
     "cache_dir",
     "cache_max_mb",
@@ -88,6 +89,8 @@ pub struct Config {
     pub first_byte_timeout: Duration,
     pub stall_timeout: Duration,
     pub max_buffer_ms: u64,
+    /// Audio held before a SPEAK's first frame plays (jitter reserve).
+    pub prebuffer_ms: u64,
     /// Override of the model's per-request character limit.
     pub max_request_chars: Option<usize>,
     /// None: the cache is off.
@@ -119,6 +122,7 @@ impl fmt::Debug for Config {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("max_buffer_ms", &self.max_buffer_ms)
+            .field("prebuffer_ms", &self.prebuffer_ms)
             .field("max_request_chars", &self.max_request_chars)
             .field("cache", &self.cache)
             .field("cache_warmup_file", &self.cache_warmup_file)
@@ -346,6 +350,7 @@ impl Config {
             )?),
             stall_timeout: Duration::from_millis(p.millis("stall_timeout_ms", DEFAULT_STALL_TIMEOUT_MS, 1, 120_000)?),
             max_buffer_ms: p.millis("max_buffer_ms", DEFAULT_MAX_BUFFER_MS, 200, 60_000)?,
+            prebuffer_ms: p.millis("prebuffer_ms", 0, 0, 2_000)?,
             max_request_chars: match p.get("max_request_chars") {
                 None => None,
                 Some(raw) => {

@@ -244,3 +244,24 @@ fn a_failing_part_fails_the_speak_naming_the_part() {
     assert!(done.completion_reason.as_deref().unwrap().ends_with("(part 2 of 2)"), "{done:#?}");
     assert_eq!(ch.frames().audio_frames_after(done.at), 0);
 }
+
+#[test]
+fn prebuffer_holds_a_jitter_reserve_before_the_first_frame() {
+    let rig = rig_with_clock(&[("prebuffer_ms", "300")], MediaClock::RealTime);
+    rig.upstream.set_default(Behavior::realtime().with_audio_ms(1000).with_chunk_bytes(801));
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("Reserve first.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL));
+    let req = request_for(&rig.upstream, "Reserve first.");
+    let frames = ch.frames();
+    let first = frames.at(&frames.first_audible().unwrap());
+    // Real-time delivery: 300 ms of audio arrive ~300 ms after the first byte.
+    assert!(first.duration_since(req.first_byte_at.unwrap()) >= Duration::from_millis(250));
+    assert_eq!(ch.audio(), padded(&req.audio_sent, 160));
+    // With the reserve in hand, real-time delivery never runs dry.
+    let first_index = frames.frames.iter().position(|f| f.is_audio()).unwrap();
+    let last_index = frames.frames.iter().rposition(|f| f.is_audio()).unwrap();
+    let gaps = frames.frames[first_index..=last_index].iter().filter(|f| !f.is_audio()).count();
+    assert_eq!(gaps, 0, "no silent frame once playing");
+}
