@@ -26,12 +26,17 @@ use crate::worker::{self, Command, Job, WorkerHandle};
 
 /// The rates we produce: ElevenLabs' pcm_8000 and pcm_16000, declared as
 /// LPCM so that the server never needs to resample.
-pub const SAMPLE_RATES: &[u32] = &[8000, 16000];
-pub const SAMPLE_RATE_MASK: i32 = (sys::MPF_SAMPLE_RATE_8000 | sys::MPF_SAMPLE_RATE_16000) as i32;
-const MAX_BYTES_PER_MS: usize = 16000 * 2 / 1000;
+pub const SAMPLE_RATES: &[u32] = &[8000, 16000, 32000, 48000];
+pub const SAMPLE_RATE_MASK: i32 =
+    (sys::MPF_SAMPLE_RATE_8000 | sys::MPF_SAMPLE_RATE_16000 | sys::MPF_SAMPLE_RATE_32000 | sys::MPF_SAMPLE_RATE_48000)
+        as i32;
+/// The buffer allocated at channel creation covers 8 and 16 kHz (nearly
+/// every call); a channel negotiated at 32 or 48 kHz grows it once, at
+/// channel open, before any SPEAK.
+const CREATED_BYTES_PER_MS: usize = 16000 * 2 / 1000;
 /// libcurl hands the write callback at most 16 KiB at a time; the buffer
 /// must always be able to take one such chunk, plus a frame.
-const MIN_BUFFER_BYTES: usize = 16 * 1024 + 640;
+const MIN_BUFFER_BYTES: usize = 16 * 1024 + 1920;
 
 /// What the worker and the media thread share with the channel.
 pub struct Shared {
@@ -77,9 +82,9 @@ pub fn buffer_limit(max_buffer_ms: u64, rate: u32) -> usize {
     (max_buffer_ms as usize * bytes_per_ms).max(MIN_BUFFER_BYTES)
 }
 
-/// Capacity allocated at channel creation: enough for the highest rate.
+/// Capacity allocated at channel creation (8 and 16 kHz).
 pub fn buffer_capacity(max_buffer_ms: u64) -> usize {
-    (max_buffer_ms as usize * MAX_BYTES_PER_MS).max(MIN_BUFFER_BYTES)
+    (max_buffer_ms as usize * CREATED_BYTES_PER_MS).max(MIN_BUFFER_BYTES)
 }
 
 /// method_obj of the server channel, and obj of its audio stream.
@@ -107,7 +112,16 @@ impl Channel {
     }
 
     pub fn open(&self, ch: ChannelRef) {
-        log::info!("[{}] channel open", self.label(ch));
+        // open_rx has run: the rate is known. Grow the buffer for 32/48 kHz
+        // now, once, rather than during a call.
+        let rate = self.negotiated_rate(ch).unwrap_or(8000);
+        let needed = buffer_limit(self.config.max_buffer_ms, rate);
+        if needed > buffer_capacity(self.config.max_buffer_ms) {
+            let fresh = Playback::new(needed);
+            let old = std::mem::replace(&mut *self.shared.playback.lock(), fresh);
+            drop(old);
+        }
+        log::info!("[{}] channel open ({rate} Hz)", self.label(ch));
         ch.open_respond(true);
     }
 
@@ -210,7 +224,7 @@ impl Channel {
                 return fail(
                     sys::MRCP_STATUS_CODE_METHOD_FAILED,
                     sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
-                    "no LPCM 8000/16000 Hz stream was negotiated for this channel".into(),
+                    "no LPCM 8/16/32/48 kHz stream was negotiated for this channel".into(),
                 )
             }
         };

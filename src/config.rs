@@ -290,7 +290,9 @@ impl Config {
         for rate in p.get("cache_warmup_rates").unwrap_or("8000").split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match rate.parse::<u32>() {
                 Ok(r) if crate::channel::SAMPLE_RATES.contains(&r) => cache_warmup_rates.push(r),
-                _ => return Err(err("cache_warmup_rates", format!("'{rate}' is not one of 8000, 16000"))),
+                _ => {
+                    return Err(err("cache_warmup_rates", format!("'{rate}' is not one of 8000, 16000, 32000, 48000")))
+                }
             }
         }
 

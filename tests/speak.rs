@@ -40,6 +40,16 @@ fn audio_is_exact_at_16khz() {
 }
 
 #[test]
+fn audio_is_exact_at_32khz() {
+    speak_exact(32000);
+}
+
+#[test]
+fn audio_is_exact_at_48khz() {
+    speak_exact(48000);
+}
+
+#[test]
 fn request_carries_key_text_model_and_settings() {
     let rig = rig(&[
         ("model_id", "eleven_turbo_v2_5"),
@@ -264,4 +274,19 @@ fn prebuffer_holds_a_jitter_reserve_before_the_first_frame() {
     let last_index = frames.frames.iter().rposition(|f| f.is_audio()).unwrap();
     let gaps = frames.frames[first_index..=last_index].iter().filter(|f| !f.is_audio()).count();
     assert_eq!(gaps, 0, "no silent frame once playing");
+}
+
+#[test]
+fn a_48khz_channel_gets_a_buffer_for_its_rate() {
+    // 10 s at 48 kHz through max_buffer_ms=1000: the buffer grown at open
+    // (96 bytes/ms) carries backpressure without loss.
+    let rig = rig_with_clock(&[("max_buffer_ms", "1000")], MediaClock::Every(Duration::from_millis(1)));
+    rig.upstream.set_default(Behavior::default().with_audio_ms(10_000).with_chunk_bytes(8191));
+    let ch = rig.server.open_channel(48000).unwrap();
+    let id = ch.speak("Wideband.");
+    assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
+    let req = request_for(&rig.upstream, "Wideband.");
+    assert_eq!(req.output_format.as_deref(), Some("pcm_48000"));
+    assert_eq!(ch.audio(), req.audio_sent);
+    assert!(rig.server.logs_text().contains("channel open (48000 Hz)"));
 }
