@@ -951,7 +951,7 @@ fn main() -> ExitCode {
     println!();
     println!("[3] resources of the 200-channel run (one process: host, plugin and mock upstream together)");
     println!(
-        "  per-channel audio buffer: {BUFFER_BYTES} bytes ({:.1} KiB; max_buffer_ms={MAX_BUFFER_MS} x 32 bytes/ms, min 17 KiB) -> {:.1} MiB for 200 channels",
+        "  per-channel audio buffer: {BUFFER_BYTES} bytes ({:.1} KiB; max_buffer_ms={MAX_BUFFER_MS} x 32 bytes/ms, min 18 KiB) -> {:.1} MiB for 200 channels",
         BUFFER_BYTES as f64 / 1024.0,
         BUFFER_BYTES as f64 * 200.0 / (1024.0 * 1024.0)
     );
