@@ -44,8 +44,8 @@ const MAX_BUFFER_MS: u64 = 2000;
 /// rate, at least 16 KiB + one 640-byte frame).
 const BUFFER_BYTES: u64 = {
     let b = MAX_BUFFER_MS * 32;
-    if b < 16 * 1024 + 640 {
-        16 * 1024 + 640
+    if b < 16 * 1024 + 1920 {
+        16 * 1024 + 1920
     } else {
         b
     }
