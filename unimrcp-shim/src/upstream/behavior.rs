@@ -11,7 +11,9 @@ pub struct Behavior {
     pub first_byte_delay: Duration,
     /// PCM bytes per HTTP chunk; the last chunk may be shorter. Odd sizes are
     /// allowed on purpose (they split samples across chunks). `0` sends all
-    /// audio in a single chunk.
+    /// audio in a single chunk. On `/stream/with-timestamps` this is the PCM
+    /// per line, rounded down to whole samples (at least one), because each
+    /// line's audio is decoded on its own.
     pub chunk_bytes: usize,
     /// Playback-speed multiple for pacing: `1.0` is real time, `0.5` drips
     /// at half real time. `0`, negative, NaN or infinite mean "as fast as the
@@ -20,6 +22,10 @@ pub struct Behavior {
     /// Audio length; `None` derives it from the text
     /// ([`super::audio_ms_for_text`]).
     pub audio_ms: Option<u32>,
+    /// `/stream/with-timestamps` only: send `"alignment":null` and
+    /// `"normalized_alignment":null` on every line, as the real service may,
+    /// so a client must cope with audio that carries no timing.
+    pub omit_alignment: bool,
     pub fault: Fault,
 }
 
@@ -30,6 +36,7 @@ impl Default for Behavior {
             chunk_bytes: 1601,
             speed: f64::INFINITY,
             audio_ms: None,
+            omit_alignment: false,
             fault: Fault::None,
         }
     }
@@ -66,6 +73,11 @@ impl Behavior {
         self
     }
 
+    pub fn with_omit_alignment(mut self, omit: bool) -> Self {
+        self.omit_alignment = omit;
+        self
+    }
+
     pub fn with_fault(mut self, fault: Fault) -> Self {
         self.fault = fault;
         self
@@ -96,7 +108,8 @@ pub enum Fault {
     /// mock is dropped.
     StallAfterFirstChunk,
     /// Send that many audio bytes (in chunks), then close without the
-    /// terminating zero-size chunk.
+    /// terminating zero-size chunk. On `/stream/with-timestamps` lines are
+    /// never split, so the cut comes after the line that reaches the count.
     CutAfterBytes(usize),
     /// 200 with `Content-Type: application/json` and a JSON body.
     JsonInsteadOfAudio,
@@ -105,6 +118,10 @@ pub enum Fault {
     /// Read the request, never answer; hold until the client leaves or the
     /// mock is dropped.
     HangBeforeHeaders,
+    /// `/stream/with-timestamps`: one valid line, then a line that is not
+    /// JSON, then the normal end of the body. Plain `/stream` has no lines
+    /// to break and answers as with [`Fault::None`].
+    MalformedTimestampLine,
 }
 
 impl Fault {

@@ -1,7 +1,7 @@
 //! A local, ElevenLabs-compatible text-to-speech upstream for tests,
 //! benchmarks and the demo.
 //!
-//! It speaks the one endpoint the plugin uses,
+//! It speaks the endpoint the plugin uses,
 //! `POST /v1/text-to-speech/{voice_id}/stream?output_format=pcm_<rate>`
 //! (the non-streaming `/v1/text-to-speech/{voice_id}` is answered the same
 //! way), over plain HTTP/1.1 with keep-alive on `127.0.0.1`. The audio is
@@ -9,6 +9,13 @@
 //! played, and each request can be given timing and faults ([`Behavior`],
 //! [`Fault`]) by a rule matched on its text, so concurrent tests don't
 //! interfere.
+//!
+//! It also serves
+//! `POST /v1/text-to-speech/{voice_id}/stream/with-timestamps?output_format=pcm_<rate>`:
+//! the same checks, behaviour and audio, but sent as newline-delimited JSON,
+//! one `{"audio_base64":..,"alignment":..,"normalized_alignment":..}` object
+//! per HTTP chunk, each with the characters that start during its audio
+//! ([`char_start_ms`] says when).
 //!
 //! Order of checks for each request: route (404/405), then `xi-api-key`
 //! (401), then `output_format` and body validation (422), and only then the
@@ -39,12 +46,14 @@ mod audio;
 mod behavior;
 mod http;
 mod server;
+mod timestamps;
 
 #[cfg(test)]
 mod tests;
 
 pub use audio::{audio_ms_for_text, synth_pcm, Synth, MIN_AUDIO_MS, MS_PER_CHAR};
 pub use behavior::{Behavior, Fault};
+pub use timestamps::char_start_ms;
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -79,6 +88,8 @@ pub struct RecordedRequest {
     pub method: String,
     /// Path without the query string.
     pub path: String,
+    /// The path is `/v1/text-to-speech/{voice_id}/stream/with-timestamps`.
+    pub with_timestamps: bool,
     /// Empty when the path is not a text-to-speech path.
     pub voice_id: String,
     /// Percent-decoded, in order.
@@ -97,7 +108,8 @@ pub struct RecordedRequest {
     pub received_at: Instant,
     /// When the response head was written.
     pub first_byte_at: Option<Instant>,
-    /// Exactly the PCM bytes written so far.
+    /// Exactly the PCM bytes written so far (for `/stream/with-timestamps`,
+    /// decoded from the lines written: the same bytes `/stream` sends).
     pub audio_sent: Vec<u8>,
     /// The whole response was written (for audio: the terminating chunk).
     pub completed: bool,

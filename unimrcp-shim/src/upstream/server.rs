@@ -6,6 +6,7 @@ use super::http::{
     self, close_gracefully, push_body_piece, response_head, wait_on_client, Conn, Framing, ReadError, Request, Waited,
     LAST_CHUNK,
 };
+use super::timestamps::{self, Aligner, MALFORMED_LINE};
 use super::{pcm_format_rate, RecordedRequest, Shared, PCM_FORMATS};
 use serde_json::{json, Value};
 use std::io::{self, Write};
@@ -143,15 +144,26 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// `/v1/text-to-speech/{voice_id}[/stream]` → voice id.
-fn tts_voice_id(path: &str) -> Option<String> {
+/// How a text-to-speech endpoint delivers the audio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `/v1/text-to-speech/{voice_id}[/stream]`: raw PCM.
+    Audio,
+    /// `/v1/text-to-speech/{voice_id}/stream/with-timestamps`: PCM in
+    /// newline-delimited JSON with character alignment.
+    WithTimestamps,
+}
+
+/// Voice id and endpoint of a text-to-speech path.
+fn tts_route(path: &str) -> Option<(String, Endpoint)> {
     let rest = path.strip_prefix("/v1/text-to-speech/")?;
-    let voice = match rest.split_once('/') {
-        Some((voice, "stream")) => voice,
+    let (voice, endpoint) = match rest.split_once('/') {
+        Some((voice, "stream")) => (voice, Endpoint::Audio),
+        Some((voice, "stream/with-timestamps")) => (voice, Endpoint::WithTimestamps),
         Some(_) => return None,
-        None => rest,
+        None => (rest, Endpoint::Audio),
     };
-    (!voice.is_empty()).then(|| http::percent_decode(voice, false))
+    (!voice.is_empty()).then(|| (http::percent_decode(voice, false), endpoint))
 }
 
 fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Request) -> Next {
@@ -177,8 +189,11 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
             ex.hold();
             Next::Gone
         }
-        Fault::None | Fault::StallAfterFirstChunk | Fault::CutAfterBytes(_) => {
-            ex.stream_audio(&behavior, &speak.text, speak.rate)
+        Fault::None | Fault::StallAfterFirstChunk | Fault::CutAfterBytes(_) | Fault::MalformedTimestampLine => {
+            match speak.endpoint {
+                Endpoint::Audio => ex.stream_audio(&behavior, &speak.text, speak.rate),
+                Endpoint::WithTimestamps => ex.stream_timestamps(&behavior, &speak.text, speak.rate),
+            }
         }
         Fault::Http { status, detail_status, message } => {
             let body = match detail_status {
@@ -206,11 +221,13 @@ fn record(connection_id: u64, req: &Request, received_at: Instant) -> RecordedRe
     let output_format = query_value(req, "output_format").map(str::to_string);
     let json: Option<Value> = serde_json::from_slice(&req.body).ok();
     let text = json.as_ref().and_then(|j| j.get("text")).and_then(Value::as_str).map(str::to_string);
+    let route = tts_route(&req.path);
     RecordedRequest {
         connection_id,
         method: req.method.clone(),
         path: req.path.clone(),
-        voice_id: tts_voice_id(&req.path).unwrap_or_default(),
+        with_timestamps: matches!(route, Some((_, Endpoint::WithTimestamps))),
+        voice_id: route.map(|(voice, _)| voice).unwrap_or_default(),
         query: req.query.clone(),
         headers: req.headers.clone(),
         body: req.body.clone(),
@@ -233,6 +250,7 @@ fn query_value<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
 /// A request that passed every check.
 struct Speak {
     voice_id: String,
+    endpoint: Endpoint,
     rate: u32,
     text: String,
 }
@@ -240,7 +258,7 @@ struct Speak {
 /// Route, key and validation checks, in ElevenLabs' order; `Err` carries
 /// the error response.
 fn check(api_key: &str, req: &Request) -> Result<Speak, (u16, Value)> {
-    let voice_id = tts_voice_id(&req.path).ok_or((404, json!({ "detail": "Not Found" })))?;
+    let (voice_id, endpoint) = tts_route(&req.path).ok_or((404, json!({ "detail": "Not Found" })))?;
     if req.method != "POST" {
         return Err((405, json!({ "detail": "Method Not Allowed" })));
     }
@@ -265,7 +283,7 @@ fn check(api_key: &str, req: &Request) -> Result<Speak, (u16, Value)> {
         }
         None => return Err((422, missing_text())),
     };
-    Ok(Speak { voice_id, rate, text })
+    Ok(Speak { voice_id, endpoint, rate, text })
 }
 
 /// `{"detail":{"status":..,"message":..}}`, ElevenLabs' usual error shape.
@@ -389,17 +407,8 @@ impl Exchange<'_> {
         // The head always goes out in the same write as the first chunk, and
         // on its own only if there is no audio at all.
         loop {
-            if sent > 0 {
-                if let Some(bytes_per_sec) = pace {
-                    // A chunk is due once the audio before it has "played".
-                    let due = Duration::try_from_secs_f64(sent as f64 / bytes_per_sec)
-                        .ok()
-                        .and_then(|d| first_byte_at.checked_add(d))
-                        .unwrap_or(first_byte_at + HOLD_LIMIT);
-                    if self.wait_until(due) == Waited::Gone {
-                        return Next::Gone;
-                    }
-                }
+            if sent > 0 && self.wait_for_audio_due(first_byte_at, pace, sent) == Waited::Gone {
+                return Next::Gone;
             }
             data.clear();
             synth.read_into(&mut data, piece.min(total - sent));
@@ -419,6 +428,26 @@ impl Exchange<'_> {
                 break;
             }
         }
+        self.end_stream(b, framing)
+    }
+
+    /// Waits until the chunk after `sent` bytes of audio is due: once the
+    /// audio before it has "played" at `pace` bytes per second, counted from
+    /// `first_byte_at`. Unpaced (`None`) chunks are due at once.
+    fn wait_for_audio_due(&self, first_byte_at: Instant, pace: Option<f64>, sent: usize) -> Waited {
+        let Some(bytes_per_sec) = pace else {
+            return Waited::Reached;
+        };
+        let due = Duration::try_from_secs_f64(sent as f64 / bytes_per_sec)
+            .ok()
+            .and_then(|d| first_byte_at.checked_add(d))
+            .unwrap_or(first_byte_at + HOLD_LIMIT);
+        self.wait_until(due)
+    }
+
+    /// Ends a streamed body once its last piece is written: normally, or
+    /// truncated for [`Fault::CutAfterBytes`].
+    fn end_stream(&mut self, b: &Behavior, framing: Framing) -> Next {
         if self.conn.stopping() {
             return Next::Gone;
         }
@@ -435,5 +464,76 @@ impl Exchange<'_> {
             return Next::Gone;
         }
         self.after_response()
+    }
+
+    /// Streams the audio as newline-delimited JSON lines, one per HTTP
+    /// chunk, paced and faulted per `b` like [`Exchange::stream_audio`].
+    fn stream_timestamps(&mut self, b: &Behavior, text: &str, rate: u32) -> Next {
+        let ms = b.audio_ms.unwrap_or_else(|| audio_ms_for_text(text));
+        let mut synth = Synth::new(text, rate, ms);
+        let total = synth.len_bytes();
+        // Whole samples only: a client decodes each line's base64 on its
+        // own, and the real service never splits a sample across lines.
+        let piece = match b.chunk_bytes {
+            0 => total.max(2),
+            n => (n & !1).max(2),
+        };
+        // Lines are never split, so the loop stops after the line that
+        // reaches the limit rather than at the limit itself.
+        let limit = match b.fault {
+            Fault::CutAfterBytes(n) => n.min(total),
+            Fault::MalformedTimestampLine => piece.min(total),
+            _ => total,
+        };
+        let framing = if self.http10 { Framing::UntilClose } else { Framing::Chunked };
+        let mut headers = self.extra_headers();
+        headers.push(("x-character-count", text.chars().count().to_string()));
+        let mut out = response_head(200, "application/json", framing, self.close, &headers);
+
+        let first_byte_at = Instant::now();
+        self.mark_head(200, first_byte_at);
+        let pace = b.pacing_bytes_per_sec(rate);
+        // Characters are handed out over the whole audio even when a fault
+        // cuts it short, so a cut line aligns only its own span.
+        let mut aligner = Aligner::new(text, rate, ms);
+        let mut sent = 0usize;
+        let mut pcm = Vec::with_capacity(piece.min(total));
+        // As in `stream_audio`, the head goes out with the first line.
+        loop {
+            if sent > 0 && self.wait_for_audio_due(first_byte_at, pace, sent) == Waited::Gone {
+                return Next::Gone;
+            }
+            pcm.clear();
+            if sent < limit {
+                synth.read_into(&mut pcm, piece.min(total - sent));
+                let end = sent + pcm.len();
+                let alignment = aligner.take_until(end, end >= total);
+                let alignment = if b.omit_alignment { None } else { alignment };
+                push_body_piece(&mut out, framing, &timestamps::line(&pcm, alignment.as_ref()));
+            }
+            if !out.is_empty() && !self.write_recorded(&out, &pcm, false) {
+                return Next::Gone;
+            }
+            out.clear();
+            sent += pcm.len();
+            if b.fault == Fault::StallAfterFirstChunk {
+                self.hold();
+                return Next::Gone;
+            }
+            if sent >= limit || self.conn.stopping() {
+                break;
+            }
+        }
+        if b.fault == Fault::MalformedTimestampLine && !self.conn.stopping() {
+            // Sent when the next line would have been due.
+            if self.wait_for_audio_due(first_byte_at, pace, sent) == Waited::Gone {
+                return Next::Gone;
+            }
+            push_body_piece(&mut out, framing, MALFORMED_LINE);
+            if !self.write_recorded(&out, &[], false) {
+                return Next::Gone;
+            }
+        }
+        self.end_stream(b, framing)
     }
 }

@@ -700,3 +700,319 @@ fn drop_is_prompt_with_open_stall_and_blocked_writer() {
     assert!(idle.closed_by_server());
     assert!(half.closed_by_server());
 }
+
+// --- /stream/with-timestamps ---
+
+fn timestamps_request(text: &str, format: &str) -> Vec<u8> {
+    let body = json!({ "text": text, "model_id": "eleven_flash_v2_5" }).to_string();
+    String::from_utf8(tts_request("voice1", format, Some(KEY), &body, ""))
+        .unwrap()
+        .replacen("/stream?", "/stream/with-timestamps?", 1)
+        .into_bytes()
+}
+
+/// Strict standard base64 with `=` padding (the mock's encoder is the thing
+/// under test, so it must not be reused here).
+fn b64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {:?}", c as char),
+    };
+    assert_eq!(s.len() % 4, 0, "unpadded base64");
+    let mut out = Vec::new();
+    for quad in s.as_bytes().chunks(4) {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        assert!(pad <= 2 && !quad[..4 - pad].contains(&b'='), "bad padding");
+        let bits =
+            quad[..4 - pad].iter().enumerate().fold(0u32, |acc, (i, &c)| acc | u32::from(value(c)) << (18 - 6 * i));
+        out.extend_from_slice(&bits.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+/// The body's lines, each checked to be its own HTTP chunk ending in `\n`.
+fn ndjson_lines(r: &Response) -> Vec<Value> {
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for &size in &r.chunk_sizes {
+        let chunk = &r.body[at..at + size];
+        at += size;
+        assert_eq!(chunk.iter().filter(|&&b| b == b'\n').count(), 1, "one line per chunk");
+        assert_eq!(chunk.last(), Some(&b'\n'));
+        lines.push(serde_json::from_slice(chunk).expect("JSON line"));
+    }
+    lines
+}
+
+fn line_pcm(line: &Value) -> Vec<u8> {
+    b64_decode(line["audio_base64"].as_str().expect("audio_base64 string"))
+}
+
+/// `got` (seconds, from JSON) is `want_ms`. Not bit-exact: serde_json's
+/// default float parser may be one ulp off the value that was printed.
+fn assert_secs(got: &Value, want_ms: f64, i: usize) {
+    let got = got.as_f64().expect("number");
+    assert!((got * 1000.0 - want_ms).abs() <= 1e-9 * want_ms.max(1.0), "char {i}: {got} s vs {want_ms} ms");
+}
+
+/// Checks every line's alignment against the deterministic schedule and
+/// returns the concatenated PCM.
+fn check_alignment(lines: &[Value], text: &str, rate: u32, ms: u32) -> Vec<u8> {
+    let mut pcm = Vec::new();
+    let mut chars = String::new();
+    for (k, line) in lines.iter().enumerate() {
+        assert_eq!(line["alignment"], line["normalized_alignment"]);
+        let t0 = pcm.len() as f64 * 500.0 / f64::from(rate);
+        pcm.extend(line_pcm(line));
+        let t1 = pcm.len() as f64 * 500.0 / f64::from(rate);
+        let a = &line["alignment"];
+        if a.is_null() {
+            continue;
+        }
+        let got: Vec<&str> = a["characters"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        assert!(!got.is_empty(), "an empty alignment should be null");
+        let starts = a["character_start_times_seconds"].as_array().unwrap();
+        let ends = a["character_end_times_seconds"].as_array().unwrap();
+        assert_eq!((starts.len(), ends.len()), (got.len(), got.len()));
+        for (j, c) in got.iter().enumerate() {
+            let i = chars.chars().count();
+            assert_eq!(c.chars().count(), 1, "{c:?} is not one character");
+            chars.push_str(c);
+            let start_ms = char_start_ms(text, ms, i);
+            assert_secs(&starts[j], start_ms, i);
+            assert_secs(&ends[j], char_start_ms(text, ms, i + 1), i + 1);
+            assert!(start_ms >= t0, "char {i} starts before line {k}");
+            assert!(start_ms < t1 || k == lines.len() - 1, "char {i} starts after line {k}");
+        }
+    }
+    assert_eq!(chars, text);
+    pcm
+}
+
+#[test]
+fn with_timestamps_streams_the_same_audio_as_ndjson() {
+    let m = mock();
+    let mut c = Client::connect(&m);
+    // 13 characters, 55 ms each; lines of 1600 bytes are 50 ms, so lines
+    // 10 and 14 start no character (null alignment).
+    let text = "Héllo, wörld!";
+    c.send(&timestamps_request(text, "pcm_16000"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("x-character-count"), Some("13"));
+    assert!(r.complete);
+    let lines = ndjson_lines(&r);
+    let want = expected(text, 16000);
+    assert_eq!(lines.len(), want.len().div_ceil(1600));
+    let (last, full) = lines.split_last().unwrap();
+    assert!(full.iter().all(|l| line_pcm(l).len() == 1600), "1601 rounds down to whole samples");
+    assert_eq!(line_pcm(last).len(), want.len() - 1600 * full.len());
+    // Keys in ElevenLabs' order, not sorted.
+    assert!(r.body.starts_with(b"{\"audio_base64\":\""));
+    assert!(lines[10]["alignment"].is_null() && lines[14]["normalized_alignment"].is_null());
+    assert_eq!(check_alignment(&lines, text, 16000, audio_ms_for_text(text)), want);
+
+    // Keep-alive holds, and plain /stream is recorded as such.
+    c.send(&speak("plain"));
+    assert_eq!(c.response().body, expected("plain", 16000));
+    let reqs = m.wait_for_requests(2, LONG);
+    let q = &reqs[0];
+    assert!(q.with_timestamps);
+    assert_eq!(q.path, "/v1/text-to-speech/voice1/stream/with-timestamps");
+    assert_eq!(q.voice_id, "voice1");
+    assert_eq!(q.sample_rate, Some(16000));
+    assert_eq!((q.status, q.completed), (200, true));
+    assert_eq!(q.audio_sent, want);
+    assert!(!reqs[1].with_timestamps);
+    assert_eq!(m.connection_count(), 1);
+}
+
+#[test]
+fn with_timestamps_line_sizes_and_last_line_alignment() {
+    let m = mock();
+    m.when_text_contains("odd", Behavior::default().with_chunk_bytes(1001));
+    m.when_text_contains("tiny", Behavior::default().with_chunk_bytes(1).with_audio_ms(5));
+    m.when_text_contains("whole", Behavior::default().with_chunk_bytes(0));
+    // 500 characters in 10 ms at 22.05 kHz: 220 samples end at ~9.977 ms,
+    // so the last character (9.98 ms) starts after the audio's last byte
+    // and only "the last line takes the rest" places it.
+    m.when_text_contains("crowd", Behavior::default().with_chunk_bytes(100).with_audio_ms(10));
+    let mut c = Client::connect(&m);
+    let mut ask = |text: &str, rate: u32| {
+        c.send(&timestamps_request(text, &format!("pcm_{rate}")));
+        let r = c.response();
+        assert!(r.status == 200 && r.complete, "{text}");
+        ndjson_lines(&r)
+    };
+
+    let lines = ask("odd chunk size", 8000);
+    let want = expected("odd chunk size", 8000);
+    assert!(lines[..lines.len() - 1].iter().all(|l| line_pcm(l).len() == 1000));
+    assert_eq!(check_alignment(&lines, "odd chunk size", 8000, audio_ms_for_text("odd chunk size")), want);
+
+    let lines = ask("tiny", 8000);
+    assert_eq!(lines.len(), 40);
+    assert!(lines.iter().all(|l| line_pcm(l).len() == 2));
+    assert_eq!(check_alignment(&lines, "tiny", 8000, 5), synth_pcm("tiny", 8000, 5));
+
+    let lines = ask("whole", 24000);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["alignment"]["characters"], json!(["w", "h", "o", "l", "e"]));
+    assert_eq!(check_alignment(&lines, "whole", 24000, audio_ms_for_text("whole")), expected("whole", 24000));
+
+    let crowd = format!("crowd{}", "x".repeat(495));
+    let lines = ask(&crowd, 22050);
+    assert_eq!(lines.len(), 5);
+    assert!(char_start_ms(&crowd, 10, 499) > 440.0 * 500.0 / 22050.0);
+    assert_eq!(check_alignment(&lines, &crowd, 22050, 10), synth_pcm(&crowd, 22050, 10));
+}
+
+#[test]
+fn with_timestamps_omit_alignment_sends_nulls() {
+    let m = mock();
+    m.set_default(Behavior::default().with_omit_alignment(true).with_chunk_bytes(640));
+    let mut c = Client::connect(&m);
+    c.send(&timestamps_request("no timing here", "pcm_16000"));
+    let r = c.response();
+    assert!(r.complete);
+    let lines = ndjson_lines(&r);
+    assert!(lines.len() > 1);
+    assert!(lines.iter().all(|l| l["alignment"].is_null() && l["normalized_alignment"].is_null()));
+    assert!(r.body.ends_with(b",\"alignment\":null,\"normalized_alignment\":null}\n"));
+    let pcm: Vec<u8> = lines.iter().flat_map(line_pcm).collect();
+    assert_eq!(pcm, expected("no timing here", 16000));
+}
+
+#[test]
+fn with_timestamps_cut_after_bytes_cuts_after_that_line() {
+    let m = mock();
+    m.set_default(Behavior::fault(Fault::CutAfterBytes(4500)).with_chunk_bytes(1000));
+    let mut c = Client::connect(&m);
+    let text = "a fairly long sentence to cut short";
+    c.send(&timestamps_request(text, "pcm_16000"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(!r.complete);
+    let lines = ndjson_lines(&r);
+    assert_eq!(lines.len(), 5);
+    let pcm: Vec<u8> = lines.iter().flat_map(line_pcm).collect();
+    assert_eq!(pcm, expected(text, 16000)[..5000]);
+    // Only the characters starting in the 156.25 ms sent: 55 ms each.
+    let chars: Vec<Value> = lines
+        .iter()
+        .filter(|l| !l["alignment"].is_null())
+        .flat_map(|l| l["alignment"]["characters"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(chars, json!(["a", " ", "f"]).as_array().unwrap().clone());
+    assert!(c.closed_by_server());
+    assert!(m.wait_until_idle(LONG));
+    let q = &m.requests()[0];
+    assert!(q.with_timestamps);
+    assert_eq!(q.audio_sent, expected(text, 16000)[..5000]);
+    assert!(!q.completed);
+}
+
+#[test]
+fn with_timestamps_malformed_line_then_normal_end() {
+    let m = mock();
+    m.set_default(Behavior::fault(Fault::MalformedTimestampLine).with_chunk_bytes(800));
+    let mut c = Client::connect(&m);
+    c.send(&timestamps_request("broken json", "pcm_8000"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.chunk_sizes.len(), 2);
+    let (first, second) = r.body.split_at(r.chunk_sizes[0]);
+    let first: Value = serde_json::from_slice(first).unwrap();
+    assert_eq!(line_pcm(&first), expected("broken json", 8000)[..800]);
+    assert!(second.ends_with(b"\n"));
+    assert!(serde_json::from_slice::<Value>(second).is_err());
+    // Plain /stream ignores the fault.
+    c.send(&tts_request("v", "pcm_8000", Some(KEY), r#"{"text":"broken json"}"#, ""));
+    let r = c.response();
+    assert!(r.complete);
+    assert_eq!(r.body, expected("broken json", 8000));
+    let q = &m.wait_for_requests(2, LONG)[0];
+    assert_eq!(q.audio_sent, expected("broken json", 8000)[..800]);
+    assert!(q.completed);
+}
+
+#[test]
+fn with_timestamps_checks_and_faults_as_for_stream() {
+    let m = mock();
+    m.when_text_contains("[busy]", Behavior::fault(Fault::system_busy()));
+    m.when_text_contains("json", Behavior::fault(Fault::JsonInsteadOfAudio));
+    m.when_text_contains("html", Behavior::fault(Fault::WrongContentType));
+    m.when_text_contains("stall", Behavior::fault(Fault::StallAfterFirstChunk));
+    let mut c = Client::connect(&m);
+    let wrong_key = String::from_utf8(timestamps_request("hi", "pcm_16000")).unwrap().replace(KEY, "nope");
+    c.send(wrong_key.as_bytes());
+    assert_eq!(c.response().status, 401);
+    c.send(&timestamps_request("hi", "mp3_44100_128"));
+    assert_eq!(c.response().status, 422);
+    c.send(&timestamps_request("x [busy]", "pcm_16000"));
+    let r = c.response();
+    assert_eq!((r.status, r.json()["detail"]["status"].clone()), (429, "system_busy".into()));
+    c.send(&timestamps_request("json", "pcm_16000"));
+    let r = c.response();
+    assert_eq!((r.status, r.header("content-type")), (200, Some("application/json")));
+    assert!(r.header("content-length").is_some());
+    c.send(&timestamps_request("html", "pcm_16000"));
+    assert!(c.response().header("content-type").unwrap().starts_with("text/html"));
+    let mut post = |path: &str| {
+        c.send(
+            format!("POST {path}?output_format=pcm_16000 HTTP/1.1\r\nxi-api-key: {KEY}\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        c.response().status
+    };
+    assert_eq!(post("/v1/text-to-speech/v/stream/with-timestamps/x"), 404);
+    assert_eq!(post("/v1/text-to-speech/v/with-timestamps"), 404);
+    assert!(m.requests().iter().all(|q| q.audio_sent.is_empty()));
+    assert!(m.requests()[..5].iter().all(|q| q.with_timestamps));
+
+    let mut c = Client::connect(&m);
+    c.send(&timestamps_request("stall me", "pcm_16000"));
+    let (status, _) = c.head();
+    assert_eq!(status, 200);
+    let size = usize::from_str_radix(&c.line().unwrap(), 16).unwrap();
+    let line: Value = serde_json::from_slice(&c.take(size).unwrap()).unwrap();
+    assert_eq!(line_pcm(&line), expected("stall me", 16000)[..1600]);
+    assert_eq!(c.line().as_deref(), Some(""));
+    assert!(c.silent_for(Duration::from_millis(300)));
+    assert_eq!(m.active_streams(), 1);
+    drop(c);
+    assert!(m.wait_until_idle(LONG));
+}
+
+#[test]
+fn with_timestamps_paces_lines_and_serves_http10() {
+    let m = mock();
+    m.when_text_contains("realtime", Behavior::realtime().with_audio_ms(200).with_chunk_bytes(640));
+    let mut c = Client::connect(&m);
+    let t0 = Instant::now();
+    c.send(&timestamps_request("realtime", "pcm_16000"));
+    let r = c.response();
+    // The tenth line is due after 180 ms of audio.
+    assert!(t0.elapsed() >= Duration::from_millis(180), "{:?}", t0.elapsed());
+    assert_eq!(ndjson_lines(&r).len(), 10);
+
+    let mut c = Client::connect(&m);
+    let req =
+        String::from_utf8(timestamps_request("old client", "pcm_16000")).unwrap().replacen("HTTP/1.1", "HTTP/1.0", 1);
+    c.send(req.as_bytes());
+    let r = c.response();
+    assert_eq!((r.status, r.header("transfer-encoding")), (200, None));
+    let body = String::from_utf8(r.body).unwrap();
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        check_alignment(&lines, "old client", 16000, audio_ms_for_text("old client")),
+        expected("old client", 16000)
+    );
+}

@@ -1,0 +1,196 @@
+//! The body of `/stream/with-timestamps`: newline-delimited JSON objects,
+//! each carrying one chunk of base64 PCM and the characters that start
+//! during that chunk.
+//!
+//! The alignment is as deterministic as the audio: character `i` of `n`
+//! spans `[i·L/n, (i+1)·L/n)` ms of `L` ms of audio, so a test can compute
+//! where any character starts ([`char_start_ms`]) without parsing the
+//! response.
+
+use serde_json::Value;
+
+/// Where character `index` (counting Unicode scalar values) of `text` starts,
+/// in ms from the start of the response's audio, when the audio is
+/// `audio_ms` long. `index == n` gives the end of the last character
+/// (`audio_ms`); an empty text gives 0.
+///
+/// This is exactly the value the mock sends (divided by 1000) in
+/// `character_start_times_seconds`.
+pub fn char_start_ms(text: &str, audio_ms: u32, index: usize) -> f64 {
+    char_start_ms_of(text.chars().count(), audio_ms, index)
+}
+
+/// [`char_start_ms`] for a text of `n` characters.
+fn char_start_ms_of(n: usize, audio_ms: u32, index: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    // One product and one division of exact integers: the result is the
+    // correctly rounded quotient, so it orders exactly as the mock's integer
+    // span checks (`Aligner::starts_before`) do.
+    (index as f64 * f64::from(audio_ms)) / n as f64
+}
+
+/// Hands out each character exactly once, to the line whose audio span
+/// contains its start.
+pub(crate) struct Aligner {
+    chars: Vec<char>,
+    audio_ms: u32,
+    rate: u32,
+    /// First character not yet given to a line.
+    next: usize,
+}
+
+/// The characters one line aligns, with absolute times in seconds.
+#[derive(Debug, Default)]
+pub(crate) struct Alignment {
+    chars: Vec<String>,
+    starts: Vec<f64>,
+    ends: Vec<f64>,
+}
+
+impl Aligner {
+    pub fn new(text: &str, rate: u32, audio_ms: u32) -> Aligner {
+        Aligner { chars: text.chars().collect(), audio_ms, rate, next: 0 }
+    }
+
+    /// The characters starting before PCM byte offset `end_byte` that no
+    /// earlier line took; all remaining ones if `last`. Lines cover the audio
+    /// from offset 0 in order, so "not taken yet" is the same as "starts at
+    /// or after this line's first byte". `None` when there are none.
+    pub fn take_until(&mut self, end_byte: usize, last: bool) -> Option<Alignment> {
+        let n = self.chars.len();
+        let first = self.next;
+        while self.next < n && (last || self.starts_before(self.next, end_byte)) {
+            self.next += 1;
+        }
+        if first == self.next {
+            return None;
+        }
+        let secs = |i: usize| char_start_ms_of(n, self.audio_ms, i) / 1000.0;
+        Some(Alignment {
+            chars: self.chars[first..self.next].iter().map(char::to_string).collect(),
+            starts: (first..self.next).map(secs).collect(),
+            ends: (first + 1..=self.next).map(secs).collect(),
+        })
+    }
+
+    /// Whether character `i` starts before byte offset `end_byte`:
+    /// `i·L/n ms < end_byte / (2·rate) s`, compared in integers so that a
+    /// character starting exactly on a line boundary belongs to the later
+    /// line, as the half-open span `[t0, t1)` says.
+    fn starts_before(&self, i: usize, end_byte: usize) -> bool {
+        let n = self.chars.len() as u128;
+        let lhs = i as u128 * u128::from(self.audio_ms) * u128::from(self.rate);
+        let rhs = end_byte as u128 * 500 * n;
+        lhs < rhs
+    }
+}
+
+impl Alignment {
+    /// `{"characters":[..],"character_start_times_seconds":[..],
+    /// "character_end_times_seconds":[..]}`, keys in ElevenLabs' order
+    /// (a `serde_json` map would sort them).
+    fn to_json(&self) -> String {
+        format!(
+            "{{\"characters\":{},\"character_start_times_seconds\":{},\"character_end_times_seconds\":{}}}",
+            Value::from(self.chars.clone()),
+            Value::from(self.starts.clone()),
+            Value::from(self.ends.clone()),
+        )
+    }
+}
+
+/// One line of the body, newline included. `alignment` is sent as both
+/// `alignment` and `normalized_alignment`: the mock does no text
+/// normalization, so the two are the same.
+pub(crate) fn line(pcm: &[u8], alignment: Option<&Alignment>) -> Vec<u8> {
+    let alignment = alignment.map_or_else(|| "null".to_string(), Alignment::to_json);
+    format!(
+        "{{\"audio_base64\":\"{}\",\"alignment\":{alignment},\"normalized_alignment\":{alignment}}}\n",
+        base64_encode(pcm)
+    )
+    .into_bytes()
+}
+
+/// A line that starts like a real one but is not JSON, for
+/// [`super::Fault::MalformedTimestampLine`].
+pub(crate) const MALFORMED_LINE: &[u8] = b"{\"audio_base64\": garbage\n";
+
+/// Standard base64 (RFC 4648 §4) with `=` padding; the shim has no base64
+/// dependency and needs only this direction.
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(group.get(i).copied().unwrap_or(0));
+        let bits = byte(0) << 16 | byte(1) << 8 | byte(2);
+        for i in 0..4 {
+            // A group of k bytes fills k + 1 sextets; the rest is padding.
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(bits >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64_encode(&[0xfb, 0xff, 0xfe]), "+//+");
+    }
+
+    #[test]
+    fn char_starts_are_even_shares_of_the_audio() {
+        assert_eq!(char_start_ms("abcd", 200, 0), 0.0);
+        assert_eq!(char_start_ms("abcd", 200, 1), 50.0);
+        assert_eq!(char_start_ms("abcd", 200, 4), 200.0);
+        assert_eq!(char_start_ms("äöü", 300, 2), 200.0); // characters, not bytes
+        assert_eq!(char_start_ms("", 300, 0), 0.0);
+    }
+
+    #[test]
+    fn aligner_gives_boundary_chars_to_the_later_line() {
+        // 4 chars over 200 ms at 8 kHz: starts at 0, 50, 100, 150 ms; a
+        // line of 800 bytes is exactly 50 ms.
+        let mut a = Aligner::new("abcd", 8000, 200);
+        assert_eq!(a.take_until(800, false).unwrap().chars, ["a"]);
+        assert_eq!(a.take_until(1600, false).unwrap().chars, ["b"]);
+        let rest = a.take_until(2400, true).unwrap();
+        assert_eq!(rest.chars, ["c", "d"]);
+        assert_eq!(rest.starts, [0.1, 0.15]);
+        assert_eq!(rest.ends, [0.15, 0.2]);
+        assert!(a.take_until(3200, true).is_none());
+    }
+
+    #[test]
+    fn line_shape() {
+        let mut a = Aligner::new("\"é", 8000, 100);
+        let l = line(&[1, 2, 3], a.take_until(1600, true).as_ref());
+        let l = String::from_utf8(l).unwrap();
+        assert!(l.starts_with("{\"audio_base64\":\"AQID\",\"alignment\":{\"characters\":[\"\\\"\",\"é\"],"));
+        assert!(l.ends_with("}\n"));
+        let v: Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["alignment"], v["normalized_alignment"]);
+        assert_eq!(v["alignment"]["character_start_times_seconds"], serde_json::json!([0.0, 0.05]));
+        assert_eq!(line(&[], None), b"{\"audio_base64\":\"\",\"alignment\":null,\"normalized_alignment\":null}\n");
+        assert!(serde_json::from_slice::<Value>(MALFORMED_LINE).is_err());
+    }
+}
