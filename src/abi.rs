@@ -467,6 +467,21 @@ impl Message {
         }
     }
 
+    /// Speech-Marker (SPEECH-MARKER events, SPEAK's IN-PROGRESS and
+    /// SPEAK-COMPLETE).
+    pub fn set_speech_marker(&mut self, value: &str) {
+        let pool = self.raw().pool;
+        let msg = self.as_ptr();
+        let Some(header) = self.synth_header_prepare() else {
+            return;
+        };
+        let value = sanitize_header_value(value);
+        // SAFETY: pool is the message's live pool.
+        unsafe { str_assign(&mut header.speech_marker, &value, pool) };
+        // SAFETY: exported server function on a message we built.
+        unsafe { sys::mrcp_resource_header_property_add(msg, sys::SYNTHESIZER_HEADER_SPEECH_MARKER as usize) };
+    }
+
     /// Active-Request-Id-List (STOP and BARGE-IN-OCCURRED responses).
     pub fn set_active_request_ids(&mut self, ids: &[u32]) {
         if ids.is_empty() {

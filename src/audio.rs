@@ -113,8 +113,9 @@ pub struct Playback {
     pub producer_done: bool,
     /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
     limit: usize,
-    /// Prosody-Volume of this SPEAK, applied to each frame as it is taken.
-    gain: f32,
+    /// Bytes the media thread has taken for this generation: where
+    /// playback is, for speech markers (`<mark>`).
+    played: u64,
     /// Bytes to hold before the first frame plays (jitter reserve); 0 once
     /// primed.
     prime: usize,
@@ -128,7 +129,7 @@ impl Playback {
             state: PlayState::Idle,
             producer_done: false,
             limit: capacity,
-            gain: 1.0,
+            played: 0,
             prime: 0,
         }
     }
@@ -150,8 +151,8 @@ impl Playback {
     }
 
     /// A new SPEAK takes over the buffer; returns its generation.
-    pub fn start(&mut self, limit: usize, gain: f32, prebuffer: usize) -> u64 {
-        self.gain = gain;
+    pub fn start(&mut self, limit: usize, prebuffer: usize) -> u64 {
+        self.played = 0;
         self.prime = prebuffer.min(limit);
         self.generation += 1;
         self.ring.clear();
@@ -163,6 +164,7 @@ impl Playback {
 
     /// Stop at once: drop buffered audio, refuse late bytes.
     pub fn stop(&mut self) {
+        self.played = 0;
         self.generation += 1;
         self.ring.clear();
         self.producer_done = false;
@@ -181,6 +183,11 @@ impl Playback {
     }
 
     /// The writer has delivered everything for `generation`.
+    /// Bytes of this generation the media thread has taken so far.
+    pub fn played(&self) -> u64 {
+        self.played
+    }
+
     pub fn finish(&mut self, generation: u64) -> bool {
         if generation != self.generation || self.state == PlayState::Idle {
             return false;
@@ -202,7 +209,7 @@ impl Playback {
         }
         if self.ring.len() >= out.len() {
             self.ring.pop_into(out);
-            apply_gain(out, self.gain);
+            self.played += out.len() as u64;
             return Frame::Audio;
         }
         if !self.producer_done {
@@ -210,16 +217,17 @@ impl Playback {
         }
         let n = self.ring.pop_into(out);
         out[n..].fill(0);
-        apply_gain(out, self.gain);
+        self.played += n as u64;
         self.state = PlayState::Idle;
         self.producer_done = false;
         Frame::Last { generation: self.generation, with_audio: n > 0 }
     }
 }
 
-/// Scales 16-bit host-endian samples, saturating. Bounded work (one frame),
-/// no allocation; a gain of 1 leaves the bytes exactly as received.
-fn apply_gain(frame: &mut [u8], gain: f32) {
+/// Scales whole 16-bit host-endian samples, saturating (Prosody-Volume,
+/// applied by the worker before the audio is buffered or cached); a gain
+/// of 1 leaves the bytes exactly as received.
+pub fn apply_gain(frame: &mut [u8], gain: f32) {
     if gain == 1.0 {
         return;
     }
@@ -252,7 +260,7 @@ mod tests {
     #[test]
     fn odd_bytes_carry_over_and_the_last_frame_is_padded() {
         let mut p = Playback::new(64);
-        let g = p.start(64, 1.0, 0);
+        let g = p.start(64, 0);
         let mut frame = [0xAAu8; 4];
         assert_eq!(p.push(g, &[1, 2, 3]), Push::Stored);
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
@@ -268,7 +276,7 @@ mod tests {
     #[test]
     fn limit_gives_backpressure_and_stop_refuses_late_bytes() {
         let mut p = Playback::new(16);
-        let g = p.start(8, 1.0, 0);
+        let g = p.start(8, 0);
         assert_eq!(p.push(g, &[0; 6]), Push::Stored);
         assert_eq!(p.push(g, &[0; 3]), Push::Full);
         assert_eq!(p.buffered(), 6);
@@ -277,7 +285,7 @@ mod tests {
         assert!(!p.finish(g));
         let mut frame = [0u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Silence);
-        let g2 = p.start(100, 1.0, 0);
+        let g2 = p.start(100, 0);
         assert!(g2 > g);
         assert_eq!(p.free(), 16, "limit is clamped to the capacity");
     }
@@ -285,7 +293,7 @@ mod tests {
     #[test]
     fn paused_playback_is_silent_but_keeps_filling() {
         let mut p = Playback::new(16);
-        let g = p.start(16, 1.0, 0);
+        let g = p.start(16, 0);
         p.state = PlayState::Paused;
         assert_eq!(p.push(g, &[9; 4]), Push::Stored);
         let mut frame = [0u8; 2];
@@ -298,7 +306,7 @@ mod tests {
     #[test]
     fn prebuffer_holds_the_first_frame_until_the_reserve_is_there() {
         let mut p = Playback::new(64);
-        let g = p.start(64, 1.0, 6);
+        let g = p.start(64, 6);
         let mut frame = [0u8; 2];
         p.push(g, &[1, 2, 3, 4]);
         assert_eq!(p.take_frame(&mut frame), Frame::Silence, "4 of 6 bytes");
@@ -311,7 +319,7 @@ mod tests {
         p.push(g, &[7, 8]);
         assert_eq!(p.take_frame(&mut frame), Frame::Audio);
         // A short SPEAK that ends below the reserve still plays.
-        let g = p.start(64, 1.0, 60);
+        let g = p.start(64, 60);
         p.push(g, &[9]);
         p.finish(g);
         assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: true });
@@ -319,20 +327,31 @@ mod tests {
 
     #[test]
     fn gain_scales_and_saturates() {
-        let mut p = Playback::new(16);
-        let g = p.start(16, 2.0, 0);
-        let samples: Vec<u8> = [1000i16, -20000, 30000, 0].iter().flat_map(|s| s.to_ne_bytes()).collect();
-        p.push(g, &samples);
-        let mut frame = [0u8; 8];
-        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
-        let out: Vec<i16> = frame.chunks_exact(2).map(|c| i16::from_ne_bytes([c[0], c[1]])).collect();
+        let mut samples: Vec<u8> = [1000i16, -20000, 30000, 0].iter().flat_map(|s| s.to_ne_bytes()).collect();
+        apply_gain(&mut samples, 2.0);
+        let out: Vec<i16> = samples.chunks_exact(2).map(|c| i16::from_ne_bytes([c[0], c[1]])).collect();
         assert_eq!(out, [2000, i16::MIN, i16::MAX, 0]);
+    }
+
+    #[test]
+    fn played_counts_the_bytes_taken_in_this_generation() {
+        let mut p = Playback::new(16);
+        let g = p.start(16, 0);
+        p.push(g, &[1; 7]);
+        let mut frame = [0u8; 4];
+        p.take_frame(&mut frame);
+        assert_eq!(p.played(), 4);
+        p.finish(g);
+        p.take_frame(&mut frame);
+        assert_eq!(p.played(), 7, "the last, short frame counts what it held");
+        p.start(16, 0);
+        assert_eq!(p.played(), 0);
     }
 
     #[test]
     fn empty_finished_speak_completes_without_audio() {
         let mut p = Playback::new(8);
-        let g = p.start(8, 1.0, 0);
+        let g = p.start(8, 0);
         p.finish(g);
         let mut frame = [7u8; 2];
         assert_eq!(p.take_frame(&mut frame), Frame::Last { generation: g, with_audio: false });

@@ -73,6 +73,21 @@ pub struct KeyInput<'a> {
 pub struct Key([u8; 20]);
 
 impl Key {
+    /// A key over a sequence of encoded steps (an SSML SPEAK: several
+    /// requests, pauses, gains), tagged apart from single-request keys.
+    pub fn of_sequence(steps: &[Vec<u8>]) -> Key {
+        let mut h = Sha1::new();
+        field(&mut h, 0, b"unimrcp-elevenlabs sequence key v1");
+        for step in steps {
+            field(&mut h, 16, step);
+        }
+        Key(h.finalize().into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -2,7 +2,8 @@
 //! state it shares with its worker thread and the media thread.
 //!
 //! Lock order (never take an earlier one while holding a later one):
-//!   engine `workers` → channel `worker` slot → `active` → `playback`.
+//!   engine `workers` → channel `worker` slot → `active` → `playback`,
+//!   and `active` → a SPEAK's `last_mark` (a leaf: held for one copy).
 //! The media thread only ever `try_lock`s `playback`. No lock is held across
 //! a join, a network call or any wait; the longest hold is a buffer copy or
 //! posting one message to the server's queue.
@@ -20,7 +21,7 @@ use crate::engine::EngineState;
 use crate::speak::{respond, Completion, Speak};
 use crate::speak_params::Refusal;
 use crate::sys;
-use crate::text::{speakable_text, BodyError};
+use crate::text::{script_from_body, BodyError};
 use crate::wake::Waker;
 use crate::worker::{self, Command, Job, WorkerHandle};
 
@@ -38,6 +39,9 @@ const CREATED_BYTES_PER_MS: usize = 16000 * 2 / 1000;
 /// must always be able to take one such chunk, plus a frame.
 const MIN_BUFFER_BYTES: usize = 16 * 1024 + 1920;
 
+/// `Shared::cue_at` when no marker is pending.
+pub const NO_CUE: u64 = u64::MAX;
+
 /// What the worker and the media thread share with the channel.
 pub struct Shared {
     pub playback: Mutex<Playback>,
@@ -48,6 +52,9 @@ pub struct Shared {
     pub drained: AtomicU64,
     /// Bytes a paused transfer waits for (0: none).
     pub want_space: AtomicUsize,
+    /// Playback position (bytes of the current generation) past which the
+    /// worker has a speech marker to announce; NO_CUE when none.
+    pub cue_at: AtomicU64,
     /// Negotiated rate, from open_rx (0 until then).
     pub rate: AtomicU32,
     /// The client's Logging-Tag for this session, shown in log lines.
@@ -62,6 +69,7 @@ impl Shared {
             waker: Waker::new()?,
             drained: AtomicU64::new(0),
             want_space: AtomicUsize::new(0),
+            cue_at: AtomicU64::new(NO_CUE),
             rate: AtomicU32::new(0),
             logging_tag: Mutex::new(None),
         })
@@ -161,7 +169,7 @@ impl Channel {
         if let Some(speak) = speak {
             if speak.claim() {
                 self.shared.playback.lock().stop();
-                crate::speak::send_complete(ch, speak.request, completion);
+                crate::speak::send_complete(ch, &speak, completion);
             }
         }
     }
@@ -217,6 +225,17 @@ impl Channel {
             let completion = Completion { cause, reason: Some(reason) };
             respond(ch, request, status, sys::MRCP_REQUEST_STATE_COMPLETE, Some(&completion), &[]);
         };
+        // A body we cannot speak (malformed SSML, no text) or a language the
+        // model does not speak: the SPEAK starts and ends at once with its
+        // cause and reason (RFC 6787 completion causes 002 and 005); nothing
+        // goes upstream.
+        let complete_at_once = |cause, reason: String| {
+            log::warn!("[{id}] SPEAK {} cannot be spoken: {reason}", request.request_id());
+            if respond_in_progress(ch, request) {
+                let speak = Speak::new(request, 0);
+                crate::speak::send_complete(ch, &speak, &Completion { cause, reason: Some(reason) });
+            }
+        };
 
         let rate = match self.negotiated_rate(ch) {
             Some(rate) => rate,
@@ -228,33 +247,10 @@ impl Channel {
                 )
             }
         };
-        let content_type = request.content_type();
-        let text = match speakable_text(content_type.as_deref(), request.body()) {
-            Ok(text) => text,
-            Err(e @ BodyError::UnsupportedType(_)) => {
-                return fail(
-                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
-                    sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE,
-                    e.to_string(),
-                )
-            }
-            Err(e) => {
-                return fail(
-                    sys::MRCP_STATUS_CODE_METHOD_FAILED,
-                    sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE,
-                    e.to_string(),
-                )
-            }
-        };
-
         let resolved = match crate::speak_params::resolve(&self.config, &request.voice_headers()) {
             Ok(r) => r,
             Err(Refusal::Language(reason)) => {
-                return fail(
-                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
-                    sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED,
-                    reason,
-                )
+                return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
             }
             Err(Refusal::Value(reason)) => {
                 return fail(
@@ -264,7 +260,33 @@ impl Channel {
                 )
             }
         };
-        let config = Arc::new(resolved.config);
+        let content_type = request.content_type();
+        let phonemes = crate::speak_params::takes_phonemes(&resolved.config.model_id);
+        let script = match script_from_body(content_type.as_deref(), request.body(), phonemes) {
+            Ok(script) => script,
+            Err(e @ BodyError::UnsupportedType(_)) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE,
+                    e.to_string(),
+                )
+            }
+            Err(e) => return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_PARSE_FAILURE, e.to_string()),
+        };
+        let plan = match crate::plan::build(&script, resolved, &self.config) {
+            Ok(plan) => plan,
+            Err(Refusal::Language(reason)) => {
+                return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
+            }
+            Err(Refusal::Value(reason)) => {
+                return fail(
+                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
+                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
+                    reason,
+                )
+            }
+        };
+        let config = Arc::clone(&plan.config);
 
         let speak = {
             let mut active = self.shared.active.lock();
@@ -280,28 +302,26 @@ impl Channel {
             }
             let bytes_per_ms = rate as usize * 2 / 1000;
             let prebuffer = self.config.prebuffer_ms as usize * bytes_per_ms;
-            let generation = self.shared.playback.lock().start(
-                buffer_limit(self.config.max_buffer_ms, rate),
-                resolved.gain,
-                prebuffer,
-            );
+            let generation =
+                self.shared.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate), prebuffer);
             let speak = Arc::new(Speak::new(request, generation));
             *active = Some(Arc::clone(&speak));
             speak
         };
         log::info!(
-            "[{id}] SPEAK {}: {} chars, {} Hz, voice {}, model {}",
+            "[{id}] SPEAK {}: {} chars, {} steps, {} Hz, voice {}, model {}",
             request.request_id(),
-            text.chars().count(),
+            plan.chars(),
+            plan.steps.len(),
             rate,
             config.voice_id,
             config.model_id
         );
         // IN-PROGRESS goes out before the worker can possibly complete.
-        respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_INPROGRESS, None, &[]);
+        respond_in_progress(ch, request);
         let job = Job {
             speak: Arc::clone(&speak),
-            text,
+            plan,
             sample_rate: rate,
             config,
             cache: self.engine.cache.lock().clone(),
@@ -314,7 +334,7 @@ impl Channel {
                 self.shared.playback.lock().stop();
                 crate::speak::send_complete(
                     ch,
-                    request,
+                    &speak,
                     &Completion::error("synthesis thread unavailable (engine closing?)"),
                 );
             }
@@ -359,6 +379,17 @@ impl Channel {
         }
         respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &affected);
     }
+}
+
+/// 200 IN-PROGRESS for a SPEAK, with the Speech-Marker timestamp of its
+/// start (RFC 6787 §8.4.2's example does so).
+fn respond_in_progress(ch: ChannelRef, request: Message) -> bool {
+    let Some(mut response) = request.response(sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_INPROGRESS) else {
+        log::error!("[{}] SPEAK {}: could not create the response", ch.id(), request.request_id());
+        return false;
+    };
+    response.set_speech_marker(&crate::speak::speech_marker(None));
+    ch.send(response)
 }
 
 fn ok(ch: ChannelRef, request: Message) -> bool {

@@ -8,6 +8,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use parking_lot::Mutex;
+
 use crate::abi::{ChannelRef, Message};
 use crate::sys;
 
@@ -19,6 +21,9 @@ pub struct Speak {
     /// Generation of the audio buffer this SPEAK plays (audio.rs).
     pub generation: u64,
     terminated: AtomicBool,
+    /// The last `<mark>` whose SPEECH-MARKER was sent; SPEAK-COMPLETE
+    /// repeats it.
+    pub last_mark: Mutex<Option<String>>,
 }
 
 /// Why a SPEAK ended, as MRCP puts it.
@@ -55,7 +60,13 @@ impl Completion {
 
 impl Speak {
     pub fn new(request: Message, generation: u64) -> Self {
-        Speak { request_id: request.request_id(), request, generation, terminated: AtomicBool::new(false) }
+        Speak {
+            request_id: request.request_id(),
+            request,
+            generation,
+            terminated: AtomicBool::new(false),
+            last_mark: Mutex::new(None),
+        }
     }
 
     /// True for exactly one caller.
@@ -70,10 +81,14 @@ impl Speak {
 
 /// SPEAK-COMPLETE for `request`, sent from whatever thread we are on (the
 /// server's message_send only queues it).
-pub fn send_complete(channel: ChannelRef, request: Message, completion: &Completion) {
+pub fn send_complete(channel: ChannelRef, speak: &Speak, completion: &Completion) {
+    let request = speak.request;
     match request.event(sys::SYNTHESIZER_SPEAK_COMPLETE, sys::MRCP_REQUEST_STATE_COMPLETE) {
         Some(mut event) => {
             event.set_completion(completion.cause, completion.reason.as_deref());
+            if let Some(mark) = speak.last_mark.lock().as_deref() {
+                event.set_speech_marker(&speech_marker(Some(mark)));
+            }
             if !channel.send(event) {
                 log::error!(
                     "[{}] SPEAK {}: the server did not take SPEAK-COMPLETE",
@@ -83,6 +98,39 @@ pub fn send_complete(channel: ChannelRef, request: Message, completion: &Complet
             }
         }
         None => log::error!("[{}] SPEAK {}: could not create SPEAK-COMPLETE", channel.id(), request.request_id()),
+    }
+}
+
+/// A SPEECH-MARKER event for `name`, unless the SPEAK has ended; sent
+/// under the same claim discipline as the terminal message (the caller
+/// holds the channel's `active` lock), so none follows SPEAK-COMPLETE or a
+/// STOP's response.
+pub fn send_marker(channel: ChannelRef, speak: &Speak, name: &str) -> bool {
+    if speak.is_terminated() {
+        return false;
+    }
+    let Some(mut event) = speak.request.event(sys::SYNTHESIZER_SPEECH_MARKER, sys::MRCP_REQUEST_STATE_INPROGRESS)
+    else {
+        log::error!("[{}] SPEAK {}: could not create SPEECH-MARKER", channel.id(), speak.request_id);
+        return false;
+    };
+    event.set_speech_marker(&speech_marker(Some(name)));
+    *speak.last_mark.lock() = Some(name.to_owned());
+    channel.send(event)
+}
+
+/// `timestamp=<NTP time>[;<mark name>]`, the Speech-Marker value (RFC 6787):
+/// the NTP timestamp is the 64-bit fixed-point count of seconds since 1900,
+/// in decimal.
+pub fn speech_marker(name: Option<&str>) -> String {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() + NTP_UNIX_OFFSET;
+    let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
+    let ntp = (secs << 32) | frac;
+    match name {
+        Some(name) => format!("timestamp={ntp};{name}"),
+        None => format!("timestamp={ntp}"),
     }
 }
 

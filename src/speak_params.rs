@@ -133,26 +133,67 @@ fn unit(name: &str, value: &str, min: f64, max: f64) -> Result<f64, Refusal> {
         .ok_or_else(|| Refusal::Value(format!("Vendor-Specific-Parameters {name}={value} is outside {min}..={max}")))
 }
 
+/// The voice id a Voice-Name (or SSML `<voice name>`) means: a name from
+/// `voice_map` (any case), else the value itself when it is a voice id.
+pub fn voice_by_name(base: &Config, name: &str) -> Option<String> {
+    match base.voice_map.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, id)) => Some(id.clone()),
+        None if valid_voice_id(name) => Some(name.to_owned()),
+        None => None,
+    }
+}
+
+/// The configured default voice for a VOICE_GENDER_* value, if any.
+pub fn voice_by_gender(base: &Config, gender: u32) -> Option<String> {
+    match gender {
+        sys::VOICE_GENDER_MALE => base.voice_id_male.clone(),
+        sys::VOICE_GENDER_FEMALE => base.voice_id_female.clone(),
+        sys::VOICE_GENDER_NEUTRAL => base.voice_id_neutral.clone(),
+        _ => None,
+    }
+}
+
+/// Applies a BCP 47 language to `c` (after its model is final): refused
+/// when the model does not speak it; sent as `language_code` only to
+/// models that take one.
+pub fn apply_language(c: &mut Config, tag: &str) -> Result<(), Refusal> {
+    let lang = primary_subtag(tag);
+    if lang.is_empty() {
+        return Ok(());
+    }
+    let (supported, takes_code) = languages(&c.model_id);
+    if supported.is_some_and(|list| !list.contains(&lang.as_str())) {
+        return Err(Refusal::Language(format!("model {} does not speak '{lang}'", c.model_id)));
+    }
+    c.language_code = takes_code.then_some(lang);
+    Ok(())
+}
+
+/// Whether `model` reads ElevenLabs `<phoneme>` tags inline (the English
+/// v1/v2 models do; the others skip the tagged word).
+pub fn takes_phonemes(model: &str) -> bool {
+    matches!(model, "eleven_flash_v2" | "eleven_turbo_v2" | "eleven_monolingual_v1")
+}
+
+/// `speed` within what the API accepts.
+pub fn clamp_speed(speed: f64) -> f64 {
+    speed.clamp(SPEED_MIN, SPEED_MAX)
+}
+
+/// A gain within what we apply (silence to four times as loud).
+pub fn clamp_gain(gain: f64) -> f32 {
+    (gain as f32).clamp(0.0, 4.0)
+}
+
 pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
     let mut c = base.clone();
     // Voice: by name (configured map) or id, else by gender.
     if let Some(name) = h.voice_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-        c.voice_id = match base.voice_map.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some((_, id)) => id.clone(),
-            None if valid_voice_id(name) => name.to_owned(),
-            None => {
-                return Err(Refusal::Value(format!("unknown Voice-Name '{name}' (not in voice_map, not a voice id)")))
-            }
-        };
+        c.voice_id = voice_by_name(base, name)
+            .ok_or_else(|| Refusal::Value(format!("unknown Voice-Name '{name}' (not in voice_map, not a voice id)")))?;
     } else if let Some(gender) = h.voice_gender {
-        let by_gender = match gender {
-            sys::VOICE_GENDER_MALE => &base.voice_id_male,
-            sys::VOICE_GENDER_FEMALE => &base.voice_id_female,
-            sys::VOICE_GENDER_NEUTRAL => &base.voice_id_neutral,
-            _ => &None,
-        };
-        if let Some(id) = by_gender {
-            c.voice_id = id.clone();
+        if let Some(id) = voice_by_gender(base, gender) {
+            c.voice_id = id;
         }
     }
     if let Some(rate) = h.prosody_rate {
@@ -198,15 +239,11 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
         }
     }
 
-    if let Some(lang) = language {
-        let (supported, takes_code) = languages(&c.model_id);
-        if supported.is_some_and(|list| !list.contains(&lang.as_str())) {
-            return Err(Refusal::Language(format!("model {} does not speak '{lang}'", c.model_id)));
-        }
-        c.language_code = takes_code.then_some(lang);
-    } else if !languages(&c.model_id).1 {
+    match language {
+        Some(lang) => apply_language(&mut c, &lang)?,
         // An engine-wide language_code only where the model takes one.
-        c.language_code = None;
+        None if !languages(&c.model_id).1 => c.language_code = None,
+        None => {}
     }
     Ok(Resolved { config: c, gain })
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use crate::abi;
 use crate::audio::Frame;
-use crate::channel::Channel;
+use crate::channel::{Channel, NO_CUE};
 use crate::sys;
 
 /// # Safety
@@ -88,6 +88,12 @@ fn read_into(channel: &Channel, out: &mut [u8], frame_type: &mut i32) {
                 shared.drained.store(generation, Ordering::Release);
                 wake = true;
             }
+        }
+        // A speech marker lies in audio played by now: the worker announces it.
+        let cue = shared.cue_at.load(Ordering::Acquire);
+        if cue != NO_CUE && playback.played() > cue {
+            shared.cue_at.store(NO_CUE, Ordering::Release);
+            wake = true;
         }
         let want = shared.want_space.load(Ordering::Acquire);
         if want > 0 && playback.fits(want) {

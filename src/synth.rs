@@ -19,6 +19,7 @@ use crate::audio::Push;
 use crate::channel::Shared;
 use crate::config::Config;
 use crate::json;
+use crate::timestamps::TimestampStream;
 
 const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"));
 /// Enough of an error body to read ElevenLabs' JSON detail.
@@ -38,13 +39,21 @@ pub struct Request<'a> {
     /// in parts), so the voice carries on naturally across the seam.
     pub previous_text: Option<&'a str>,
     pub next_text: Option<&'a str>,
+    /// Linear gain for the samples (Prosody-Volume); 1.0 passes them as sent.
+    pub gain: f32,
+    /// Ask for character alignment (`/stream/with-timestamps`): the request
+    /// has `<mark>`s inside its text.
+    pub with_timestamps: bool,
 }
 
 impl Request<'_> {
     pub fn url(&self) -> String {
         format!(
-            "{}/v1/text-to-speech/{}/stream?output_format=pcm_{}",
-            self.config.base_url, self.config.voice_id, self.sample_rate
+            "{}/v1/text-to-speech/{}/stream{}?output_format=pcm_{}",
+            self.config.base_url,
+            self.config.voice_id,
+            if self.with_timestamps { "/with-timestamps" } else { "" },
+            self.sample_rate
         )
     }
 
@@ -118,6 +127,21 @@ pub struct Collector {
     /// Where the audio also goes (cache file, followers); kept across the
     /// parts of a SPEAK.
     pub tee: Tee,
+    /// Reads a with-timestamps body (None: the body is the PCM itself).
+    decoder: Option<TimestampStream>,
+    gain: f32,
+    /// Audio decoded or scaled but not yet in the buffer; the first
+    /// `ready` bytes may be pushed (a trailing odd byte waits for its pair
+    /// when samples are scaled).
+    staged: Vec<u8>,
+    ready: usize,
+    /// curl holds bytes we refused (paused by returning Pause).
+    curl_paused: bool,
+    /// Start time (seconds) of each character of the request's text, as
+    /// aligned so far.
+    pub char_starts: Vec<f64>,
+    decode_error: Option<String>,
+    decoder_finished: bool,
 }
 
 /// The copies of a response besides the channel's own buffer.
@@ -134,7 +158,7 @@ pub struct Tee {
 }
 
 impl Tee {
-    fn copy(&mut self, data: &[u8]) {
+    pub fn copy(&mut self, data: &[u8]) {
         if let Some(flight) = &self.flight {
             flight.append(data);
         }
@@ -161,10 +185,26 @@ impl Collector {
             paused_for: 0,
             stale: false,
             tee: Tee::default(),
+            decoder: None,
+            gain: 1.0,
+            staged: Vec::new(),
+            ready: 0,
+            curl_paused: false,
+            char_starts: Vec::new(),
+            decode_error: None,
+            decoder_finished: false,
         }
     }
 
-    fn reset(&mut self, generation: u64) {
+    fn reset(&mut self, generation: u64, gain: f32, with_timestamps: bool) {
+        self.gain = gain;
+        self.decoder = with_timestamps.then(TimestampStream::default);
+        self.staged.clear();
+        self.ready = 0;
+        self.curl_paused = false;
+        self.char_starts.clear();
+        self.decode_error = None;
+        self.decoder_finished = false;
         let now = Instant::now();
         self.generation = generation;
         self.status = 0;
@@ -180,12 +220,129 @@ impl Collector {
     }
 
     fn audio_content_type(&self) -> bool {
-        match &self.content_type {
-            None => true, // lenient: nothing says it is not audio
-            Some(ct) => ct.starts_with("audio/") || ct.starts_with("application/octet-stream"),
+        match (&self.content_type, self.decoder.is_some()) {
+            (None, _) => true, // lenient: nothing says it is not audio
+            (Some(ct), false) => ct.starts_with("audio/") || ct.starts_with("application/octet-stream"),
+            (Some(ct), true) => {
+                ct.starts_with("application/json")
+                    || ct.starts_with("application/x-ndjson")
+                    || ct.starts_with("text/event-stream")
+            }
+        }
+    }
+
+    /// Moves staged audio into the buffer, as much as fits now.
+    fn flush(&mut self) {
+        let n = self.ready;
+        if n == 0 {
+            return;
+        }
+        if self.tee.detached {
+            self.tee.copy(&self.staged[..n]);
+            self.audio_bytes += n as u64;
+        } else {
+            let skip = self.tee.skip.min(n);
+            let outcome = {
+                let mut playback = self.shared.playback.lock();
+                let take = if playback.fits(n - skip) { n - skip } else { playback.free().min(n - skip) };
+                if take == 0 && skip == 0 {
+                    return;
+                }
+                (take, playback.push(self.generation, &self.staged[skip..skip + take]))
+            };
+            match outcome {
+                (_, Push::Stale) => {
+                    self.stale = true;
+                    self.staged.clear();
+                    self.ready = 0;
+                    return;
+                }
+                (take, _) => {
+                    self.tee.copy(&self.staged[..skip + take]);
+                    self.tee.skip -= skip;
+                    self.audio_bytes += take as u64;
+                    self.staged.drain(..skip + take);
+                    self.ready -= skip + take;
+                    return;
+                }
+            }
+        }
+        self.staged.drain(..n);
+        self.ready = 0;
+    }
+
+    /// Marks newly staged bytes ready, scaling whole samples by the gain.
+    fn scale_staged(&mut self, last: bool) {
+        if self.gain == 1.0 {
+            self.ready = self.staged.len();
+            return;
+        }
+        if last {
+            self.staged.truncate(self.staged.len() & !1); // half a sample is noise
+        }
+        let end = self.staged.len() & !1;
+        crate::audio::apply_gain(&mut self.staged[self.ready..end], self.gain);
+        self.ready = end;
+    }
+
+    /// Waits for room when staged audio did not fit.
+    fn note_backlog(&mut self) {
+        self.paused_for = self.ready;
+        if self.ready > 0 {
+            self.shared.want_space.store(self.ready.min(FLUSH_WANT), Ordering::Release);
+        }
+    }
+
+    /// The body is complete: decode what is left and let it drain.
+    fn end_of_body(&mut self) {
+        if self.decoder_finished {
+            return;
+        }
+        self.decoder_finished = true;
+        if let Some(decoder) = self.decoder.as_mut() {
+            if let Err(e) = decoder.finish(&mut self.staged, &mut self.char_starts) {
+                self.decode_error = Some(e);
+            }
+        }
+        if self.decoder.is_some() || self.gain != 1.0 {
+            self.scale_staged(true);
+        }
+    }
+
+    /// The easy path: PCM as sent, straight into the buffer.
+    fn write_direct(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        let skip = self.tee.skip.min(data.len());
+        let outcome = if skip == data.len() {
+            Push::Stored
+        } else {
+            self.shared.playback.lock().push(self.generation, &data[skip..])
+        };
+        match outcome {
+            Push::Stored => {
+                self.tee.skip -= skip;
+                self.audio_bytes += (data.len() - skip) as u64;
+                self.paused_for = 0;
+                self.tee.copy(data);
+                Ok(data.len())
+            }
+            Push::Full => {
+                // curl hands the same bytes back after unpause.
+                self.paused_for = data.len();
+                self.curl_paused = true;
+                self.shared.want_space.store(data.len(), Ordering::Release);
+                Err(WriteError::Pause)
+            }
+            Push::Stale => {
+                self.stale = true;
+                Ok(0) // a short write makes curl abort the transfer
+            }
         }
     }
 }
+
+/// Room to wait for before a staged backlog is pushed again: a frame's
+/// worth is plenty (the push is partial), so playback never starves.
+const FLUSH_WANT: usize = 4096;
 
 impl Handler for Collector {
     fn header(&mut self, line: &[u8]) -> bool {
@@ -220,36 +377,39 @@ impl Handler for Collector {
             self.error_body.extend_from_slice(&data[..data.len().min(room)]);
             return Ok(data.len());
         }
-        if self.tee.detached {
-            self.audio_bytes += data.len() as u64;
-            self.tee.copy(data);
-            return Ok(data.len());
+        if self.decoder.is_none() && self.gain == 1.0 && self.ready == 0 && !self.tee.detached {
+            return self.write_direct(data);
         }
-        let skip = self.tee.skip.min(data.len());
-        let outcome = if skip == data.len() {
-            Push::Stored
-        } else {
-            self.shared.playback.lock().push(self.generation, &data[skip..])
-        };
-        match outcome {
-            Push::Stored => {
-                self.tee.skip -= skip;
-                self.audio_bytes += (data.len() - skip) as u64;
-                self.paused_for = 0;
-                self.tee.copy(data);
-                Ok(data.len())
+        // Staged: decode and/or scale, then push what fits. Bytes left over
+        // from the previous call go first; while they do not fit, curl is
+        // paused and keeps `data` for later.
+        if self.ready > 0 {
+            self.flush();
+            if self.stale {
+                return Ok(0);
             }
-            Push::Full => {
-                // curl hands the same bytes back after unpause.
-                self.paused_for = data.len();
-                self.shared.want_space.store(data.len(), Ordering::Release);
-                Err(WriteError::Pause)
-            }
-            Push::Stale => {
-                self.stale = true;
-                Ok(0) // a short write makes curl abort the transfer
+            if self.ready > 0 {
+                self.note_backlog();
+                self.curl_paused = true;
+                return Err(WriteError::Pause);
             }
         }
+        match self.decoder.as_mut() {
+            Some(decoder) => {
+                if let Err(e) = decoder.feed(data, &mut self.staged, &mut self.char_starts) {
+                    self.decode_error = Some(e);
+                    return Ok(0); // abort: the stream cannot be read
+                }
+            }
+            None => self.staged.extend_from_slice(data),
+        }
+        self.scale_staged(false);
+        self.flush();
+        if self.stale {
+            return Ok(0);
+        }
+        self.note_backlog();
+        Ok(data.len())
     }
 }
 
@@ -289,7 +449,7 @@ impl Transport {
         let Some(mut easy) = self.idle.take() else {
             return Err(("internal: curl handle busy".to_owned(), tee));
         };
-        easy.get_mut().reset(generation);
+        easy.get_mut().reset(generation, req.gain, req.with_timestamps);
         easy.get_mut().tee = tee;
         let config = req.config;
         let setup = (|| -> Result<(), curl::Error> {
@@ -333,23 +493,42 @@ impl Transfer<'_> {
         self.handle.as_ref().expect("transfer in progress").get_ref()
     }
 
-    /// Moves the transfer on; true once it has finished (well or not).
+    /// Moves the transfer on; true once it has finished (well or not) and
+    /// all its audio is in the buffer.
     pub fn step(&mut self) -> bool {
-        if self.done.is_some() {
+        if self.done.is_none() {
+            if let Err(e) = self.transport.multi.perform() {
+                log::warn!("curl multi perform: {e}");
+            }
+            let handle = self.handle.as_ref().expect("transfer in progress");
+            let mut result = None;
+            self.transport.multi.messages(|msg| {
+                if let Some(r) = msg.result_for2(handle) {
+                    result = Some(r);
+                }
+            });
+            self.done = result;
+        }
+        let Some(done) = &self.done else {
+            return false;
+        };
+        let succeeded = done.is_ok();
+        let c = self.handle.as_mut().expect("transfer in progress").get_mut();
+        if !succeeded || c.stale || c.is_audio != Some(true) {
             return true;
         }
-        if let Err(e) = self.transport.multi.perform() {
-            log::warn!("curl multi perform: {e}");
-        }
-        let handle = self.handle.as_ref().expect("transfer in progress");
-        let mut result = None;
-        self.transport.multi.messages(|msg| {
-            if let Some(r) = msg.result_for2(handle) {
-                result = Some(r);
-            }
-        });
-        self.done = result;
-        self.done.is_some()
+        // Staged audio (decoded or scaled) may still wait for room.
+        c.end_of_body();
+        c.flush();
+        c.note_backlog();
+        c.ready == 0 || c.stale || c.decode_error.is_some()
+    }
+
+    /// Start times (seconds) of the characters aligned so far, and the
+    /// bytes of this request already in the buffer.
+    pub fn progress(&self) -> (&[f64], u64) {
+        let c = self.collector();
+        (&c.char_starts, c.audio_bytes)
     }
 
     /// Resumes a transfer paused for room once the room is there.
@@ -359,13 +538,22 @@ impl Transfer<'_> {
         if need == 0 {
             return;
         }
-        let fits = handle.get_ref().shared.playback.lock().fits(need);
-        if fits {
-            let c = handle.get_mut();
-            c.paused_for = 0;
-            c.shared.want_space.store(0, Ordering::Release);
-            // Time spent waiting for the caller's ear is not a stall.
-            c.last_byte = Instant::now();
+        let c = handle.get_mut();
+        if c.ready > 0 {
+            c.flush();
+            if c.ready > 0 {
+                c.note_backlog();
+                return;
+            }
+        } else if !c.shared.playback.lock().fits(need) {
+            return;
+        }
+        c.paused_for = 0;
+        c.shared.want_space.store(0, Ordering::Release);
+        // Time spent waiting for the caller's ear is not a stall.
+        c.last_byte = Instant::now();
+        if c.curl_paused {
+            c.curl_paused = false;
             if let Err(e) = handle.unpause_write() {
                 log::warn!("curl unpause: {e}");
             }
@@ -428,6 +616,7 @@ impl Transfer<'_> {
         };
         let outcome = match self.done.take() {
             _ if c.stale => Outcome::Stale,
+            _ if c.decode_error.is_some() => judge_response(c),
             None => Outcome::Stale, // aborted by us before it finished
             Some(Err(e)) => Outcome::Failed(describe_curl_error(&e, self.config)),
             Some(Ok(())) => judge_response(c),
@@ -474,6 +663,9 @@ impl Stats {
 
 fn judge_response(c: &Collector) -> Outcome {
     let status = c.status;
+    if let Some(e) = &c.decode_error {
+        return Outcome::Failed(format!("upstream HTTP {status} sent a broken timestamp stream: {e}"));
+    }
     if !(200..300).contains(&status) {
         let (detail_status, message) = json::error_detail(&c.error_body);
         let mut reason = format!("upstream HTTP {status}");
@@ -553,14 +745,35 @@ mod tests {
     #[test]
     fn url_names_voice_and_rate() {
         let c = config();
-        let r = Request { config: &c, text: "hi", sample_rate: 8000, previous_text: None, next_text: None };
+        let mut r = Request {
+            config: &c,
+            text: "hi",
+            sample_rate: 8000,
+            previous_text: None,
+            next_text: None,
+            gain: 1.0,
+            with_timestamps: false,
+        };
         assert_eq!(r.url(), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
+        r.with_timestamps = true;
+        assert_eq!(
+            r.url(),
+            "http://127.0.0.1:1/v1/text-to-speech/voice1/stream/with-timestamps?output_format=pcm_8000"
+        );
     }
 
     #[test]
     fn body_carries_text_model_and_only_set_settings() {
         let mut c = config();
-        let r = Request { config: &c, text: "say \"hi\"\n", sample_rate: 16000, previous_text: None, next_text: None };
+        let r = Request {
+            config: &c,
+            text: "say \"hi\"\n",
+            sample_rate: 16000,
+            previous_text: None,
+            next_text: None,
+            gain: 1.0,
+            with_timestamps: false,
+        };
         let v = json::parse(&r.body()).unwrap();
         assert_eq!(v.get("text").and_then(json::Value::as_str), Some("say \"hi\"\n"));
         assert_eq!(v.get("model_id").and_then(json::Value::as_str), Some("eleven_flash_v2_5"));
@@ -575,6 +788,8 @@ mod tests {
             sample_rate: 16000,
             previous_text: Some("before"),
             next_text: Some("after"),
+            gain: 1.0,
+            with_timestamps: false,
         };
         let v = json::parse(&r.body()).unwrap();
         let vs = v.get("voice_settings").unwrap();

@@ -1,12 +1,12 @@
 //! From a SPEAK body to the text sent upstream.
 //!
-//! `text/plain` is spoken as is (UTF-8, or ISO-8859-1 when the charset says
-//! so). SSML bodies (`application/ssml+xml`, and `application/synthesis+ssml`
-//! which umc sends) are reduced to their text content: markup removed,
-//! entities decoded, `<sub alias>` spoken as its alias, whitespace folded.
-//! Bodies that would make nothing to say are refused before any request
+//! `text/plain` is spoken as is, whitespace folded (UTF-8, or ISO-8859-1
+//! when the charset says so). SSML bodies (`application/ssml+xml`, and
+//! `application/synthesis+ssml` which umc sends) are read by [`crate::ssml`].
+//! Bodies that would make nothing to play are refused before any request
 //! goes upstream.
 
+use crate::ssml::{self, Script};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,178 +59,40 @@ fn classify(content_type: Option<&str>) -> Result<(Kind, bool), BodyError> {
     Ok((kind, latin1))
 }
 
-/// The text to send upstream for a SPEAK body.
-pub fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, BodyError> {
+/// A SPEAK body as what to play: text/plain as one segment, SSML read by
+/// [`ssml::parse`]. `phonemes`: the model takes inline `<phoneme>` tags.
+/// A body with nothing to play (no speech, no pause) is refused here,
+/// before any request goes upstream.
+pub fn script_from_body(content_type: Option<&str>, body: &[u8], phonemes: bool) -> Result<Script, BodyError> {
     let (kind, latin1) = classify(content_type)?;
-    let decoded = if latin1 {
+    let decoded: String = if latin1 {
         body.iter().map(|&b| b as char).collect()
     } else {
         std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?.to_owned()
     };
-    let text = match kind {
-        Kind::Plain => decoded.trim().to_owned(),
-        Kind::Ssml => ssml_text(&decoded)?,
+    let script = match kind {
+        // A byte-order mark is not text (the XML parser skips it itself).
+        Kind::Plain => ssml::plain(decoded.strip_prefix('\u{feff}').unwrap_or(&decoded)),
+        Kind::Ssml => ssml::parse(&decoded, phonemes).map_err(BodyError::BadSsml)?,
     };
-    if text.chars().all(|c| c.is_whitespace() || c.is_control()) {
+    if script.is_empty() {
         return Err(BodyError::Empty);
     }
-    Ok(text)
+    Ok(script)
 }
 
-fn decode_entity(name: &str) -> Option<char> {
-    match name {
-        "amp" => Some('&'),
-        "lt" => Some('<'),
-        "gt" => Some('>'),
-        "quot" => Some('"'),
-        "apos" => Some('\''),
-        _ => {
-            let num = name.strip_prefix('#')?;
-            let code = match num.strip_prefix(['x', 'X']) {
-                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                None => num.parse().ok()?,
-            };
-            char::from_u32(code)
-        }
-    }
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let mut rest = tag;
-    while let Some(pos) = rest.find(name) {
-        let after = &rest[pos + name.len()..];
-        let boundary = pos == 0 || rest.as_bytes()[pos - 1].is_ascii_whitespace();
-        let after_trim = after.trim_start();
-        if boundary && after_trim.starts_with('=') {
-            let v = after_trim[1..].trim_start();
-            let quote = v.chars().next()?;
-            if quote == '"' || quote == '\'' {
-                let end = v[1..].find(quote)?;
-                return Some(&v[1..1 + end]);
-            }
-        }
-        rest = after;
-    }
-    None
-}
-
-/// The spoken text of an SSML document: a light reader (full SSML is
-/// parsed elsewhere); tags must balance and entities must be known.
-fn ssml_text(doc: &str) -> Result<String, BodyError> {
-    let mut out = String::with_capacity(doc.len());
-    let mut stack: Vec<String> = Vec::new();
-    let mut skip_depth: Option<usize> = None; // inside <sub>: speak the alias instead
-    let mut rest = doc;
-    let mut saw_speak = false;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('<') {
-            if let Some(body) = after.strip_prefix("!--") {
-                let end = body.find("-->").ok_or_else(|| BodyError::BadSsml("unterminated comment".into()))?;
-                rest = &body[end + 3..];
-                continue;
-            }
-            if after.starts_with('?') || after.starts_with('!') {
-                let end = after.find('>').ok_or_else(|| BodyError::BadSsml("unterminated declaration".into()))?;
-                rest = &after[end + 1..];
-                continue;
-            }
-            let end = after.find('>').ok_or_else(|| BodyError::BadSsml("unterminated tag".into()))?;
-            let tag = &after[..end];
-            rest = &after[end + 1..];
-            if let Some(name) = tag.strip_prefix('/') {
-                let name = name.trim();
-                match stack.pop() {
-                    Some(open) if open == name => {}
-                    Some(open) => return Err(BodyError::BadSsml(format!("</{name}> closes <{open}>"))),
-                    None => return Err(BodyError::BadSsml(format!("</{name}> without an open tag"))),
-                }
-                if skip_depth.is_some_and(|d| d > stack.len()) {
-                    skip_depth = None;
-                }
-                if separates(name) {
-                    out.push(' ');
-                }
-                continue;
-            }
-            let self_closing = tag.ends_with('/');
-            let tag = tag.trim_end_matches('/');
-            let name = tag.split_whitespace().next().unwrap_or("").to_owned();
-            if name.is_empty() {
-                return Err(BodyError::BadSsml("empty tag name".into()));
-            }
-            if stack.is_empty() {
-                if saw_speak || name != "speak" {
-                    return Err(BodyError::BadSsml(format!("root element is <{name}>, not <speak>")));
-                }
-                saw_speak = true;
-            }
-            if name == "sub" {
-                if let Some(alias) = attr(tag, "alias") {
-                    if skip_depth.is_none() {
-                        out.push_str(&decode_text(alias)?);
-                    }
-                    if !self_closing {
-                        skip_depth = Some(stack.len() + 1);
-                    }
-                }
-            }
-            if separates(&name) {
-                out.push(' ');
-            }
-            if !self_closing {
-                stack.push(name);
-            }
-        } else {
-            let end = rest.find('<').unwrap_or(rest.len());
-            let text = &rest[..end];
-            rest = &rest[end..];
-            if stack.is_empty() {
-                if !text.trim().is_empty() {
-                    return Err(BodyError::BadSsml("text outside <speak>".into()));
-                }
-                continue;
-            }
-            if skip_depth.is_none() {
-                out.push_str(&decode_text(text)?);
-            }
-        }
-    }
-    if let Some(open) = stack.pop() {
-        return Err(BodyError::BadSsml(format!("<{open}> is not closed")));
-    }
-    if !saw_speak {
-        return Err(BodyError::BadSsml("no <speak> element".into()));
-    }
-    Ok(out.split_whitespace().collect::<Vec<_>>().join(" "))
-}
-
-/// Elements that stand between words (paragraphs, sentences, pauses);
-/// inline ones (sub, say-as, emphasis, mark, ...) join their neighbours as
-/// written.
-fn separates(name: &str) -> bool {
-    matches!(name, "speak" | "p" | "s" | "paragraph" | "sentence" | "break" | "voice" | "audio")
-}
-
-fn decode_text(text: &str) -> Result<String, BodyError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('&') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        let end =
-            after.find(';').filter(|&e| e <= 10).ok_or_else(|| BodyError::BadSsml("unterminated entity".into()))?;
-        let c = decode_entity(&after[..end])
-            .ok_or_else(|| BodyError::BadSsml(format!("unknown entity &{};", &after[..end])))?;
-        out.push(c);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+/// The text to send upstream for a SPEAK body: all its speech, joined.
+/// The entry point from before scripts, kept for callers not yet switched
+/// to [`script_from_body`]; may have none.
+#[allow(dead_code)]
+pub fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, BodyError> {
+    script_from_body(content_type, body, false).map(|s| s.text())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ssml::Segment;
 
     #[test]
     fn plain_text_is_trimmed_and_checked() {
@@ -254,18 +116,52 @@ mod tests {
     }
 
     #[test]
-    fn ssml_is_reduced_to_its_text() {
+    fn ssml_is_read_into_a_script() {
         let doc = r#"<?xml version="1.0"?>
 <speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">
   <!-- greeting --><p><s>Hello &amp; welcome,</s> <break time="300ms"/>
   <sub alias="World Wide Web Consortium">W3C</sub> rocks&#33;</p>
 </speak>"#;
-        for ct in ["application/ssml+xml", "application/synthesis+ssml"] {
+        for ct in ["application/ssml+xml", "application/synthesis+ssml", "Application/SSML+XML; charset=UTF-8"] {
+            let script = script_from_body(Some(ct), doc.as_bytes(), false).unwrap();
+            let texts: Vec<&str> = script
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Speech(s) => s.text.as_str(),
+                    Segment::Pause { ms: 300 } => "<300ms>",
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            // The <s> ends a sentence: its closing comma becomes a full stop,
+            // so the old reader's "welcome," is "welcome." now.
+            assert_eq!(texts, ["Hello & welcome.", "<300ms>", "World Wide Web Consortium rocks!"], "{ct}");
             assert_eq!(
                 speakable_text(Some(ct), doc.as_bytes()).unwrap(),
-                "Hello & welcome, World Wide Web Consortium rocks!"
+                "Hello & welcome. World Wide Web Consortium rocks!"
             );
         }
+    }
+
+    #[test]
+    fn plain_text_is_one_segment_and_never_markup() {
+        let script = script_from_body(Some("text/plain"), b"<speak>as is</speak>\n", true).unwrap();
+        assert_eq!(script, ssml::plain("<speak>as is</speak>"));
+        assert_eq!(speakable_text(None, "\u{feff}Hi there".as_bytes()).unwrap(), "Hi there", "BOM dropped");
+    }
+
+    #[test]
+    fn latin1_ssml() {
+        let doc = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><speak>caf\xe9</speak>";
+        assert_eq!(speakable_text(Some("application/ssml+xml; charset=iso-8859-1"), doc).unwrap(), "caf\u{e9}");
+    }
+
+    #[test]
+    fn phonemes_pass_through_only_when_asked() {
+        let doc = br#"<speak><phoneme alphabet="ipa" ph="ta">tomato</phoneme></speak>"#;
+        let with = script_from_body(Some("application/ssml+xml"), doc, true).unwrap();
+        assert_eq!(with.text(), r#"<phoneme alphabet="ipa" ph="ta">tomato</phoneme>"#);
+        assert_eq!(speakable_text(Some("application/ssml+xml"), doc).unwrap(), "tomato");
     }
 
     #[test]
@@ -277,12 +173,33 @@ mod tests {
             "<voice>x</voice>",
             "<speak>a &bogus; b</speak>",
             "<speak>x</speak><speak>y</speak>",
+            r#"<speak><break time="soon"/></speak>"#,
+            r#"<!DOCTYPE speak [<!ENTITY e "x">]><speak>&e;</speak>"#,
         ] {
             assert!(
-                matches!(speakable_text(Some("application/ssml+xml"), doc.as_bytes()), Err(BodyError::BadSsml(_))),
+                matches!(
+                    script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false),
+                    Err(BodyError::BadSsml(_))
+                ),
                 "{doc}"
             );
         }
-        assert_eq!(speakable_text(Some("application/ssml+xml"), b"<speak> <break/> </speak>"), Err(BodyError::Empty));
+        let e = speakable_text(Some("application/ssml+xml"), b"<html/>").unwrap_err();
+        assert_eq!(e.to_string(), "malformed SSML: root element is <html>, not <speak>");
+    }
+
+    #[test]
+    fn nothing_to_play_is_refused_but_a_pause_alone_is_played() {
+        for doc in ["<speak> </speak>", "<speak><p> </p><mark name=\"m\"/></speak>", "<speak/>"] {
+            assert_eq!(
+                script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false),
+                Err(BodyError::Empty),
+                "{doc}"
+            );
+        }
+        // Unlike the old text-only reader: a break is something to play.
+        let pause = script_from_body(Some("application/ssml+xml"), b"<speak> <break/> </speak>", false).unwrap();
+        assert_eq!(pause.segments, vec![Segment::Pause { ms: 400 }]);
+        assert_eq!(speakable_text(Some("application/ssml+xml"), b"<speak> <break/> </speak>").unwrap(), "");
     }
 }

@@ -187,6 +187,8 @@ fn warm(
             sample_rate: rate,
             previous_text: i.checked_sub(1).map(|p| parts[p].as_str()),
             next_text: parts.get(i + 1).map(String::as_str),
+            gain: 1.0,
+            with_timestamps: false,
         };
         let mut transfer = match transport.start(&request, 0, tee) {
             Ok(t) => t,

@@ -19,10 +19,12 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::abi::ChannelRef;
 use crate::audio::{Playback, Push};
-use crate::cache::{Cache, Flight, FlightEnd, KeyInput, Lookup, Policy};
+use crate::cache::{Cache, Flight, FlightEnd, Lookup, Policy};
 use crate::channel::Shared;
+use crate::channel::NO_CUE;
 use crate::config::Config;
 use crate::panic::describe;
+use crate::plan::{self, Plan, Step};
 use crate::speak::{Completion, Speak};
 use crate::synth::{Outcome, Request, Stats, Tee, Transport};
 
@@ -36,8 +38,10 @@ const STOPPED: &str = "stopped";
 
 pub struct Job {
     pub speak: Arc<Speak>,
-    pub text: String,
+    /// What to play: requests, pauses and marks (plan.rs).
+    pub plan: Plan,
     pub sample_rate: u32,
+    /// The settings the SPEAK's headers chose (for the summary line).
     pub config: Arc<Config>,
     /// The engine's prompt cache, if on.
     pub cache: Option<Arc<Cache>>,
@@ -156,6 +160,64 @@ fn context_head(text: &str) -> &str {
     text.char_indices().nth(CONTEXT_CHARS).map_or(text, |(i, _)| &text[..i])
 }
 
+/// Marks placed in the current SPEAK's audio, in order: (byte position in
+/// its buffer generation, name). Announced once the media thread has
+/// played past them.
+#[derive(Default)]
+struct Marks {
+    due: VecDeque<(u64, String)>,
+}
+
+impl Marks {
+    fn clear(&mut self) {
+        self.due.clear();
+    }
+
+    /// Positions never go backwards: an estimate cannot overtake a mark
+    /// already placed.
+    fn place(&mut self, position: u64, name: String) {
+        let floor = self.due.back().map_or(0, |&(p, _)| p);
+        self.due.push_back((position.max(floor), name));
+    }
+}
+
+/// The marks inside one request's text, placed as its alignment arrives.
+struct PartMarks<'p> {
+    /// Where the request's audio starts in the buffer generation.
+    start: u64,
+    chars: usize,
+    marks: &'p [(usize, String)],
+    next: usize,
+    rate: u32,
+}
+
+impl<'p> PartMarks<'p> {
+    fn new(start: u64, part: &'p plan::Part, rate: u32) -> Self {
+        PartMarks { start, chars: part.text.chars().count(), marks: &part.marks, next: 0, rate }
+    }
+
+    /// Places every mark whose position is known: at offset 0 the start;
+    /// inside the text the start time of the character after it; at the
+    /// end (or, if the alignment never covered it, proportionally) once
+    /// the request's audio is all in.
+    fn place(&mut self, starts: &[f64], bytes: u64, finished: bool, into: &mut Marks) {
+        while let Some((offset, name)) = self.marks.get(self.next) {
+            let at = if *offset == 0 {
+                0
+            } else if let Some(&t) = starts.get(*offset) {
+                ((t * f64::from(self.rate)).round() as u64 * 2).min(if finished { bytes } else { u64::MAX })
+            } else if finished {
+                let share = bytes as f64 * (*offset).min(self.chars) as f64 / self.chars.max(1) as f64;
+                (share as u64) & !1
+            } else {
+                return;
+            };
+            into.place(self.start + at, name.clone());
+            self.next += 1;
+        }
+    }
+}
+
 pub enum Command {
     Speak(Job),
     /// Abort the transfer for this generation (STOP, BARGE-IN); the MRCP
@@ -203,10 +265,13 @@ struct Worker {
     /// A SPEAK whose audio is all buffered, waiting for its last frame.
     draining: Option<(Job, Stats)>,
     exit: Option<bool>,
+    /// Marks of the current SPEAK whose place in its audio is known.
+    marks: Marks,
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
-    let mut worker = Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None };
+    let mut worker =
+        Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None, marks: Marks::default() };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
     loop {
@@ -238,6 +303,7 @@ impl Worker {
     }
 
     fn serve(&mut self) {
+        // (the draining SPEAK's marks are announced from the loop below)
         let mut transport = match Transport::new(Arc::clone(&self.shared)) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -247,6 +313,9 @@ impl Worker {
         };
         loop {
             self.check_drained();
+            if let Some(speak) = self.draining.as_ref().map(|(j, _)| Arc::clone(&j.speak)) {
+                self.announce(&speak, false);
+            }
             if self.exit.is_some() {
                 return;
             }
@@ -274,6 +343,7 @@ impl Worker {
                 Command::Cancel { generation } => {
                     if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == generation) {
                         let (job, stats) = self.draining.take().expect("checked above");
+                        self.marks.clear();
                         self.summary(&job, &stats, STOPPED);
                     }
                 }
@@ -297,6 +367,7 @@ impl Worker {
         let played = self.shared.drained.load(Ordering::Acquire);
         if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == played) {
             let (job, stats) = self.draining.take().expect("checked above");
+            self.announce(&job.speak, true);
             let completion = Completion::normal();
             if self.end(&job.speak, completion.clone()) {
                 self.summary(&job, &stats, completion.code());
@@ -310,22 +381,11 @@ impl Worker {
     /// the same buffer generation so everything plays without a gap.
     fn synthesize(&mut self, transport: &mut Transport, job: Job) {
         crate::panic::inject("synthesize");
-        let parts = crate::split::split_for_requests(&job.text, job.config.max_request_chars());
-        let key = job.cache.as_ref().map(|_| {
-            let c = &job.config;
-            KeyInput {
-                parts: &parts,
-                voice_id: &c.voice_id,
-                model_id: &c.model_id,
-                sample_rate: job.sample_rate,
-                settings: &c.voice_settings,
-                language_code: c.language_code.as_deref(),
-                seed: c.seed,
-                text_normalization: c.apply_text_normalization.as_deref(),
-                pronunciation_dictionaries: &[],
-            }
-            .key()
-        });
+        self.marks.clear();
+        self.shared.cue_at.store(NO_CUE, Ordering::Release);
+        // Marks are placed from the alignment of a live synthesis; a cached
+        // entry has none, so SPEAKs with marks always go upstream.
+        let key = job.cache.as_ref().filter(|_| !job.plan.has_marks()).map(|_| job.plan.cache_key(job.sample_rate));
         let mut tee = Tee::default();
         let mut lead = None;
         if let (Some(cache), Some(key)) = (job.cache.clone(), key) {
@@ -358,7 +418,7 @@ impl Worker {
                 tee.writer = cache.writer(key, job.sample_rate).map(Box::new);
             }
         }
-        let (result, total, mut tee) = self.upstream(transport, &job, &parts, tee);
+        let (result, total, mut tee) = self.upstream(transport, &job, tee);
         let end = match &result {
             Part::Done => {
                 if let Some(writer) = tee.writer.take() {
@@ -385,29 +445,112 @@ impl Worker {
         }
     }
 
-    /// Every part of the text upstream, one request after the other.
-    fn upstream(&mut self, transport: &mut Transport, job: &Job, parts: &[String], mut tee: Tee) -> (Part, Stats, Tee) {
+    /// Plays the plan: every request upstream, one after the other, pauses
+    /// as silence, marks placed where their audio is.
+    fn upstream(&mut self, transport: &mut Transport, job: &Job, mut tee: Tee) -> (Part, Stats, Tee) {
         let mut total = Stats { source: "upstream", ..Stats::default() };
-        for (i, part) in parts.iter().enumerate() {
-            let request = Request {
-                config: &job.config,
-                text: part,
-                sample_rate: job.sample_rate,
-                previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p])),
-                next_text: parts.get(i + 1).map(|n| context_head(n)),
-            };
-            let (result, stats, back) = self.transfer(transport, &request, job, tee);
-            tee = back;
-            total.add(&stats);
-            match result {
-                Part::Done => {}
-                Part::Failed(reason) if parts.len() > 1 => {
-                    return (Part::Failed(format!("{reason} (part {} of {})", i + 1, parts.len())), total, tee)
+        let requests: usize = job.plan.steps.iter().filter(|s| matches!(s, Step::Say(_))).count();
+        for step in &job.plan.steps {
+            let utterance = match step {
+                Step::Say(u) => u,
+                Step::Pause { ms } => {
+                    let bytes = (u64::from(*ms) * u64::from(job.sample_rate) / 1000 * 2) as usize;
+                    let (part, pushed) = self.silence(job, bytes, &mut tee);
+                    total.audio_bytes += pushed;
+                    match part {
+                        Part::Done => continue,
+                        other => return (other, total, tee),
+                    }
                 }
-                other => return (other, total, tee),
+                Step::Mark(name) => {
+                    self.marks.place(total.audio_bytes, name.clone());
+                    continue;
+                }
+            };
+            let parts = plan::parts(utterance);
+            for (i, part) in parts.iter().enumerate() {
+                let request = Request {
+                    config: &utterance.config,
+                    text: &part.text,
+                    sample_rate: job.sample_rate,
+                    previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p].text)),
+                    next_text: parts.get(i + 1).map(|n| context_head(&n.text)),
+                    gain: utterance.gain,
+                    with_timestamps: plan::needs_alignment(part),
+                };
+                let mut marks = PartMarks::new(total.audio_bytes, part, job.sample_rate);
+                let (result, stats, back) = self.transfer(transport, &request, job, tee, &mut marks);
+                tee = back;
+                total.add(&stats);
+                match result {
+                    Part::Done => {}
+                    Part::Failed(reason) if requests > 1 || parts.len() > 1 => {
+                        let what =
+                            if parts.len() > 1 { format!("part {} of {}", i + 1, parts.len()) } else { "".into() };
+                        let reason = if what.is_empty() { reason } else { format!("{reason} ({what})") };
+                        return (Part::Failed(reason), total, tee);
+                    }
+                    other => return (other, total, tee),
+                }
             }
         }
         (Part::Done, total, tee)
+    }
+
+    /// Silence for a `<break>`, pushed as the buffer makes room (and into
+    /// the cache copy, so a cached SPEAK keeps its pauses).
+    fn silence(&mut self, job: &Job, bytes: usize, tee: &mut Tee) -> (Part, u64) {
+        static ZEROS: [u8; 4096] = [0; 4096];
+        let generation = job.speak.generation;
+        let (mut left, mut pushed) = (bytes, 0u64);
+        while left > 0 {
+            if self.serve_commands(job) {
+                return (Part::Interrupted, pushed);
+            }
+            self.announce(&job.speak, false);
+            let n = left.min(ZEROS.len());
+            let skip = tee.skip.min(n);
+            let outcome =
+                if skip == n { Push::Stored } else { self.shared.playback.lock().push(generation, &ZEROS[..n - skip]) };
+            match outcome {
+                Push::Stored => {
+                    tee.skip -= skip;
+                    tee.copy(&ZEROS[..n]);
+                    left -= n;
+                    pushed += (n - skip) as u64;
+                }
+                Push::Full => {
+                    self.shared.want_space.store(n - skip, Ordering::Release);
+                    self.shared.waker.wait(Some(FEED_WAIT));
+                }
+                Push::Stale => return (Part::Interrupted, pushed),
+            }
+        }
+        (Part::Done, pushed)
+    }
+
+    /// Sends SPEECH-MARKER for every mark the media thread has played past
+    /// (all of them when `all`: the SPEAK's last frame was played), and arms
+    /// the media thread's cue for the next one.
+    fn announce(&mut self, speak: &Arc<Speak>, all: bool) {
+        while let Some(&(position, _)) = self.marks.due.front() {
+            if !all {
+                self.shared.cue_at.store(position, Ordering::Release);
+                // Read after arming: a frame taken in between is seen here
+                // or wakes us.
+                let played = {
+                    let playback = self.shared.playback.lock();
+                    (playback.generation == speak.generation).then(|| playback.played())
+                };
+                if !played.is_some_and(|p| p > position) {
+                    return;
+                }
+            }
+            let (_, name) = self.marks.due.pop_front().expect("checked above");
+            let _active = self.shared.active.lock();
+            crate::speak::send_marker(self.channel, speak, &name);
+        }
+        self.shared.cue_at.store(NO_CUE, Ordering::Release);
     }
 
     /// All audio is in the buffer: the SPEAK completes once it is played.
@@ -505,6 +648,7 @@ impl Worker {
         request: &Request<'_>,
         job: &Job,
         tee: Tee,
+        marks: &mut PartMarks<'_>,
     ) -> (Part, Stats, Tee) {
         let generation = job.speak.generation;
         let mut transfer = match transport.start(request, generation, tee) {
@@ -514,7 +658,11 @@ impl Worker {
         let mut expired: Option<String> = None;
         let mut interrupted = false;
         loop {
-            if transfer.step() {
+            let finished = transfer.step();
+            let (starts, bytes) = transfer.progress();
+            marks.place(starts, bytes, finished, &mut self.marks);
+            self.announce(&job.speak, false);
+            if finished {
                 break;
             }
             if self.serve_commands(job) {
@@ -571,7 +719,7 @@ impl Worker {
         if active.as_ref().is_some_and(|a| Arc::ptr_eq(a, speak)) {
             *active = None;
         }
-        crate::speak::send_complete(self.channel, speak.request, &completion);
+        crate::speak::send_complete(self.channel, speak, &completion);
         true
     }
 
@@ -593,7 +741,7 @@ impl Worker {
             "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} cause={}",
             self.id(),
             job.speak.request_id,
-            job.text.chars().count(),
+            job.plan.chars(),
             job.config.voice_id,
             job.config.model_id,
             job.sample_rate,

@@ -383,13 +383,12 @@ impl Driver<'_> {
     }
 
     fn bad_speak(&mut self, live: &mut Live) {
-        let (req, status) = if self.rng.chance(0.5) {
-            (Request::speak(" \t "), 407)
-        } else {
-            let mut r = Request::speak("RIFF....WAVE");
-            r.content_type = Some("audio/wav".into());
-            (r, 409)
-        };
+        // Bodies refused outright (an unspeakable body of a known type
+        // gets IN-PROGRESS and SPEAK-COMPLETE 002 instead: faults.rs).
+        let content_type = if self.rng.chance(0.5) { "text/plain; charset=koi8-r" } else { "audio/wav" };
+        let mut req = Request::speak("RIFF....WAVE");
+        req.content_type = Some(content_type.into());
+        let status = 409;
         let id = self.send(live, Op::BadSpeak(status), req);
         self.wait_response(live, id, Op::BadSpeak(status));
     }

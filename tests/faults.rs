@@ -150,46 +150,51 @@ fn one_failing_channel_leaves_the_others_alone() {
 fn invalid_bodies_are_refused_without_going_upstream() {
     let rig = rig(&[]);
     let ch = rig.server.open_channel(8000).unwrap();
-    let cases: Vec<(Request, u32, &str)> = vec![
-        (Request::speak(""), 407, "no text"),
-        (Request::speak(" \t\r\n "), 407, "no text"),
+    let ssml = |body: &str| {
+        let mut r = Request::speak(body);
+        r.content_type = Some("application/ssml+xml".into());
+        r
+    };
+    // Bodies that cannot be spoken: the SPEAK starts and ends at once with
+    // 002 parse-failure and the reason (the issue's contract).
+    let unspeakable: Vec<(Request, &str)> = vec![
+        (Request::speak(""), "no text"),
+        (Request::speak(" \t\r\n "), "no text"),
         (
             {
                 let mut r = Request::speak("x");
                 r.body = vec![0xff, 0xfe, 0x41];
                 r
             },
-            407,
             "not valid UTF-8",
         ),
-        (
-            {
-                let mut r = Request::speak("<speak>unclosed");
-                r.content_type = Some("application/ssml+xml".into());
-                r
-            },
-            407,
-            "malformed SSML",
-        ),
-        (
-            {
-                let mut r = Request::speak("RIFF....");
-                r.content_type = Some("audio/wav".into());
-                r
-            },
-            409,
-            "unsupported Content-Type",
-        ),
+        (ssml("<speak>unclosed"), "malformed SSML"),
+        (ssml("<speak><p>crossed</s></speak>"), "malformed SSML"),
+        (ssml("<html><body>not SSML</body></html>"), "<speak>"),
+        (ssml("plain words sent as SSML"), "malformed SSML"),
+        (ssml(r#"<speak>bad <break time="soon"/> value</speak>"#), "soon"),
+        (ssml("<speak> <break/> </speak>x"), "malformed SSML"),
     ];
-    for (req, status, why) in cases {
+    for (req, why) in unspeakable {
+        let id = ch.send(req);
+        let done = expect_in_progress_then_complete(&ch, id);
+        assert_eq!(done.completion_cause, Some(PARSE_FAILURE), "{done:#?}");
+        assert!(done.completion_reason.as_deref().unwrap_or("").contains(why), "{why}: {done:#?}");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(for_request(&ch, id).len(), 2, "IN-PROGRESS and SPEAK-COMPLETE, nothing else");
+    }
+    // A Content-Type we do not speak at all is refused outright.
+    for ct in ["audio/wav", "text/plain; charset=koi8-r"] {
+        let mut req = Request::speak("RIFF....");
+        req.content_type = Some(ct.into());
         let id = ch.send(req);
         let resp = ch.wait_response(id, WAIT).expect("a response");
         assert_eq!(resp.kind, Kind::Response);
-        assert_eq!(resp.status_code, status, "{resp:#?}");
+        assert_eq!(resp.status_code, 409, "{resp:#?}");
         assert_eq!(resp.request_state, COMPLETE);
         assert_eq!(resp.completion_cause, Some(PARSE_FAILURE));
-        assert!(resp.completion_reason.as_deref().unwrap().contains(why), "{resp:#?}");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(resp.completion_reason.as_deref().unwrap().contains("unsupported Content-Type"), "{resp:#?}");
+        std::thread::sleep(Duration::from_millis(30));
         assert_eq!(for_request(&ch, id).len(), 1, "no event follows a refused SPEAK");
     }
     assert_eq!(rig.upstream.request_count(), 0, "nothing went upstream");

@@ -62,10 +62,10 @@ fn speech_language_becomes_language_code_or_005() {
         .unwrap();
     assert_eq!(json["language_code"], "de");
     let id = ch.send(speak_with("Klingon.", |r| r.speech_language = Some("tlh-001".into())));
-    let resp = ch.wait_response(id, WAIT).unwrap();
-    assert_eq!(resp.status_code, 409);
-    assert_eq!(resp.completion_cause, Some(5), "005 language-unsupported");
-    assert_eq!(rig.upstream.request_count(), 1);
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(5), "005 language-unsupported");
+    assert!(done.completion_reason.as_deref().unwrap_or("").contains("'tlh'"), "{done:#?}");
+    assert_eq!(rig.upstream.request_count(), 1, "nothing went upstream for it");
 }
 
 #[test]
