@@ -309,11 +309,11 @@ impl Channel {
             speak
         };
         log::info!(
-            "[{id}] SPEAK {}: {} chars, {} steps, {} Hz, voice {}, model {}",
+            "[{id}] SPEAK {}: {} chars, {} Hz, {} steps, voice {}, model {}",
             request.request_id(),
             plan.chars(),
-            plan.steps.len(),
             rate,
+            plan.steps.len(),
             config.voice_id,
             config.model_id
         );

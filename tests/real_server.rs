@@ -498,6 +498,14 @@ const STOCK_SSML: &str = r#"<?xml version="1.0"?>
 </speak>
 "#;
 const STOCK_TEXT: &str = "Welcome to Uni MRCP.";
+const MARKS_SSML: &str = r#"<?xml version="1.0"?>
+<speak version="1.0" xml:lang="en-US" xmlns="http://www.w3.org/2001/10/synthesis">
+  <s>For sales press one, <mark name="support"/>for support press two.</s><mark name="end"/>
+</speak>
+"#;
+const MARKS_TEXT: &str = "For sales press one, for support press two.";
+/// (mark, the text it precedes in MARKS_TEXT; "" for the end).
+const MARKS: &[(&str, &str)] = &[("support", "for support"), ("end", "")];
 const WIDEBAND_TEXT: &str = "Sixteen kilohertz linear audio, carried bit for bit.";
 const BUSY_TEXT: &str = "This request meets a busy upstream [busy].";
 const LONG_TEXT: &str = "[long] This sentence is long enough to still be playing when the caller \
@@ -515,6 +523,9 @@ enum Expect {
     Error(&'static str),
     /// `stop <id>` this long after `200 IN-PROGRESS`, then `kill <id>`.
     StopAfter(Duration),
+    /// SSML with `<mark>`s: a SPEECH-MARKER per name, in order, each when
+    /// its audio plays, then `000 normal` carrying the last one.
+    Markers(&'static [(&'static str, &'static str)]),
 }
 
 /// One `run` of umc and what must come of it.
@@ -557,6 +568,7 @@ fn prepare(home: &Path, root: &Path, ports: &Ports, base_url: &str) -> Vec<Run> 
         ("wideband.txt", WIDEBAND_TEXT),
         ("busy.txt", BUSY_TEXT),
         ("long.txt", LONG_TEXT),
+        ("marks.xml", MARKS_SSML),
     ] {
         write(&root.join("data").join(file), text);
     }
@@ -567,6 +579,7 @@ fn prepare(home: &Path, root: &Path, ports: &Ports, base_url: &str) -> Vec<Run> 
         Scenario { name: "rs-wideband", profile: "uni2wb", content_type: "text/plain", data_file: "wideband.txt" },
         Scenario { name: "rs-busy", profile: "uni2", content_type: "text/plain", data_file: "busy.txt" },
         Scenario { name: "rs-stop", profile: "uni2", content_type: "text/plain", data_file: "long.txt" },
+        Scenario { name: "rs-marks", profile: "uni2", content_type: ssml_type, data_file: "marks.xml" },
     ];
     for s in &scenarios {
         write(&root.join(format!("conf/umc-scenarios/{}.xml", s.name)), &scenario_xml(s));
@@ -587,6 +600,7 @@ fn prepare(home: &Path, root: &Path, ports: &Ports, base_url: &str) -> Vec<Run> 
         run("rs-wideband", None, "SIP/MRCPv2, L16/16000", WIDEBAND_TEXT, 16000, Expect::Normal { exact: true }),
         run("rs-busy", None, "SIP/MRCPv2, upstream answers 429", BUSY_TEXT, 8000, Expect::Error("429")),
         run("rs-stop", None, "SIP/MRCPv2, STOP mid-stream", LONG_TEXT, 8000, Expect::StopAfter(Duration::from_secs(1))),
+        run("rs-marks", None, "SIP/MRCPv2, SSML with marks, PCMU", MARKS_TEXT, 8000, Expect::Markers(MARKS)),
     ]
 }
 
@@ -1092,7 +1106,8 @@ fn check_run(run: &Run, s: &SessionLog, req: &RecordedRequest, server_log: &str)
     assert_eq!(s.rate, run.rate, "{ctx}: negotiated rate");
     assert_eq!(req.text.as_deref(), Some(run.text.as_str()), "{ctx}: text sent upstream");
     assert_eq!(req.voice_id, VOICE, "{ctx}");
-    assert_eq!(req.path, format!("/v1/text-to-speech/{VOICE}/stream"), "{ctx}");
+    let endpoint = if matches!(run.expect, Expect::Markers(_)) { "stream/with-timestamps" } else { "stream" };
+    assert_eq!(req.path, format!("/v1/text-to-speech/{VOICE}/{endpoint}"), "{ctx}");
     assert_eq!(req.output_format.as_deref(), Some(format!("pcm_{}", s.rate).as_str()), "{ctx}: output_format");
     assert_eq!(req.header("xi-api-key"), Some(API_KEY), "{ctx}");
 
@@ -1170,6 +1185,44 @@ fn check_run(run: &Run, s: &SessionLog, req: &RecordedRequest, server_log: &str)
                 "{ctx}: SPEAK-COMPLETE {} ms after SPEAK, Completion-Reason: {why}",
                 ((done.time - speak.time) * 1000.0).round()
             );
+        }
+        Expect::Markers(marks) => {
+            let done = s.speak_complete().unwrap_or_else(|| panic!("{ctx}: no SPEAK-COMPLETE:\n{}", s.exchange()));
+            assert_eq!(header(&done.body, "Completion-Cause"), Some("000 normal"), "{ctx}: {done:#?}");
+            let stamp = |value: &str| {
+                let (ts, name) = value.split_once(';').unwrap_or((value, ""));
+                let digits = ts.strip_prefix("timestamp=").unwrap_or("");
+                assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{ctx}: '{value}'");
+                name.to_owned()
+            };
+            let got: Vec<(&Entry, String)> = s
+                .entries
+                .iter()
+                .filter(|e| e.head.contains("Receive ") && e.body.iter().any(|l| l.contains("SPEECH-MARKER")))
+                .map(|e| (e, stamp(header(&e.body, "Speech-Marker").unwrap_or_default())))
+                .collect();
+            let names: Vec<&str> = got.iter().map(|(_, n)| n.as_str()).collect();
+            let wanted: Vec<&str> = marks.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, wanted, "{ctx}: SPEECH-MARKER events:\n{}", s.exchange());
+            let last = stamp(header(&done.body, "Speech-Marker").unwrap_or_default());
+            assert_eq!(last, wanted[wanted.len() - 1], "{ctx}: SPEAK-COMPLETE's Speech-Marker");
+            assert!(stamp(header(&in_progress.body, "Speech-Marker").unwrap_or_default()).is_empty(), "{ctx}");
+            // Each marker when its audio plays: the first byte came about
+            // 100 ms after the SPEAK, the mark's character starts where the
+            // upstream's alignment put it.
+            let (snr, lag, n) = best_alignment(&samples(&req.audio_sent), &samples(&audio), s.rate);
+            assert!(snr >= 25.0, "{ctx}: received audio is not the upstream's (SNR {snr:.1} dB)");
+            let audio_ms = (sent_ms.round()) as u32;
+            let first_byte = req.first_byte_at.map_or(0.0, |t| t.duration_since(req.received_at).as_secs_f64());
+            for ((entry, name), (_, before)) in got.iter().zip(marks) {
+                let offset = if before.is_empty() { run.text.chars().count() } else { run.text.find(before).unwrap() };
+                let due_ms = unimrcp_shim::upstream::char_start_ms(&run.text, audio_ms, offset);
+                let at_ms = (entry.time - in_progress.time - first_byte) * 1000.0;
+                println!("{ctx}: SPEECH-MARKER {name} at +{at_ms:.0} ms of audio (due at {due_ms:.0} ms)");
+                assert!((at_ms - due_ms).abs() <= 150.0, "{ctx}: {name} at {at_ms:.0} ms, its audio at {due_ms:.0} ms");
+            }
+            assert!(done.time >= got.last().unwrap().0.time, "{ctx}: SPEAK-COMPLETE before the last marker");
+            println!("{ctx}: SNR {snr:.1} dB at lag {lag} over {n} samples");
         }
         Expect::StopAfter(_) => {
             assert!(s.speak_complete().is_none(), "{ctx}: SPEAK-COMPLETE after STOP:\n{}", s.exchange());
