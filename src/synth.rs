@@ -244,25 +244,32 @@ impl Collector {
             let skip = self.tee.skip.min(n);
             let outcome = {
                 let mut playback = self.shared.playback.lock();
-                let take = if playback.fits(n - skip) { n - skip } else { playback.free().min(n - skip) };
-                if take == 0 && skip == 0 {
+                let room = if playback.fits(n - skip) { n - skip } else { playback.free().min(n - skip) };
+                let mut consumed = skip + room;
+                if self.gain != 1.0 {
+                    // Scaled bytes leave in whole samples, so that what
+                    // stays staged starts on a sample boundary.
+                    consumed &= !1;
+                }
+                let skipped = skip.min(consumed);
+                if consumed == 0 {
                     return;
                 }
-                (take, playback.push(self.generation, &self.staged[skip..skip + take]))
+                (consumed, skipped, playback.push(self.generation, &self.staged[skipped..consumed]))
             };
             match outcome {
-                (_, Push::Stale) => {
+                (_, _, Push::Stale) => {
                     self.stale = true;
                     self.staged.clear();
                     self.ready = 0;
                     return;
                 }
-                (take, _) => {
-                    self.tee.copy(&self.staged[..skip + take]);
-                    self.tee.skip -= skip;
-                    self.audio_bytes += take as u64;
-                    self.staged.drain(..skip + take);
-                    self.ready -= skip + take;
+                (consumed, skipped, _) => {
+                    self.tee.copy(&self.staged[..consumed]);
+                    self.tee.skip -= skipped;
+                    self.audio_bytes += (consumed - skipped) as u64;
+                    self.staged.drain(..consumed);
+                    self.ready -= consumed;
                     return;
                 }
             }

@@ -43,6 +43,15 @@ fn gained(bytes: &[u8], gain: f32) -> Vec<u8> {
         .collect()
 }
 
+/// Byte-for-byte equality, reported as lengths and the first difference.
+#[track_caller]
+fn assert_same_audio(got: &[u8], expected: &[u8], what: &str) {
+    if got != expected {
+        let first = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+        panic!("{what}: {} bytes played, {} expected, first difference at byte {first}", got.len(), expected.len());
+    }
+}
+
 fn speak_ssml(ch: &Channel, doc: &str) -> Recorded {
     let id = ch.send(Request::speak_ssml(doc));
     let done = expect_in_progress_then_complete(ch, id);
@@ -83,7 +92,7 @@ fn every_element_reaches_the_upstream_as_text_and_settings() {
     let mut expected = first.audio_sent.clone();
     expected.extend(silence(300, 8000));
     expected.extend(gained(&second.audio_sent, 1.41)); // volume=loud
-    assert_eq!(ch.audio(), padded(&expected, 160), "audio, pause and scaled audio, byte for byte");
+    assert_same_audio(&ch.audio(), &padded(&expected, 160), "audio, pause and scaled audio");
     assert_clean(&rig.server);
 }
 
@@ -113,7 +122,7 @@ fn breaks_are_exact_silence_on_every_model() {
         expected.extend(&rb.audio_sent);
         expected.extend(silence(700, 16000)); // strong
         expected.extend(&rc.audio_sent);
-        assert_eq!(ch.audio(), padded(&expected, 320), "{model}");
+        assert_same_audio(&ch.audio(), &padded(&expected, 320), model);
         ch.close().unwrap();
     }
 }
@@ -233,7 +242,7 @@ fn markers_fire_when_the_media_thread_reads_their_audio() {
     let mut expected = r1.audio_sent.clone();
     expected.extend(silence(200, 8000));
     expected.extend(&r2.audio_sent);
-    assert_eq!(ch.audio(), padded(&expected, fb), "the timestamp stream's audio, byte for byte");
+    assert_same_audio(&ch.audio(), &padded(&expected, fb), "the timestamp stream's audio");
     assert_clean(&rig.server);
 }
 
@@ -295,4 +304,41 @@ fn a_broken_timestamp_stream_ends_the_speak_with_an_error() {
     assert!(done.completion_reason.as_deref().unwrap_or("").contains("timestamp"), "{done:#?}");
     // The channel goes on.
     speak_ssml(&ch, "<speak>Fine again.</speak>");
+}
+
+/// The decoded (timestamps) and scaled (volume) paths stage audio between
+/// the network and the buffer; with a buffer far smaller than the audio,
+/// backpressure must pause and resume them without losing or repeating a
+/// byte, and every mark must still be announced.
+#[test]
+fn backpressure_on_decoded_and_scaled_audio_loses_nothing() {
+    let rig = rig(&[("max_buffer_ms", "200")]);
+    rig.upstream.set_default(Behavior::default().with_chunk_bytes(777));
+    let ch = rig.server.open_channel(16000).unwrap();
+    let text = "This sentence runs on for a while so that its audio is many times larger than the buffer, \
+                and the mark sits right in the middle of it.";
+    let at = text.find("and the mark").unwrap();
+    let doc = format!(
+        r#"<speak><prosody volume="x-soft">{}<mark name="middle"/>{}</prosody><mark name="after"/></speak>"#,
+        &text[..at],
+        &text[at..]
+    );
+    let id = ch.send(Request::speak_ssml(&doc));
+    let done = expect_in_progress_then_complete_with_markers(&ch, id, 2);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    let req = request_for(&rig.upstream, text);
+    assert!(req.with_timestamps);
+    assert!(req.audio_sent.len() > 20 * 3200, "the audio dwarfs the buffer");
+    assert_same_audio(&ch.audio(), &padded(&gained(&req.audio_sent, 0.25), 320), "decoded and scaled");
+    let names: Vec<String> = markers(&ch, id).iter().map(marker_name).collect();
+    assert_eq!(names, ["middle", "after"]);
+
+    // The same through the plain stream (no marks), scaled only.
+    let id = ch.send(Request::speak_ssml(&format!(r#"<speak><prosody volume="+6dB">{text} Again.</prosody></speak>"#)));
+    let before = ch.audio_len();
+    assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
+    let again = request_for(&rig.upstream, &format!("{text} Again."));
+    assert!(!again.with_timestamps);
+    let gain = 10f64.powf(6.0 / 20.0) as f32; // as the plugin computes it
+    assert_same_audio(&ch.audio()[before..], &padded(&gained(&again.audio_sent, gain), 320), "scaled");
 }
