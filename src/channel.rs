@@ -247,7 +247,8 @@ impl Channel {
                 )
             }
         };
-        let resolved = match crate::speak_params::resolve(&self.config, &request.voice_headers()) {
+        let headers = request.voice_headers();
+        let resolved = match crate::speak_params::resolve(&self.config, &headers) {
             Ok(r) => r,
             Err(Refusal::Language(reason)) => {
                 return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
@@ -262,7 +263,8 @@ impl Channel {
         };
         let content_type = request.content_type();
         let phonemes = crate::speak_params::takes_phonemes(&resolved.config.model_id);
-        let script = match script_from_body(content_type.as_deref(), request.body(), phonemes) {
+        let language = headers.speech_language.as_deref();
+        let script = match script_from_body(content_type.as_deref(), request.body(), phonemes, language) {
             Ok(script) => script,
             Err(e @ BodyError::UnsupportedType(_)) => {
                 return fail(

@@ -316,9 +316,10 @@ impl Config {
             None | Some("") => None,
             Some(raw) => Some(raw.parse::<u64>().map_err(|_| err("seed", format!("'{raw}' is not a whole number")))?),
         };
-        let apply_text_normalization = match p.get("apply_text_normalization") {
-            None | Some("") => None,
-            Some(v @ ("auto" | "on" | "off")) => Some(v.to_owned()),
+        let apply_text_normalization = match p.get("apply_text_normalization").map(str::to_ascii_lowercase) {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) if matches!(v.as_str(), "auto" | "on" | "off") => Some(v),
             Some(v) => return Err(err("apply_text_normalization", format!("'{v}' is not auto, on or off"))),
         };
 

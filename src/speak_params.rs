@@ -96,6 +96,9 @@ fn rate_speed(rate: Rate, base: f64) -> Option<f64> {
             sys::PROSODY_RATE_XFAST => 1.2,
             _ => return None, // default: the voice's own
         },
+        // UniMRCP parses "150%" as 150 (the sign is dropped): no one means
+        // a ten-fold speed, so a value of 10 or more is a percentage.
+        Rate::Relative(r) if r.is_finite() && r >= 10.0 => base * f64::from(r) / 100.0,
         Rate::Relative(r) if r.is_finite() && r > 0.0 => base * f64::from(r),
         Rate::Relative(_) => return None,
     };
@@ -113,7 +116,8 @@ fn volume_gain(volume: Volume) -> f32 {
             _ => 1.0, // medium, default
         },
         Volume::Numeric(n) if n.is_finite() => n / 50.0,
-        Volume::Relative(r) if r.is_finite() => r,
+        // SSML 1.0: "+10" / "-5.5" change the 0–100 scale (medium is 50).
+        Volume::Relative(r) if r.is_finite() => (50.0 + r) / 50.0,
         _ => 1.0,
     };
     gain.clamp(0.0, 4.0)
@@ -208,8 +212,11 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
         let v = value.trim();
         match vendor_key(name).as_str() {
             "voice_id" if valid_voice_id(v) => c.voice_id = v.to_owned(),
-            "model_id" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') => {
+            "model_id" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) => {
                 c.model_id = v.to_owned()
+            }
+            "voice_id" | "model_id" => {
+                return Err(Refusal::Value(format!("Vendor-Specific-Parameters {name}={v} is not a valid id")))
             }
             "stability" => c.voice_settings.stability = Some(unit(name, v, 0.0, 1.0)?),
             "similarity_boost" => c.voice_settings.similarity_boost = Some(unit(name, v, 0.0, 1.0)?),
@@ -229,8 +236,8 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
                     Refusal::Value(format!("Vendor-Specific-Parameters {name}={v} is not a whole number"))
                 })?)
             }
-            "apply_text_normalization" | "text_normalization" => match v {
-                "auto" | "on" | "off" => c.apply_text_normalization = Some(v.to_owned()),
+            "apply_text_normalization" | "text_normalization" => match v.to_ascii_lowercase().as_str() {
+                n @ ("auto" | "on" | "off") => c.apply_text_normalization = Some(n.to_owned()),
                 _ => return Err(Refusal::Value(format!("Vendor-Specific-Parameters {name}={v}: auto, on or off"))),
             },
             "language_code" => language = Some(primary_subtag(v)).filter(|l| !l.is_empty()),
@@ -296,6 +303,7 @@ mod tests {
         assert_eq!(speed(Rate::Relative(1.1)), Some(1.1f32 as f64));
         assert_eq!(speed(Rate::Relative(3.0)), Some(1.2));
         assert_eq!(speed(Rate::Relative(0.1)), Some(0.7));
+        assert_eq!(speed(Rate::Relative(90.0)), Some(0.9), "'90%' reaches us as 90");
     }
 
     #[test]
@@ -305,7 +313,10 @@ mod tests {
         assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_SOFT)), 0.5);
         assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_MEDIUM)), 1.0);
         assert_eq!(gain(Volume::Numeric(100.0)), 2.0);
-        assert_eq!(gain(Volume::Relative(9.0)), 4.0);
+        assert_eq!(gain(Volume::Relative(10.0)), 1.2);
+        assert_eq!(gain(Volume::Relative(-25.0)), 0.5);
+        assert_eq!(gain(Volume::Relative(-80.0)), 0.0);
+        assert_eq!(gain(Volume::Relative(500.0)), 4.0);
     }
 
     #[test]

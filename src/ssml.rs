@@ -118,7 +118,16 @@ const MAX_BREAK_MS: u32 = 30_000;
 
 /// Parses an SSML document. `phonemes`: the model takes ElevenLabs
 /// `<phoneme>` tags inline. Err is the reason for a 002 parse-failure.
+#[cfg(test)]
 pub fn parse(doc: &str, phonemes: bool) -> Result<Script, String> {
+    parse_in(doc, phonemes, None)
+}
+
+/// As [`parse`], for a SPEAK whose language (Speech-Language, possibly from
+/// SET-PARAMS) is `lang`: the language in scope wherever the document sets
+/// no `xml:lang`. It decides language-specific readings (`<say-as>`
+/// ordinals and dates); requests get their language from the headers.
+pub fn parse_in(doc: &str, phonemes: bool, lang: Option<&str>) -> Result<Script, String> {
     // Default options: no DTD, hence no external or recursive entities.
     let tree = Document::parse(doc).map_err(|e| match e {
         roxmltree::Error::DtdDetected => "a DOCTYPE is not accepted (SSML bodies take no DTD or entities)".to_owned(),
@@ -132,7 +141,7 @@ pub fn parse(doc: &str, phonemes: bool) -> Result<Script, String> {
     if let Some(ns) = name.namespace().filter(|&ns| ns != SSML_NS) {
         return Err(format!("root element <speak> is in namespace '{ns}', not {SSML_NS}"));
     }
-    let mut reader = Reader { b: Builder::default(), phonemes };
+    let mut reader = Reader { b: Builder::default(), phonemes, lang: lang.map(str::to_owned) };
     reader.walk(root)?;
     Ok(reader.b.finish())
 }
@@ -149,6 +158,8 @@ struct Frame {
 struct Reader {
     b: Builder,
     phonemes: bool,
+    /// The SPEAK's language where no `xml:lang` is in scope.
+    lang: Option<String>,
 }
 
 impl Reader {
@@ -239,7 +250,7 @@ impl Reader {
                 return Ok(None);
             }
             "say-as" => {
-                let said = say_as(node, &frame.style);
+                let said = say_as(node, frame.style.lang.as_deref().or(self.lang.as_deref()));
                 self.b.text(&said, &frame.style);
                 return Ok(None);
             }
@@ -567,13 +578,13 @@ fn break_ms(node: Node) -> Result<u32, String> {
 
 /// Whether English-only readings (ordinal suffixes, month names) fit the
 /// language in scope.
-fn english(style: &Style) -> bool {
-    style.lang.as_deref().map_or(true, |l| l.split(['-', '_']).next().is_some_and(|p| p.eq_ignore_ascii_case("en")))
+fn english(lang: Option<&str>) -> bool {
+    lang.map_or(true, |l| l.split(['-', '_']).next().is_some_and(|p| p.eq_ignore_ascii_case("en")))
 }
 
 /// `<say-as>` as words the model reads the intended way. Whatever we do
 /// not know is spoken as written: never dropped.
-fn say_as(node: Node, style: &Style) -> String {
+fn say_as(node: Node, lang: Option<&str>) -> String {
     let text = fold(&content(node));
     if text.is_empty() {
         return text;
@@ -590,9 +601,9 @@ fn say_as(node: Node, style: &Style) -> String {
     };
     match kind {
         "characters" | "spell-out" | "letters" | "verbatim" | "digits" => spell(&text),
-        "ordinal" if english(style) => ordinal(&text).unwrap_or(text),
+        "ordinal" if english(lang) => ordinal(&text).unwrap_or(text),
         "telephone" => telephone(&text).unwrap_or(text),
-        "date" if english(style) => date(&text, &format).unwrap_or(text),
+        "date" if english(lang) => date(&text, &format).unwrap_or(text),
         "expletive" | "bleep" => "beep".to_owned(),
         _ => text, // cardinal, number, time, currency, measure, address, …
     }
@@ -1137,6 +1148,12 @@ mod tests {
         assert_eq!(ord("third"), "third");
         assert_eq!(text(r#"<lang xml:lang="en-GB"><say-as interpret-as="ordinal">1</say-as></lang>"#), "1st");
         assert_eq!(text(r#"<lang xml:lang="de-DE"><say-as interpret-as="ordinal">1</say-as></lang>"#), "1");
+        // The SPEAK's own language where the document names none.
+        let ordinal = r#"<speak><say-as interpret-as="ordinal">2</say-as></speak>"#;
+        assert_eq!(parse_in(ordinal, false, Some("de-DE")).unwrap().text(), "2");
+        assert_eq!(parse_in(ordinal, false, Some("en-GB")).unwrap().text(), "2nd");
+        let overridden = r#"<speak xml:lang="en-US"><say-as interpret-as="ordinal">2</say-as></speak>"#;
+        assert_eq!(parse_in(overridden, false, Some("de-DE")).unwrap().text(), "2nd");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! From a SPEAK body to the text sent upstream.
 //!
-//! `text/plain` is spoken as is, whitespace folded (UTF-8, or ISO-8859-1
-//! when the charset says so). SSML bodies (`application/ssml+xml`, and
+//! `text/plain` is spoken as written, only trimmed, its line breaks kept
+//! (UTF-8, or ISO-8859-1 when the charset says so). SSML bodies (`application/ssml+xml`, and
 //! `application/synthesis+ssml` which umc sends) are read by [`crate::ssml`].
 //! Bodies that would make nothing to play are refused before any request
 //! goes upstream.
@@ -63,7 +63,12 @@ fn classify(content_type: Option<&str>) -> Result<(Kind, bool), BodyError> {
 /// [`ssml::parse`]. `phonemes`: the model takes inline `<phoneme>` tags.
 /// A body with nothing to play (no speech, no pause) is refused here,
 /// before any request goes upstream.
-pub fn script_from_body(content_type: Option<&str>, body: &[u8], phonemes: bool) -> Result<Script, BodyError> {
+pub fn script_from_body(
+    content_type: Option<&str>,
+    body: &[u8],
+    phonemes: bool,
+    lang: Option<&str>,
+) -> Result<Script, BodyError> {
     let (kind, latin1) = classify(content_type)?;
     let decoded: String = if latin1 {
         body.iter().map(|&b| b as char).collect()
@@ -73,7 +78,7 @@ pub fn script_from_body(content_type: Option<&str>, body: &[u8], phonemes: bool)
     let script = match kind {
         // A byte-order mark is not text (the XML parser skips it itself).
         Kind::Plain => ssml::plain(decoded.strip_prefix('\u{feff}').unwrap_or(&decoded)),
-        Kind::Ssml => ssml::parse(&decoded, phonemes).map_err(BodyError::BadSsml)?,
+        Kind::Ssml => ssml::parse_in(&decoded, phonemes, lang).map_err(BodyError::BadSsml)?,
     };
     if script.is_empty() {
         return Err(BodyError::Empty);
@@ -86,7 +91,7 @@ pub fn script_from_body(content_type: Option<&str>, body: &[u8], phonemes: bool)
 /// to [`script_from_body`]; may have none.
 #[allow(dead_code)]
 pub fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, BodyError> {
-    script_from_body(content_type, body, false).map(|s| s.text())
+    script_from_body(content_type, body, false, None).map(|s| s.text())
 }
 
 #[cfg(test)]
@@ -123,7 +128,7 @@ mod tests {
   <sub alias="World Wide Web Consortium">W3C</sub> rocks&#33;</p>
 </speak>"#;
         for ct in ["application/ssml+xml", "application/synthesis+ssml", "Application/SSML+XML; charset=UTF-8"] {
-            let script = script_from_body(Some(ct), doc.as_bytes(), false).unwrap();
+            let script = script_from_body(Some(ct), doc.as_bytes(), false, None).unwrap();
             let texts: Vec<&str> = script
                 .segments
                 .iter()
@@ -145,7 +150,7 @@ mod tests {
 
     #[test]
     fn plain_text_is_one_segment_and_never_markup() {
-        let script = script_from_body(Some("text/plain"), b"<speak>as is</speak>\n", true).unwrap();
+        let script = script_from_body(Some("text/plain"), b"<speak>as is</speak>\n", true, None).unwrap();
         assert_eq!(script, ssml::plain("<speak>as is</speak>"));
         assert_eq!(speakable_text(None, "\u{feff}Hi there".as_bytes()).unwrap(), "Hi there", "BOM dropped");
     }
@@ -159,7 +164,7 @@ mod tests {
     #[test]
     fn phonemes_pass_through_only_when_asked() {
         let doc = br#"<speak><phoneme alphabet="ipa" ph="ta">tomato</phoneme></speak>"#;
-        let with = script_from_body(Some("application/ssml+xml"), doc, true).unwrap();
+        let with = script_from_body(Some("application/ssml+xml"), doc, true, None).unwrap();
         assert_eq!(with.text(), r#"<phoneme alphabet="ipa" ph="ta">tomato</phoneme>"#);
         assert_eq!(speakable_text(Some("application/ssml+xml"), doc).unwrap(), "tomato");
     }
@@ -178,7 +183,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false),
+                    script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false, None),
                     Err(BodyError::BadSsml(_))
                 ),
                 "{doc}"
@@ -192,13 +197,13 @@ mod tests {
     fn nothing_to_play_is_refused_but_a_pause_alone_is_played() {
         for doc in ["<speak> </speak>", "<speak><p> </p><mark name=\"m\"/></speak>", "<speak/>"] {
             assert_eq!(
-                script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false),
+                script_from_body(Some("application/ssml+xml"), doc.as_bytes(), false, None),
                 Err(BodyError::Empty),
                 "{doc}"
             );
         }
         // Unlike the old text-only reader: a break is something to play.
-        let pause = script_from_body(Some("application/ssml+xml"), b"<speak> <break/> </speak>", false).unwrap();
+        let pause = script_from_body(Some("application/ssml+xml"), b"<speak> <break/> </speak>", false, None).unwrap();
         assert_eq!(pause.segments, vec![Segment::Pause { ms: 400 }]);
         assert_eq!(speakable_text(Some("application/ssml+xml"), b"<speak> <break/> </speak>").unwrap(), "");
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use unimrcp_shim::host::{MediaClock, Request};
+use unimrcp_shim::host::{Kind, MediaClock, Request};
 use unimrcp_shim::upstream::{Behavior, Fault};
 
 /// A private cache dir, removed at the end.
@@ -326,4 +326,70 @@ fn warm_up_fills_the_cache_one_request_at_a_time() {
     }
     assert_eq!(rig.upstream.request_count(), 0);
     assert!(rig.server.logs_text().contains("0 synthesized, 6 already cached, 0 failed"));
+}
+
+const SPEECH_MARKER: usize = 0;
+
+/// An SSML SPEAK that must complete normally with nothing in between:
+/// returns the audio it played.
+fn speak_ssml_ok(ch: &unimrcp_shim::host::Channel, doc: &str) -> Vec<u8> {
+    let before = ch.audio_len();
+    let id = ch.send(Request::speak_ssml(doc));
+    let done = expect_in_progress_then_complete(ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    ch.audio()[before..].to_vec()
+}
+
+#[test]
+fn an_ssml_prompt_is_cached_whole_breaks_included() {
+    let dir = TempDir::new("ssml-break");
+    let rig = cached_rig(&dir, &[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let doc = r#"<speak>Welcome to the bank.<break time="400ms"/>Please hold the line.</speak>"#;
+    let first = speak_ssml_ok(&ch, doc);
+    assert_eq!(rig.upstream.request_count(), 2, "one request per sentence");
+    let a = request_for(&rig.upstream, "Welcome to the bank.");
+    let b = request_for(&rig.upstream, "Please hold the line.");
+    let mut expected = a.audio_sent.clone();
+    expected.extend(vec![0u8; 400 * 8000 / 1000 * 2]);
+    expected.extend(&b.audio_sent);
+    assert_eq!(first, padded(&expected, 160), "audio, 400 ms of silence, audio");
+
+    let second = speak_ssml_ok(&ch, doc);
+    assert_eq!(rig.upstream.request_count(), 2, "the repeat made no upstream request");
+    assert_eq!(second.len(), first.len());
+    assert!(second == first, "the repeat plays the same bytes, silence included");
+    assert_eq!(wait_for_log(&rig.server, "source=cache", 1), 1);
+    assert_eq!(dir.entry_names().len(), 1, "one entry for the whole SPEAK");
+    assert_clean(&rig.server);
+}
+
+#[test]
+fn a_prompt_with_a_mark_goes_upstream_every_time() {
+    let dir = TempDir::new("ssml-mark");
+    let rig = cached_rig(&dir, &[]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let text = "Your balance is ten dollars.";
+    let doc = r#"<speak>Your balance is <mark name="m"/>ten dollars.</speak>"#;
+    for n in 1..=2 {
+        let before = ch.audio_len();
+        let id = ch.send(Request::speak_ssml(doc));
+        let done = ch.wait_complete(id, WAIT).expect("SPEAK-COMPLETE arrives");
+        assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+        let msgs = for_request(&ch, id);
+        assert_eq!(msgs.len(), 3, "IN-PROGRESS, one SPEECH-MARKER, SPEAK-COMPLETE: {msgs:#?}");
+        assert_eq!((msgs[0].kind, msgs[0].status_code, msgs[0].request_state), (Kind::Response, 200, IN_PROGRESS));
+        assert_eq!((msgs[1].kind, msgs[1].method_id), (Kind::Event, SPEECH_MARKER), "{:#?}", msgs[1]);
+        let marker = msgs[1].speech_marker.as_deref().unwrap_or("");
+        assert!(marker.starts_with("timestamp=") && marker.ends_with(";m"), "{marker}");
+        assert!(is_speak_complete(&msgs[2]), "{:#?}", msgs[2]);
+
+        assert_eq!(rig.upstream.request_count(), n, "SPEAK {n} went upstream");
+        let req = rig.upstream.requests().pop().unwrap();
+        assert_eq!(req.text.as_deref(), Some(text));
+        assert!(req.with_timestamps, "the mark needs the alignment");
+        assert_eq!(ch.audio()[before..], padded(&req.audio_sent, 160)[..]);
+    }
+    assert_eq!(dir.entry_names(), Vec::<String>::new(), "nothing was cached");
+    assert_clean(&rig.server);
 }

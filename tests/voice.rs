@@ -1,5 +1,7 @@
 //! SPEAK headers choose the voice, language, speed, volume and any
-//! ElevenLabs setting for one SPEAK; what reaches the upstream is checked.
+//! ElevenLabs setting for one SPEAK; SET-PARAMS sets them for the SPEAKs
+//! after it (the host stores them and each SPEAK inherits them, as the
+//! real server does). What reaches the upstream is checked.
 
 mod common;
 
@@ -137,4 +139,103 @@ fn logging_tag_appears_in_the_channel_log_lines() {
     let logs = rig.server.logs();
     let summary = logs.iter().find(|l| l.text.contains(&format!("SPEAK {id} done"))).unwrap();
     assert!(summary.text.contains(&format!("{} tag=call-4711", ch.id())), "{}", summary.text);
+}
+
+const RACHEL: &str = "21m00Tcm4TlvDq8ikWAM";
+const ADAM: &str = "pNInz6obpgDQGcFmaJgB";
+
+/// Sends a SET-PARAMS and checks it is answered 200 COMPLETE, alone.
+fn set_params(rig: &Rig, ch: &Channel, f: impl FnOnce(&mut Request)) {
+    let before = rig.upstream.request_count();
+    let mut req = Request::set_params();
+    f(&mut req);
+    let id = ch.send(req);
+    let resp = ch.wait_response(id, WAIT).expect("a response to SET-PARAMS");
+    assert_eq!((resp.kind, resp.status_code, resp.request_state), (Kind::Response, 200, COMPLETE), "{resp:#?}");
+    assert_eq!(for_request(ch, id).len(), 1, "a response and nothing else");
+    assert_eq!(rig.upstream.request_count(), before, "SET-PARAMS sends nothing upstream");
+}
+
+/// Sends an SSML SPEAK that must complete normally.
+fn spoken_ssml(ch: &Channel, req: Request) {
+    let id = ch.send(req);
+    let done = expect_in_progress_then_complete(ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+}
+
+/// (voice id, speed, stability) of an upstream request.
+fn voice_speed_stability(r: &RecordedRequest) -> (String, Option<f64>, Option<f64>) {
+    let settings = r.json.as_ref().and_then(|j| j.get("voice_settings"));
+    let number = |name: &str| settings.and_then(|s| s.get(name)).and_then(|v| v.as_f64());
+    (r.voice_id.clone(), number("speed"), number("stability"))
+}
+
+#[test]
+fn set_params_reach_later_speaks_below_speak_headers_and_ssml() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    set_params(&rig, &ch, |r| {
+        r.voice_name = Some("Rachel".into());
+        r.prosody_rate = Some(ProsodyRate::XSlow);
+        r.vendor_specific = vec![("stability".into(), "0.25".into())];
+    });
+
+    // A SPEAK without those headers speaks as SET-PARAMS said.
+    let plain = spoken(&rig, &ch, "After SET-PARAMS.", Request::speak("After SET-PARAMS."));
+    assert_eq!(voice_speed_stability(&plain), (RACHEL.into(), Some(0.7), Some(0.25)));
+
+    // The SPEAK's own Voice-Name wins; the other stored fields still apply.
+    let own = spoken(&rig, &ch, "Own voice.", speak_with("Own voice.", |r| r.voice_name = Some("Adam".into())));
+    assert_eq!(voice_speed_stability(&own), (ADAM.into(), Some(0.7), Some(0.25)));
+
+    // SSML <voice name> wins over both; text outside it keeps the SPEAK's
+    // header voice, or the SET-PARAMS one when the SPEAK has none.
+    let mut req = Request::speak_ssml(r#"<speak>Header voice. <voice name="SsmlVoice07">SSML voice.</voice></speak>"#);
+    req.voice_name = Some("Adam".into());
+    spoken_ssml(&ch, req);
+    let header = request_for(&rig.upstream, "Header voice.");
+    assert_eq!(voice_speed_stability(&header), (ADAM.into(), Some(0.7), Some(0.25)));
+    let ssml = request_for(&rig.upstream, "SSML voice.");
+    assert_eq!(voice_speed_stability(&ssml), ("SsmlVoice07".into(), Some(0.7), Some(0.25)));
+    spoken_ssml(&ch, Request::speak_ssml(r#"<speak>Stored voice. <voice name="Adam">Named voice.</voice></speak>"#));
+    assert_eq!(request_for(&rig.upstream, "Stored voice.").voice_id, RACHEL);
+    assert_eq!(request_for(&rig.upstream, "Named voice.").voice_id, ADAM);
+    assert_eq!(rig.upstream.request_count(), 6);
+    assert_clean(&rig.server);
+}
+
+#[test]
+fn set_params_are_kept_field_by_field_and_per_channel() {
+    let rig = voice_rig();
+    let ch = rig.server.open_channel(8000).unwrap();
+    set_params(&rig, &ch, |r| {
+        r.voice_name = Some("Rachel".into());
+        r.prosody_rate = Some(ProsodyRate::XSlow);
+        r.vendor_specific = vec![("stability".into(), "0.25".into()), ("seed".into(), "42".into())];
+    });
+    // A later SET-PARAMS replaces only the fields it carries.
+    set_params(&rig, &ch, |r| r.voice_name = Some("Adam".into()));
+    let json_of = |r: &RecordedRequest| r.json.clone().expect("a JSON body");
+    let second = spoken(&rig, &ch, "Second SET-PARAMS.", Request::speak("Second SET-PARAMS."));
+    assert_eq!(voice_speed_stability(&second), (ADAM.into(), Some(0.7), Some(0.25)));
+    assert_eq!(json_of(&second)["seed"], 42);
+
+    // Vendor-Specific-Parameters is one header field: a SPEAK with its own
+    // inherits none of the stored ones.
+    let own = spoken(
+        &rig,
+        &ch,
+        "Own vendor params.",
+        speak_with("Own vendor params.", |r| r.vendor_specific = vec![("style".into(), "0.5".into())]),
+    );
+    assert_eq!(voice_speed_stability(&own), (ADAM.into(), Some(0.7), None));
+    assert_eq!(json_of(&own)["voice_settings"]["style"], 0.5);
+    assert!(json_of(&own).get("seed").is_none(), "{:?}", own.json);
+
+    // Stored on that channel only.
+    let other = rig.server.open_channel(8000).unwrap();
+    let fresh = spoken(&rig, &other, "Other channel.", Request::speak("Other channel."));
+    assert_eq!(fresh.voice_id, VOICE);
+    assert!(json_of(&fresh).get("voice_settings").is_none() && json_of(&fresh).get("seed").is_none());
+    assert_clean(&rig.server);
 }

@@ -19,7 +19,7 @@ use super::media::{ChannelMedia, MediaCmd};
 use super::message::{copy_out, session_id_of};
 use super::pool::Pool;
 use super::record::{FrameLog, Kind, Lifecycle, LifecycleKind, Recorded};
-use super::request::{build_request, Request};
+use super::request::{build_request, Properties, Request};
 use super::server::{ServerShared, ANSWER_TIMEOUT};
 use super::worker::{post, run_on, SendPtr, Task};
 use crate::sys;
@@ -47,6 +47,9 @@ pub(crate) struct ChannelState {
     /// SPEAK-COMPLETE from the SPEAK request, possibly much later.
     request_pools: Vec<Pool>,
     session_pool: Option<Pool>,
+    /// Header fields stored by SET-PARAMS and inherited by each SPEAK, as
+    /// the real server's synthesizer state machine does (see `Properties`).
+    properties: Properties,
 }
 
 pub(crate) struct ChannelShared {
@@ -266,6 +269,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
             completed: HashSet::new(),
             request_pools: Vec::new(),
             session_pool: Some(session_pool),
+            properties: Properties::default(),
         }),
         cv: Condvar::new(),
         next_request_id: AtomicU32::new(1),
@@ -570,18 +574,28 @@ impl Channel {
     /// Sends a request (process_request on MRCP Server) without waiting;
     /// returns its request id. Request ids increase from 1 per channel.
     ///
+    /// As in UniMRCP's server (mrcp_synth_state_machine.c), a SET-PARAMS's
+    /// header fields are stored on the channel before it reaches the plugin,
+    /// and a SPEAK inherits every stored field it does not carry itself
+    /// (`mrcp_header_fields_inherit`), so the plugin sees them as the
+    /// SPEAK's own headers. See `Properties` for the details.
+    ///
     /// Panics if the channel is not open (a mistake in the test).
-    pub fn send(&self, req: Request) -> u32 {
+    pub fn send(&self, mut req: Request) -> u32 {
         let chan = &self.inner;
         let request_id = chan.next_request_id.fetch_add(1, Ordering::Relaxed);
         let pool = Pool::new(&format!("request {request_id} of {}", chan.id));
-        let msg = SendPtr::new(build_request(&pool, &chan.session_id, request_id, &req));
-        {
+        let msg = {
             let mut st = chan.state.lock();
             assert!(st.phase == Phase::Open, "{}: send on a channel that is {:?}", chan.id, st.phase);
+            // Under the lock: clones of a channel may send from several
+            // threads, and each SPEAK must see whole SET-PARAMS.
+            st.properties.apply(&mut req);
+            let msg = SendPtr::new(build_request(&pool, &chan.session_id, request_id, &req));
             st.sent.insert(request_id, (req.method_id, req.method_name.clone(), Instant::now()));
             st.request_pools.push(pool);
-        }
+            msg
+        };
         let (ch, id, method) = (chan.ch, chan.id.clone(), req.method_name);
         post(&chan.tasks, move || {
             // SAFETY: the channel is open (destroy is queued after this task
