@@ -18,6 +18,10 @@
 //!    (8 kHz, one channel), and the hit rate and upstream request count when
 //!    100 channels speak 10 distinct prompts for several rounds.
 //!
+//! 5. speech markers: how long after the media thread reads the frame that
+//!    holds a `<mark>`'s audio the SPEECH-MARKER event is sent, with 50
+//!    channels speaking SSML at once (8 kHz).
+//!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
 //! another (one host server per process at a time), each with its own
@@ -33,8 +37,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use unimrcp_shim::host::{thread_count, thread_names, Channel, MediaClock, PluginLibrary, Server, ServerConfig};
-use unimrcp_shim::upstream::{audio_ms_for_text, Behavior, MockUpstream, RecordedRequest, MS_PER_CHAR};
+use unimrcp_shim::host::{
+    thread_count, thread_names, Channel, Kind, MediaClock, PluginLibrary, Request, Server, ServerConfig,
+};
+use unimrcp_shim::upstream::{audio_ms_for_text, char_start_ms, Behavior, MockUpstream, RecordedRequest, MS_PER_CHAR};
 
 const API_KEY: &str = "bench-key";
 const VOICE_ID: &str = "bench-voice";
@@ -704,6 +710,107 @@ fn p50_p99(samples: Vec<f64>) -> String {
     format!("p50 {:6.1} / p99 {:6.1} ms (n={})", pct(&s, 50.0), pct(&s, 99.0), s.len())
 }
 
+/// Scenario 5: channels speaking SSML with marks at once, and the rate.
+const MARK_CHANNELS: usize = 50;
+const MARK_RATE: u32 = 8000;
+
+/// 5: SPEECH-MARKER time minus the time the media thread read the frame
+/// that holds the mark's audio (the first byte after the mark).
+fn bench_markers(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(Behavior::default().with_speed(2.0).with_first_byte_delay(FIRST_BYTE_DELAY));
+    let server = start_server(plugin, &mock)?;
+    let channels = match open_channels(&server, MARK_CHANNELS, MARK_RATE) {
+        Ok(c) => c,
+        Err(e) => {
+            teardown(server, Vec::new(), mock, failures);
+            return Err(e);
+        }
+    };
+    let text_of = |i: usize| format!("Channel {i} says hello to the whole wide world, and then goodbye.");
+    let mut speaks = Vec::with_capacity(MARK_CHANNELS);
+    for (i, ch) in channels.iter().enumerate() {
+        let doc = format!(
+            r#"<speak>Channel {i} says hello <mark name="a"/>to the whole wide world, <mark name="b"/>and then goodbye.<mark name="end"/></speak>"#
+        );
+        speaks.push((i, ch.send(Request::speak_ssml(&doc))));
+        thread::sleep(Duration::from_millis(3));
+    }
+    let completed =
+        check_completions("markers", &speaks, &channels, Instant::now() + Duration::from_secs(30), failures);
+    let requests = mock.requests();
+    let fb = frame_bytes(MARK_RATE);
+    let (mut inside, mut at_end, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+    for &(i, id) in &speaks {
+        let ch = &channels[i];
+        let text = text_of(i);
+        let Some(req) = requests.iter().find(|r| r.text.as_deref() == Some(text.as_str())) else {
+            problems.push(format!("{}: no upstream request", ch.id()));
+            continue;
+        };
+        let log = ch.frames();
+        let audio: Vec<_> = log.frames.iter().filter(|f| f.is_audio()).collect();
+        let events: Vec<_> = ch
+            .messages()
+            .into_iter()
+            .filter(|m| m.request_id == id && m.kind == Kind::Event && m.method_id == 0)
+            .collect();
+        let names: Vec<String> = events
+            .iter()
+            .map(|m| m.speech_marker.as_deref().and_then(|v| v.split_once(';')).map_or("", |(_, n)| n).to_owned())
+            .collect();
+        if names != ["a", "b", "end"] {
+            problems.push(format!("{} SPEAK {id}: markers {names:?}", ch.id()));
+            continue;
+        }
+        let audio_ms = (req.audio_sent.len() / (fb / 10)) as u32;
+        for (event, before) in events.iter().zip(["to the whole", "and then", ""]) {
+            let position = if before.is_empty() {
+                req.audio_sent.len()
+            } else {
+                let ms = char_start_ms(&text, audio_ms, text.find(before).unwrap_or(0));
+                (ms / 1000.0 * f64::from(MARK_RATE)).round() as usize * 2
+            };
+            // The end mark is reached when the last audio frame has gone.
+            let Some(frame) = audio.get((position / fb).min(audio.len().saturating_sub(1))) else {
+                problems.push(format!("{} SPEAK {id}: no audio frames", ch.id()));
+                break;
+            };
+            let lag = ms_between(log.at(frame), event.at);
+            if before.is_empty() {
+                at_end.push(lag)
+            } else {
+                inside.push(lag)
+            }
+        }
+    }
+    println!(
+        "  SPEAK-COMPLETE 000: {completed} of {}; SPEECH-MARKER events checked: {}",
+        speaks.len(),
+        inside.len() + at_end.len()
+    );
+    println!("  marks inside the text (position from the with-timestamps alignment): {}", p50_p99(inside.clone()));
+    println!("  marks at the end (sent when the last frame has been read): {}", p50_p99(at_end));
+    let early = inside.iter().filter(|&&l| l < 0.0).count();
+    println!(
+        "  note: lag = event sent - tick in which read_frame returned the frame holding the mark's first byte; {early} of {} before that tick (negative)",
+        inside.len()
+    );
+    if early > 0 {
+        problems.push(format!("{early} markers were sent before their frame was read"));
+    }
+    if !problems.is_empty() {
+        let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
+        failures.add(format!("markers: {} problem(s): {}", problems.len(), shown.join("; ")));
+    }
+    teardown(server, channels, mock, failures);
+    Ok(())
+}
+
+fn frame_bytes(rate: u32) -> usize {
+    rate as usize / 100 * 2
+}
+
 /// 4a: time to first audible frame of a miss and of a hit.
 fn bench_cache_hit_vs_miss(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     let dir = TempCacheDir::new("hit-vs-miss");
@@ -986,6 +1093,15 @@ fn main() -> ExitCode {
         failures.add(format!("cache sharing scenario: {e}"));
     }
     println!("  scenario [4] took {:.1} s", cache_started.elapsed().as_secs_f64());
+
+    println!();
+    println!(
+        "[5] speech markers: {MARK_CHANNELS} channels each speak one SSML SPEAK with two marks inside the text and one at its end; LPCM {} kHz, upstream at 2x real time",
+        MARK_RATE / 1000
+    );
+    if let Err(e) = bench_markers(&plugin, &mut failures) {
+        failures.add(format!("marker scenario: {e}"));
+    }
 
     println!();
     let total: usize = results.iter().map(|r| r.added.len()).sum();
