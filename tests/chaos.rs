@@ -19,6 +19,16 @@
 //!  6. threads, fds and memory come back after everything is closed;
 //!  7. a SPEAK that completed 000 played exactly what the upstream sent for
 //!     it (last frame zero-padded); every other SPEAK played a prefix of it.
+//!  8. SSML SPEAKs (`SSML_SHARE` of them: 1–3 `<mark>`s inside sentences and
+//!     at ends, sometimes a short `<break>`): their SPEECH-MARKER events come
+//!     only after the SPEAK's 200 IN-PROGRESS and before its terminal message
+//!     (and the channel's close); they name marks of that SPEAK's document,
+//!     each at most once, in document order, none skipped; a SPEAK-COMPLETE
+//!     000 of a marked SPEAK follows every one of its marks and carries the
+//!     last in its Speech-Marker; any other SPEAK-COMPLETE carries, if
+//!     anything, the last mark received (nothing when none was). A text with
+//!     a mark inside goes to `/stream/with-timestamps`, any other to
+//!     `/stream`; a break is exact silence between the texts' audio (7).
 //!
 //! The driver keeps to what a real UniMRCP server guarantees the plugin: one
 //! SPEAK at a time per channel (the next only after the previous one ended),
@@ -30,7 +40,8 @@
 //! (or a RESUME) may already carry its audio, and a tick that started before
 //! a SPEAK ended may carry the next SPEAK's first frame when that followed at
 //! once; such a frame is attributed by its bytes (every SPEAK's audio is
-//! unique). Timing bounds are only generous ones.
+//! unique; a break's silence is not, so a SPEAK that starts with one is
+//! never sent at once). Timing bounds are only generous ones.
 //!
 //! `CHAOS_SECONDS=20 cargo test --release --test chaos -- --nocapture` for a
 //! quick run; `CHAOS_SEED` repeats a run's choices, `CHAOS_TICK_MS=2` plays
@@ -44,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use unimrcp_shim::host::{
-    open_fd_count, thread_count, Channel, Kind, MediaClock, Recorded, Request, Server, FRAME_BAD_BUFFER, FRAME_EVENT,
-    FRAME_READ_FAILED, FRAME_UNWRITTEN,
+    open_fd_count, thread_count, Channel, Kind, LifecycleKind, MediaClock, Recorded, Request, Server, FRAME_BAD_BUFFER,
+    FRAME_EVENT, FRAME_READ_FAILED, FRAME_UNWRITTEN,
 };
 use unimrcp_shim::upstream::{Behavior, Fault, MockUpstream, RecordedRequest};
 
@@ -60,6 +71,15 @@ const LENGTHS_MS: [u32; 6] = [200, 350, 600, 900, 1200, 1500];
 const CLOSE_REASONS: [&str; 3] = ["channel closed while speaking", "channel destroyed", "engine closing"];
 /// Generous bound for a STOP-like request's response ("answered at once").
 const STOP_ANSWER_LIMIT: Duration = Duration::from_secs(5);
+/// Share of SPEAKs sent as SSML with marks.
+const SSML_SHARE: f64 = 0.3;
+/// Length range of an SSML `<break>`.
+const BREAK_MS: (u64, u64) = (20, 200);
+/// Pause before a SPEAK that starts with a break, so that no media tick
+/// straddles it and the SPEAK before (their silent frames look the same).
+const LEAD_BREAK_GAP: Duration = Duration::from_millis(50);
+/// SYNTHESIZER_SPEECH_MARKER.
+const SPEECH_MARKER: usize = 0;
 
 // ------------------------------------------------------------------ random
 
@@ -193,6 +213,156 @@ fn install_rules(upstream: &MockUpstream) {
     }
 }
 
+// --------------------------------------------------------------- documents
+
+/// What a SPEAK's body makes the plugin play, in order.
+#[derive(Clone, Debug)]
+enum Piece {
+    /// One upstream request, found by the unique token in its text.
+    Say {
+        token: String,
+        /// Index into `LENGTHS_MS` (the tag in its text).
+        len: usize,
+        /// A mark sits inside its text: it must go to `/stream/with-timestamps`.
+        inner_marks: bool,
+    },
+    /// A `<break>`: silence the plugin makes itself.
+    Silence { ms: u32 },
+}
+
+/// A SPEAK's body as the driver built it.
+#[derive(Clone, Debug)]
+struct Doc {
+    /// SSML (else plain text).
+    ssml: bool,
+    pieces: Vec<Piece>,
+    /// Mark names in document order (unique within the document).
+    marks: Vec<String>,
+}
+
+impl Doc {
+    fn has_break(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Silence { .. }))
+    }
+
+    fn describe(&self) -> String {
+        if !self.ssml {
+            return "plain text".into();
+        }
+        let pieces: Vec<String> = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Say { token, len, inner_marks } => {
+                    format!("{token} {} ms{}", LENGTHS_MS[*len], if *inner_marks { " (with-timestamps)" } else { "" })
+                }
+                Piece::Silence { ms } => format!("break {ms} ms"),
+            })
+            .collect();
+        format!("SSML [{}], marks {:?}", pieces.join(", "), self.marks)
+    }
+}
+
+/// Where a `<mark>` goes, in document order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Before any text (and before a leading break).
+    Start,
+    /// Inside sentence k, between two words.
+    Inner(usize),
+    /// Right after sentence k's full stop.
+    End(usize),
+    /// After a trailing break: nothing but silence before the end.
+    AfterBreak,
+}
+
+/// Where the one `<break>` of an SSML document goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BreakAt {
+    None,
+    /// Before the first sentence.
+    Lead,
+    /// Between two sentences (two upstream requests).
+    Mid,
+    /// After the last sentence.
+    Trail,
+}
+
+/// A SPEAK body: plain text, or (`SSML_SHARE` of the time) an SSML
+/// document with 1–3 marks and maybe a break. Every text the plugin sends
+/// upstream carries the fault tag and a token of its own.
+fn make_body(rng: &mut Rng, token: &str, fault: usize, len: usize) -> (Doc, Request) {
+    if !rng.chance(SSML_SHARE) {
+        let text = format!("{} {token} chaos prompt.", tag(fault, len));
+        let doc = Doc {
+            ssml: false,
+            pieces: vec![Piece::Say { token: token.into(), len, inner_marks: false }],
+            marks: vec![],
+        };
+        return (doc, Request::speak(&text));
+    }
+    let break_at = [BreakAt::None, BreakAt::Lead, BreakAt::Mid, BreakAt::Trail][rng.weighted(&[50, 10, 25, 15])];
+    let sentences = if break_at == BreakAt::Mid { 2 } else { 1 };
+    // The second sentence is short, so that a SPEAK plays about as long as
+    // a plain one.
+    let lens = [len, rng.below(3) as usize];
+    let mut slots = vec![Slot::Start];
+    for k in 0..sentences {
+        slots.extend([Slot::Inner(k), Slot::End(k)]);
+    }
+    if break_at == BreakAt::Trail {
+        slots.push(Slot::AfterBreak);
+    }
+    let weights: Vec<u64> = slots.iter().map(|s| if matches!(s, Slot::Inner(_)) { 3 } else { 1 }).collect();
+    let n = 1 + rng.below(3) as usize;
+    // Slot indices in document order; the same slot may hold two marks.
+    let mut picked: Vec<usize> = (0..n).map(|_| rng.weighted(&weights)).collect();
+    picked.sort_unstable();
+    // Names in document order, numbered in a shuffled order.
+    let mut numbers: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        numbers.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let marks: Vec<String> = numbers.iter().map(|k| format!("{token}_m{k}")).collect();
+    let at = |slot: Slot| -> String {
+        picked
+            .iter()
+            .zip(&marks)
+            .filter(|(&i, _)| slots[i] == slot)
+            .map(|(_, name)| format!("<mark name=\"{name}\"/>"))
+            .collect()
+    };
+    let break_ms = rng.ms(BREAK_MS.0, BREAK_MS.1).as_millis() as u32;
+    let brk = format!("<break time=\"{break_ms}ms\"/>");
+    let mut body = String::from(r#"<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis">"#);
+    let mut pieces = Vec::new();
+    body.push_str(&at(Slot::Start));
+    if break_at == BreakAt::Lead {
+        body.push_str(&brk);
+        pieces.push(Piece::Silence { ms: break_ms });
+    }
+    for (k, &len) in lens.iter().enumerate().take(sentences) {
+        if k > 0 {
+            body.push(' ');
+            body.push_str(&brk);
+            body.push(' ');
+            pieces.push(Piece::Silence { ms: break_ms });
+        }
+        let inner = at(Slot::Inner(k));
+        let seg_token = format!("{token}s{k}");
+        body.push_str(&format!("{} {seg_token} chaos {inner}prompt number {k}.", tag(fault, len)));
+        body.push_str(&at(Slot::End(k)));
+        pieces.push(Piece::Say { token: seg_token, len, inner_marks: !inner.is_empty() });
+    }
+    if break_at == BreakAt::Trail {
+        body.push_str(&brk);
+        body.push_str(&at(Slot::AfterBreak));
+        pieces.push(Piece::Silence { ms: break_ms });
+    }
+    body.push_str("</speak>");
+    (Doc { ssml: true, pieces, marks }, Request::speak_ssml(&body))
+}
+
 // ------------------------------------------------------------------ driver
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,8 +414,8 @@ struct Instance {
     ch: Channel,
     rate: u32,
     ops: Vec<(u32, Op)>,
-    /// SPEAK request id → the unique token in its text.
-    tokens: HashMap<u32, String>,
+    /// SPEAK request id → what its body makes the plugin play.
+    docs: HashMap<u32, Doc>,
     close: Option<CloseKind>,
     close_took: Duration,
 }
@@ -302,7 +472,7 @@ impl Driver<'_> {
                     ch,
                     rate,
                     ops: Vec::new(),
-                    tokens: HashMap::new(),
+                    docs: HashMap::new(),
                     close: None,
                     close_took: Duration::ZERO,
                 };
@@ -401,10 +571,15 @@ impl Driver<'_> {
         let len = self.rng.below(LENGTHS_MS.len() as u64) as usize;
         let token = format!("tok{}x{}x{}", self.slot, self.opened, live.speaks);
         live.speaks += 1;
-        let text = format!("{} {token} chaos prompt.", tag(fault, len));
+        let (doc, req) = make_body(&mut self.rng, &token, fault, len);
+        if matches!(doc.pieces.first(), Some(Piece::Silence { .. })) {
+            // A first frame of silence is not unique: this SPEAK does not
+            // follow the previous one in the same tick (see `verify`).
+            std::thread::sleep(LEAD_BREAK_GAP);
+        }
         let op = Op::Speak { fault, len };
-        let id = self.send(live, op, Request::speak(&text));
-        live.inst.tokens.insert(id, token);
+        let id = self.send(live, op, req);
+        live.inst.docs.insert(id, doc);
         live.speaking = Some(id);
         live.paused = false;
         // STOP may be sent at any time, even before IN-PROGRESS came back.
@@ -619,7 +794,8 @@ fn request_for_op(op: Op) -> Request {
 fn describe_speak(inst: &Instance, id: u32) -> String {
     match inst.ops.iter().find(|(i, _)| *i == id) {
         Some((_, Op::Speak { fault, len })) => {
-            format!("upstream \"{}\", {} ms", FAULTS[*fault].name, LENGTHS_MS[*len])
+            let doc = inst.docs.get(&id).map(Doc::describe).unwrap_or_default();
+            format!("upstream \"{}\", {} ms, {doc}", FAULTS[*fault].name, LENGTHS_MS[*len])
         }
         _ => "?".into(),
     }
@@ -642,6 +818,17 @@ struct Tally {
     racing_ticks: usize,
     straddling_ticks: usize,
     paused_windows: usize,
+    /// SSML SPEAKs answered IN-PROGRESS, those with a `<break>`, and those
+    /// with marks (all of them have).
+    ssml_speaks: usize,
+    break_speaks: usize,
+    marked_speaks: usize,
+    speech_markers: usize,
+    /// Marked SPEAKs that completed 000 (so with every mark announced).
+    all_marks: usize,
+    /// SPEAK-COMPLETEs carrying a Speech-Marker.
+    complete_with_marker: usize,
+    with_timestamps_requests: usize,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -663,10 +850,72 @@ struct SpeakRec {
     len: usize,
     sent: Instant,
     end: Option<(Instant, End)>,
+    /// Names of the SPEECH-MARKERs received for it, in order.
+    marks: Vec<String>,
+}
+
+/// The mark name of a Speech-Marker value, `timestamp=<digits>;<name>`.
+fn marker_name(value: Option<&str>) -> Result<&str, String> {
+    let value = value.ok_or("no Speech-Marker header")?;
+    let (stamp, name) = value.split_once(';').ok_or_else(|| format!("Speech-Marker {value:?} names no mark"))?;
+    let digits = stamp.strip_prefix("timestamp=").unwrap_or("");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+        return Err(format!("Speech-Marker {value:?} is not timestamp=<digits>;<name>"));
+    }
+    Ok(name)
 }
 
 fn cause_text(cause: Option<u32>) -> String {
     cause.map_or_else(|| "none".into(), |c| format!("{c:03}"))
+}
+
+/// What `doc` can play: each text's audio as the upstream sent it, each
+/// break as silence, up to the first text that did not arrive whole (last
+/// frame zero-padded); and why not everything did (None: it all did).
+fn upstream_audio(
+    doc: &Doc,
+    upstream: &HashMap<String, Vec<&RecordedRequest>>,
+    rate: u32,
+    fb: usize,
+) -> (Vec<u8>, Option<String>) {
+    let mut bytes = Vec::new();
+    let mut incomplete = None;
+    for piece in &doc.pieces {
+        match piece {
+            Piece::Silence { ms } => bytes.resize(bytes.len() + *ms as usize * rate as usize / 1000 * 2, 0),
+            Piece::Say { token, .. } => match upstream.get(token).and_then(|v| v.first()) {
+                Some(r) => {
+                    bytes.extend_from_slice(&r.audio_sent);
+                    // (A 200 of JSON or HTML is complete but holds no audio.)
+                    if !(r.completed && r.status == 200 && !r.audio_sent.is_empty()) {
+                        incomplete = Some(format!(
+                            "the upstream response for {token} was not complete audio (status {}, completed {}, {} bytes of audio)",
+                            r.status,
+                            r.completed,
+                            r.audio_sent.len()
+                        ));
+                        break;
+                    }
+                }
+                None => {
+                    incomplete = Some(format!("there was no upstream request for {token}"));
+                    break;
+                }
+            },
+        }
+    }
+    (padded(&bytes, fb), incomplete)
+}
+
+/// What the Completion-Reason must contain when the upstream failed with
+/// `fault`, on the endpoint the first text went to. JSON is the
+/// timestamp endpoint's own format: a JSON body there is a stream without
+/// audio.
+fn reason_for(fault: usize, with_timestamps: bool) -> Option<&'static str> {
+    match FAULTS[fault].name {
+        "JSON instead of audio" if with_timestamps => Some("sent no audio"),
+        _ => FAULTS[fault].reason,
+    }
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> usize {
@@ -720,7 +969,8 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         }
     }
 
-    // 1, 2, 4. The message sequence, in the order the plugin sent it.
+    // 1, 2, 4, 8. The message sequence, in the order the plugin sent it.
+    let closed_at = ch.lifecycle().iter().find(|l| l.what == LifecycleKind::CloseResponded).map(|l| l.at);
     let mut speaks: Vec<SpeakRec> = Vec::new();
     let mut current: Option<usize> = None;
     let mut pauses: Vec<(Instant, u32, usize)> = Vec::new();
@@ -739,7 +989,11 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                         ));
                     }
                     let sent = ch.sent_at(id).expect("sent");
-                    speaks.push(SpeakRec { id, fault, len, sent, end: None });
+                    speaks.push(SpeakRec { id, fault, len, sent, end: None, marks: Vec::new() });
+                    let doc = &inst.docs[&id];
+                    t.ssml_speaks += usize::from(doc.ssml);
+                    t.break_speaks += usize::from(doc.has_break());
+                    t.marked_speaks += usize::from(!doc.marks.is_empty());
                     current = Some(speaks.len() - 1);
                 } else {
                     *t.outcomes.entry("valid SPEAK refused (!)".into()).or_default() += 1;
@@ -800,6 +1054,60 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 }
             }
             (Kind::Response, _) => unreachable!(),
+            (Kind::Event, Op::Speak { .. }) if m.method_id == SPEECH_MARKER => {
+                t.speech_markers += 1;
+                let doc = &inst.docs[&id];
+                let name = match marker_name(m.speech_marker.as_deref()) {
+                    Ok(name) => name.to_owned(),
+                    Err(e) => {
+                        f.push(format!("SPEECH-MARKER {id} at {:.1} ms: {e}", rel(m.at)));
+                        continue;
+                    }
+                };
+                let what = format!("SPEECH-MARKER {name:?} for SPEAK {id} at {:.1} ms", rel(m.at));
+                if m.request_state != IN_PROGRESS {
+                    f.push(format!("{what} with request state {} (IN-PROGRESS expected)", m.request_state));
+                }
+                if let Some(closed) = closed_at {
+                    if m.at > closed {
+                        f.push(format!("{what}: after the channel's close answer at {:.1} ms", rel(closed)));
+                    }
+                }
+                let Some(c) = current.filter(|&c| speaks[c].id == id) else {
+                    let why = match speaks.iter().find(|s| s.id == id).and_then(|s| s.end.as_ref()) {
+                        Some((at, End::Stopped(op, sid))) => format!(
+                            "after the {} {sid} response at {:.1} ms that listed it (and so ended it)",
+                            op.name(),
+                            rel(*at)
+                        ),
+                        Some((at, End::Complete { cause, .. })) => {
+                            format!("after its SPEAK-COMPLETE {} at {:.1} ms", cause_text(*cause), rel(*at))
+                        }
+                        None if speaks.iter().any(|s| s.id == id) => "while it was not in progress".into(),
+                        None => "before its 200 IN-PROGRESS (or for a SPEAK never in progress)".into(),
+                    };
+                    f.push(format!("{what}: {why}"));
+                    continue;
+                };
+                let got = &mut speaks[c].marks;
+                match doc.marks.iter().position(|n| *n == name) {
+                    None => f.push(format!("{what}: no such mark in its document ({})", doc.describe())),
+                    Some(_) if got.contains(&name) => f.push(format!("{what}: a second time (received {got:?})")),
+                    Some(k) => {
+                        let next = got.last().and_then(|l| doc.marks.iter().position(|n| n == l)).map_or(0, |i| i + 1);
+                        if k < next {
+                            f.push(format!("{what}: out of document order {:?} (received {got:?})", doc.marks));
+                        } else if k > next {
+                            f.push(format!(
+                                "{what}: skips {:?} of document order {:?} (received {got:?})",
+                                &doc.marks[next..k],
+                                doc.marks
+                            ));
+                        }
+                    }
+                }
+                got.push(name);
+            }
             (Kind::Event, Op::Speak { .. }) => {
                 if m.method_id != SPEAK_COMPLETE {
                     f.push(format!("unexpected event {}", m.summary()));
@@ -822,6 +1130,38 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 }
                 match current {
                     Some(c) if speaks[c].id == id => {
+                        // 8. Its Speech-Marker against the marks received.
+                        let doc = &inst.docs[&id];
+                        let got = &speaks[c].marks;
+                        let what =
+                            format!("SPEAK-COMPLETE {id} {} at {:.1} ms", cause_text(m.completion_cause), rel(m.at));
+                        if m.completion_cause == Some(NORMAL) && !doc.marks.is_empty() {
+                            if *got == doc.marks {
+                                t.all_marks += 1;
+                            } else {
+                                f.push(format!(
+                                    "{what}: SPEECH-MARKERs {got:?} received, but the document has {:?} ({})",
+                                    doc.marks,
+                                    doc.describe()
+                                ));
+                            }
+                        }
+                        if m.speech_marker.is_some() {
+                            t.complete_with_marker += 1;
+                            match (marker_name(m.speech_marker.as_deref()), got.last()) {
+                                (Err(e), _) => f.push(format!("{what}: {e}")),
+                                (Ok(name), Some(last)) if name == last => {}
+                                (Ok(name), last) => f.push(format!(
+                                    "{what} carries Speech-Marker {name:?}, but the last SPEECH-MARKER received was {last:?} ({})",
+                                    doc.describe()
+                                )),
+                            }
+                        } else if m.completion_cause == Some(NORMAL) && !doc.marks.is_empty() {
+                            f.push(format!(
+                                "{what} carries no Speech-Marker (its last mark is {:?})",
+                                doc.marks.last()
+                            ));
+                        }
                         let end = End::Complete { cause: m.completion_cause, reason: m.completion_reason.clone() };
                         speaks[c].end = Some((m.at, end));
                         current = None;
@@ -889,11 +1229,11 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
             k += 1;
         }
     }
-    // What the upstream sent for each SPEAK (last frame zero-padded).
-    let requests: Vec<&[&RecordedRequest]> =
-        speaks.iter().map(|s| upstream.get(&inst.tokens[&s.id]).map_or(&[][..], |v| v.as_slice())).collect();
-    let expected: Vec<Vec<u8>> =
-        requests.iter().map(|r| r.first().map(|r| padded(&r.audio_sent, fb)).unwrap_or_default()).collect();
+    // What the upstream sent for each SPEAK, with its breaks' silence
+    // (last frame zero-padded), and why not all of it when it did not.
+    let docs: Vec<&Doc> = speaks.iter().map(|s| &inst.docs[&s.id]).collect();
+    let (expected, incomplete): (Vec<Vec<u8>>, Vec<Option<String>>) =
+        docs.iter().map(|d| upstream_audio(d, upstream, inst.rate, fb)).unzip();
     let audio_of = |j: usize| &audio[audio_index[j] * fb..(audio_index[j] + 1) * fb];
     let mut owner: Vec<Option<usize>> = vec![None; fr.len()];
     let mut prev_hi = 0usize;
@@ -903,8 +1243,19 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         let mut lo = racing.max(prev_hi);
         // A tick that started before the previous SPEAK ended and read this
         // channel after this SPEAK was sent carries the audio of one of the
-        // two: its bytes tell which (every SPEAK's audio is unique).
-        if i > 0 && racing + 1 == prev_hi && fr[racing].is_audio() && expected[i].get(..fb) == Some(audio_of(racing)) {
+        // two: its bytes tell which (every SPEAK's audio is unique) unless
+        // they fit the SPEAK it was given by time just as well (a break's
+        // silence; the driver sends no SPEAK that starts with one at once).
+        let fits_owner = |o: usize| {
+            let k = (0..racing).filter(|&j| owner[j] == Some(o) && fr[j].is_audio()).count();
+            expected[o].get(k * fb..(k + 1) * fb) == Some(audio_of(racing))
+        };
+        if i > 0
+            && racing + 1 == prev_hi
+            && fr[racing].is_audio()
+            && expected[i].get(..fb) == Some(audio_of(racing))
+            && !owner[racing].is_some_and(fits_owner)
+        {
             owner[racing] = Some(i);
             lo = racing;
             t.straddling_ticks += 1;
@@ -1019,13 +1370,58 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
             played[i].extend_from_slice(&audio[k * fb..(k + 1) * fb]);
         }
     }
+    // The frames around the end of SPEAK i, for failure messages.
+    let around_end = |i: usize| -> String {
+        let (end_at, _) = speaks[i].end.as_ref().expect("checked");
+        let last = owner.iter().rposition(|o| *o == Some(i)).unwrap_or_else(|| first_at_or_after(*end_at));
+        let frames: Vec<String> = (last.saturating_sub(2)..(last + 4).min(fr.len()))
+            .map(|j| {
+                let kind = if !fr[j].is_audio() {
+                    "no audio"
+                } else if fr[j].is_audible() {
+                    "audio"
+                } else {
+                    "silent audio"
+                };
+                let whose = owner[j].map_or("nobody's".to_string(), |o| format!("SPEAK {}'s", speaks[o].id));
+                format!("tick {} at {:.1} ms: {kind}, {whose}", fr[j].tick, rel(at(j)))
+            })
+            .collect();
+        let near: Vec<String> = msgs
+            .iter()
+            .filter(|m| m.at + Duration::from_millis(100) > *end_at && m.at < *end_at + Duration::from_millis(100))
+            .map(|m| format!("{:.1} ms {}", rel(m.at), m.summary()))
+            .collect();
+        format!("ended at {:.1} ms; frames {frames:?}; messages {near:?}", rel(*end_at))
+    };
     for (i, s) in speaks.iter().enumerate() {
         let spec = &FAULTS[s.fault];
         *t.faults.entry(spec.name).or_default() += 1;
-        let what = format!("SPEAK {} (upstream \"{}\", {} ms)", s.id, spec.name, LENGTHS_MS[s.len]);
-        let reqs = requests[i];
-        if reqs.len() > 1 {
-            f.push(format!("{what}: {} upstream requests for one short SPEAK", reqs.len()));
+        let doc = docs[i];
+        let what = if doc.ssml {
+            format!("SPEAK {} (upstream \"{}\", {})", s.id, spec.name, doc.describe())
+        } else {
+            format!("SPEAK {} (upstream \"{}\", {} ms)", s.id, spec.name, LENGTHS_MS[s.len])
+        };
+        // Which endpoint each text went to.
+        let mut first_with_timestamps = None;
+        for piece in &doc.pieces {
+            let Piece::Say { token, inner_marks, .. } = piece else { continue };
+            first_with_timestamps.get_or_insert(*inner_marks);
+            let reqs = upstream.get(token).map_or(&[][..], |v| v.as_slice());
+            if reqs.len() > 1 {
+                f.push(format!("{what}: {} upstream requests for the one short text {token}", reqs.len()));
+            }
+            for r in reqs {
+                t.with_timestamps_requests += usize::from(r.with_timestamps);
+                if r.with_timestamps != *inner_marks {
+                    f.push(format!(
+                        "{what}: text {token} went to {} although it has {} mark inside",
+                        r.path,
+                        if *inner_marks { "a" } else { "no" }
+                    ));
+                }
+            }
         }
         let sent = &expected[i];
         let p = &played[i];
@@ -1044,7 +1440,7 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 if CLOSE_REASONS.iter().any(|c| reason.starts_with(c)) {
                     "004 error: channel closed".to_string()
                 } else {
-                    match spec.reason {
+                    match reason_for(s.fault, first_with_timestamps.unwrap_or(false)) {
                         None => f.push(format!("{what}: a clean upstream, yet 004 with reason {reason:?}")),
                         Some(want) if !reason.contains(want) => {
                             f.push(format!("{what}: Completion-Reason {reason:?} does not name the fault ({want:?})"))
@@ -1058,25 +1454,22 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         };
         *t.outcomes.entry(outcome).or_default() += 1;
         if exact {
-            match reqs.first() {
-                Some(r) if r.completed && r.status == 200 => {
+            match &incomplete[i] {
+                None => {
                     if *p != *sent {
                         f.push(format!(
-                            "{what}: completed 000 but played {} bytes where the upstream sent {} (padded); first difference at byte {}",
+                            "{what}: completed 000 but played {} bytes where the upstream sent {} (padded); first difference at byte {}; {}",
                             p.len(),
                             sent.len(),
-                            first_difference(p, sent)
+                            first_difference(p, sent),
+                            around_end(i)
                         ));
                     } else {
                         t.exact_audio += 1;
                         t.audio_bytes_checked += p.len();
                     }
                 }
-                Some(r) => f.push(format!(
-                    "{what}: completed 000 but its upstream response was not complete (status {}, completed {})",
-                    r.status, r.completed
-                )),
-                None => f.push(format!("{what}: completed 000 without any upstream request")),
+                Some(why) => f.push(format!("{what}: completed 000 but {why}")),
             }
         } else if p.len() > sent.len() || p[..] != sent[..p.len()] {
             f.push(format!(
@@ -1285,6 +1678,16 @@ fn chaos() {
         tally.straddling_ticks
     );
     println!(
+        "[chaos] SSML: {} SPEAKs in progress ({} with marks, {} with a break), {} SPEECH-MARKER events, {} completed 000 with every mark, {} SPEAK-COMPLETEs with a Speech-Marker, {} with-timestamps requests",
+        tally.ssml_speaks,
+        tally.marked_speaks,
+        tally.break_speaks,
+        tally.speech_markers,
+        tally.all_marks,
+        tally.complete_with_marker,
+        tally.with_timestamps_requests
+    );
+    println!(
         "[chaos] threads {threads_before} → {threads_after}, fds {fds_before} → {fds_after}, VmRSS {} → {} MiB (growth {rss_growth_mib:.1} MiB, peak {} MiB)",
         rss_before / 1024,
         rss_after / 1024,
@@ -1339,6 +1742,9 @@ fn chaos() {
     }
     if tally.outcomes.get("000 normal").copied().unwrap_or(0) == 0 {
         failures.push("no SPEAK completed normally: the run exercised nothing".into());
+    }
+    if tally.all_marks == 0 {
+        failures.push("no marked SSML SPEAK completed normally: the marks were not exercised".into());
     }
     if !failures.is_empty() {
         for msg in failures.iter().take(40) {
