@@ -247,19 +247,20 @@ impl Channel {
                 )
             }
         };
+        // A language the model does not speak ends the SPEAK (005); a header
+        // value we cannot honour is refused outright (409).
+        let refuse = |refusal| match refusal {
+            Refusal::Language(reason) => {
+                complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
+            }
+            Refusal::Value(reason) => {
+                fail(sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE, sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR, reason)
+            }
+        };
         let headers = request.voice_headers();
         let resolved = match crate::speak_params::resolve(&self.config, &headers) {
             Ok(r) => r,
-            Err(Refusal::Language(reason)) => {
-                return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
-            }
-            Err(Refusal::Value(reason)) => {
-                return fail(
-                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
-                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
-                    reason,
-                )
-            }
+            Err(refusal) => return refuse(refusal),
         };
         let content_type = request.content_type();
         let phonemes = crate::speak_params::takes_phonemes(&resolved.config.model_id);
@@ -277,16 +278,7 @@ impl Channel {
         };
         let plan = match crate::plan::build(&script, resolved, &self.config) {
             Ok(plan) => plan,
-            Err(Refusal::Language(reason)) => {
-                return complete_at_once(sys::SYNTHESIZER_COMPLETION_CAUSE_LANGUAGE_UNSUPPORTED, reason)
-            }
-            Err(Refusal::Value(reason)) => {
-                return fail(
-                    sys::MRCP_STATUS_CODE_UNSUPPORTED_PARAM_VALUE,
-                    sys::SYNTHESIZER_COMPLETION_CAUSE_ERROR,
-                    reason,
-                )
-            }
+            Err(refusal) => return refuse(refusal),
         };
         let config = Arc::clone(&plan.config);
 

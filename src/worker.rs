@@ -450,6 +450,7 @@ impl Worker {
     fn upstream(&mut self, transport: &mut Transport, job: &Job, mut tee: Tee) -> (Part, Stats, Tee) {
         let mut total = Stats { source: "upstream", ..Stats::default() };
         let requests: usize = job.plan.steps.iter().filter(|s| matches!(s, Step::Say(_))).count();
+        let mut said = 0;
         for step in &job.plan.steps {
             let utterance = match step {
                 Step::Say(u) => u,
@@ -467,6 +468,7 @@ impl Worker {
                     continue;
                 }
             };
+            said += 1;
             let parts = plan::parts(utterance);
             for (i, part) in parts.iter().enumerate() {
                 let request = Request {
@@ -484,11 +486,16 @@ impl Worker {
                 total.add(&stats);
                 match result {
                     Part::Done => {}
+                    // Say which request failed when there were several.
                     Part::Failed(reason) if requests > 1 || parts.len() > 1 => {
-                        let what =
-                            if parts.len() > 1 { format!("part {} of {}", i + 1, parts.len()) } else { "".into() };
-                        let reason = if what.is_empty() { reason } else { format!("{reason} ({what})") };
-                        return (Part::Failed(reason), total, tee);
+                        let mut at = Vec::new();
+                        if requests > 1 {
+                            at.push(format!("text {said} of {requests}"));
+                        }
+                        if parts.len() > 1 {
+                            at.push(format!("part {} of {}", i + 1, parts.len()));
+                        }
+                        return (Part::Failed(format!("{reason} ({})", at.join(", "))), total, tee);
                     }
                     other => return (other, total, tee),
                 }

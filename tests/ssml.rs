@@ -298,10 +298,13 @@ fn a_broken_timestamp_stream_ends_the_speak_with_an_error() {
     let rig = rig(&[]);
     rig.upstream.when_text_contains("Broken", Behavior::fault(Fault::MalformedTimestampLine));
     let ch = rig.server.open_channel(8000).unwrap();
-    let id = ch.send(Request::speak_ssml(r#"<speak>Broken <mark name="x"/>stream here.</speak>"#));
+    let id = ch.send(Request::speak_ssml(
+        r#"<speak>First text is fine.<break time="50ms"/>Broken <mark name="x"/>stream here.</speak>"#,
+    ));
     let done = ch.wait_complete(id, WAIT).expect("SPEAK-COMPLETE");
     assert_eq!(done.completion_cause, Some(ERROR));
-    assert!(done.completion_reason.as_deref().unwrap_or("").contains("timestamp"), "{done:#?}");
+    let reason = done.completion_reason.as_deref().unwrap_or("");
+    assert!(reason.contains("timestamp") && reason.ends_with("(text 2 of 2)"), "{done:#?}");
     // The channel goes on.
     speak_ssml(&ch, "<speak>Fine again.</speak>");
 }
