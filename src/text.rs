@@ -15,7 +15,13 @@ pub enum BodyError {
     NotUtf8,
     UnsupportedType(String),
     BadSsml(String),
+    TooLarge(usize),
 }
+
+/// The largest SPEAK body read: about five hours of speech as text. The
+/// body is read on the MRCP Server thread, which serves every call, so its
+/// cost must stay small (a body this size parses in milliseconds).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -24,6 +30,7 @@ impl fmt::Display for BodyError {
             BodyError::NotUtf8 => write!(f, "SPEAK body is not valid UTF-8"),
             BodyError::UnsupportedType(t) => write!(f, "unsupported Content-Type '{t}'"),
             BodyError::BadSsml(why) => write!(f, "malformed SSML: {why}"),
+            BodyError::TooLarge(n) => write!(f, "SPEAK body of {n} bytes is over the {MAX_BODY_BYTES}-byte limit"),
         }
     }
 }
@@ -70,6 +77,9 @@ pub fn script_from_body(
     lang: Option<&str>,
 ) -> Result<Script, BodyError> {
     let (kind, latin1) = classify(content_type)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(BodyError::TooLarge(body.len()));
+    }
     let decoded: String = if latin1 {
         body.iter().map(|&b| b as char).collect()
     } else {
@@ -206,5 +216,18 @@ mod tests {
         let pause = script_from_body(Some("application/ssml+xml"), b"<speak> <break/> </speak>", false, None).unwrap();
         assert_eq!(pause.segments, vec![Segment::Pause { ms: 400 }]);
         assert_eq!(speakable_text(Some("application/ssml+xml"), b"<speak> <break/> </speak>").unwrap(), "");
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_before_parsing() {
+        let big = vec![b'a'; MAX_BODY_BYTES + 1];
+        assert_eq!(script_from_body(None, &big, false, None), Err(BodyError::TooLarge(MAX_BODY_BYTES + 1)));
+        let mut doc = b"<speak>".to_vec();
+        doc.resize(MAX_BODY_BYTES - 8, b'a');
+        doc.extend_from_slice(b"</speak>");
+        let started = std::time::Instant::now();
+        assert!(script_from_body(Some("application/ssml+xml"), &doc, false, None).is_ok());
+        // Not a timing assertion: printed for the reader of --nocapture.
+        println!("a {}-byte SSML body read in {:?}", doc.len(), started.elapsed());
     }
 }

@@ -174,6 +174,7 @@ fn invalid_bodies_are_refused_without_going_upstream() {
         (ssml("plain words sent as SSML"), "malformed SSML"),
         (ssml(r#"<speak>bad <break time="soon"/> value</speak>"#), "soon"),
         (ssml("<speak> <break/> </speak>x"), "malformed SSML"),
+        (Request::speak(&"Far too long. ".repeat(20_000)), "-byte limit"),
     ];
     for (req, why) in unspeakable {
         let id = ch.send(req);
