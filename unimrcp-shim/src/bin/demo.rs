@@ -1,5 +1,7 @@
-//! Speaks one sentence through the plugin inside the test host, in real
-//! time, and writes what the media path received to a WAV file.
+//! Speaks one SPEAK through the plugin inside the test host, in real time,
+//! prints the MRCP exchange (SPEECH-MARKER events included) and writes what
+//! the media path received to a WAV file. The default body is SSML with a
+//! pause and two marks; `--text` takes plain text or an SSML document.
 //!
 //! ```text
 //! cargo build --release
@@ -15,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use unimrcp_shim::host::{MediaClock, PluginLibrary, Recorded, Server, ServerConfig};
+use unimrcp_shim::host::{MediaClock, PluginLibrary, Recorded, Request, Server, ServerConfig};
 use unimrcp_shim::upstream::{Behavior, MockUpstream};
 
 const DEFAULT_VOICE_ID: &str = "JBFqnCBsd6RMkjVDRZzb";
-const DEFAULT_TEXT: &str = "Hello! This sentence was synthesized by ElevenLabs and streamed into the call by UniMRCP.";
+const DEFAULT_TEXT: &str = r#"<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">
+  <s>Hello!</s> <mark name="greeted"/>This sentence was synthesized by ElevenLabs,<break time="400ms"/>
+  and streamed into the call by <sub alias="uni M R C P">UniMRCP</sub>.<mark name="done"/>
+</speak>"#;
 
 struct Args {
     rate: u32,
@@ -28,7 +33,7 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: demo [--rate 8000|16000] [--text \"...\"] [--out demo.wav]".to_string()
+    "usage: demo [--rate 8000|16000] [--text \"plain text or <speak>SSML</speak>\"] [--out demo.wav]".to_string()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -146,14 +151,17 @@ fn run(args: Args) -> Result<(), String> {
     let channel = server.open_channel(args.rate).map_err(|e| e.to_string())?;
     println!("channel:  {} (LPCM {} Hz)\n", channel.id(), args.rate);
 
-    let id = channel.speak(&args.text);
+    let ssml = args.text.trim_start().starts_with("<speak") || args.text.trim_start().starts_with("<?xml");
+    let request = if ssml { Request::speak_ssml(&args.text) } else { Request::speak(&args.text) };
+    let id = channel.send(request);
     let t0 = channel.sent_at(id).unwrap_or_else(Instant::now);
     // Generous: the real API streams faster than real time, but a long text
     // still takes its spoken length to play out.
     let timeout = Duration::from_secs(30) + Duration::from_millis(120 * args.text.len() as u64);
     let complete = channel.wait_complete(id, timeout);
 
-    let mut lines: Vec<(f64, String)> = vec![(0.0, format!("→ SPEAK {id}"))];
+    let body = if ssml { "application/ssml+xml" } else { "text/plain" };
+    let mut lines: Vec<(f64, String)> = vec![(0.0, format!("→ SPEAK {id} ({body})"))];
     for m in channel.messages().iter().filter(|m| m.request_id == id) {
         lines.push((ms_since(t0, m.at), describe(m)));
     }
