@@ -346,15 +346,34 @@ impl Channel {
     fn stop(&self, ch: ChannelRef, request: Message) {
         let speak = self.shared.active.lock().take();
         let mut stopped = Vec::new();
+        let mut last_mark = None;
         if let Some(speak) = speak {
             if speak.claim() {
                 self.shared.playback.lock().stop();
                 stopped.push(speak.request_id);
+                // No marker can follow the claim: this is the last reached.
+                last_mark = speak.last_mark.lock().clone();
                 self.send_to_worker(Command::Cancel { generation: speak.generation });
             }
         }
         log::info!("[{}] {} {}: stopped {:?}", self.label(ch), request.method_name(), request.request_id(), stopped);
-        respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &stopped);
+        let Some(mut response) = request.response(sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE)
+        else {
+            log::error!(
+                "[{}] {} {}: could not create the response",
+                ch.id(),
+                request.method_name(),
+                request.request_id()
+            );
+            return;
+        };
+        response.set_active_request_ids(&stopped);
+        // The last mark the caller heard before the STOP / barge-in (what a
+        // VoiceXML browser reports as markname), as SPEAK-COMPLETE would.
+        if let Some(mark) = last_mark {
+            response.set_speech_marker(&crate::speak::speech_marker(Some(&mark)));
+        }
+        ch.send(response);
     }
 
     fn pause_resume(&self, ch: ChannelRef, request: Message, pause: bool) {

@@ -287,6 +287,8 @@ fn stop_ends_the_markers_with_the_speak() {
     let resp = ch.wait_response(stop, WAIT).unwrap();
     assert_eq!(resp.active_request_ids.as_deref(), Some(&[id][..]));
     let seen = markers(&ch, id).len();
+    let last = markers(&ch, id).last().map(marker_name).expect("a marker before the STOP");
+    assert_eq!(marker_name(&resp), last, "the STOP's response names the last mark reached");
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(markers(&ch, id).len(), seen, "no SPEECH-MARKER after STOP");
     assert!(ch.wait_complete(id, Duration::from_millis(10)).is_none(), "no SPEAK-COMPLETE after STOP");
