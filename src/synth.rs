@@ -117,6 +117,9 @@ pub struct Collector {
     is_audio: Option<bool>,
     error_body: Vec<u8>,
     pub audio_bytes: u64,
+    /// PCM bytes the response carried, before any skip: what tells an
+    /// empty answer from one whose audio was all heard already.
+    received: u64,
     pub started: Instant,
     pub first_byte: Option<Instant>,
     last_byte: Instant,
@@ -179,6 +182,7 @@ impl Collector {
             is_audio: None,
             error_body: Vec::new(),
             audio_bytes: 0,
+            received: 0,
             started: now,
             first_byte: None,
             last_byte: now,
@@ -212,6 +216,7 @@ impl Collector {
         self.is_audio = None;
         self.error_body.clear();
         self.audio_bytes = 0;
+        self.received = 0;
         self.started = now;
         self.first_byte = None;
         self.last_byte = now;
@@ -307,9 +312,11 @@ impl Collector {
         }
         self.decoder_finished = true;
         if let Some(decoder) = self.decoder.as_mut() {
+            let before = self.staged.len();
             if let Err(e) = decoder.finish(&mut self.staged, &mut self.char_starts) {
                 self.decode_error = Some(e);
             }
+            self.received += (self.staged.len() - before) as u64;
         }
         if self.decoder.is_some() || self.gain != 1.0 {
             self.scale_staged(true);
@@ -327,6 +334,7 @@ impl Collector {
         match outcome {
             Push::Stored => {
                 self.tee.skip -= skip;
+                self.received += data.len() as u64;
                 self.audio_bytes += (data.len() - skip) as u64;
                 self.paused_for = 0;
                 self.tee.copy(data);
@@ -401,6 +409,7 @@ impl Handler for Collector {
                 return Err(WriteError::Pause);
             }
         }
+        let before = self.staged.len();
         match self.decoder.as_mut() {
             Some(decoder) => {
                 if let Err(e) = decoder.feed(data, &mut self.staged, &mut self.char_starts) {
@@ -410,6 +419,7 @@ impl Handler for Collector {
             }
             None => self.staged.extend_from_slice(data),
         }
+        self.received += (self.staged.len() - before) as u64;
         self.scale_staged(false);
         self.flush();
         if self.stale {
@@ -696,7 +706,7 @@ fn judge_response(c: &Collector) -> Outcome {
         }
         return Outcome::Failed(reason);
     }
-    if c.audio_bytes == 0 {
+    if c.received == 0 {
         return Outcome::Failed(format!("upstream HTTP {status} sent no audio"));
     }
     Outcome::Complete

@@ -393,3 +393,45 @@ fn a_prompt_with_a_mark_goes_upstream_every_time() {
     assert_eq!(dir.entry_names(), Vec::<String>::new(), "nothing was cached");
     assert_clean(&rig.server);
 }
+
+/// A follower of an SSML prompt (two texts, a pause, a scaled text) whose
+/// leader is stopped mid-way takes over without replaying what it heard:
+/// the skip runs through texts, silence and scaled audio alike.
+#[test]
+fn a_follower_takes_over_an_ssml_prompt_seamlessly() {
+    let dir = TempDir::new("ssml-leader");
+    let rig = cached_rig(&dir, &[]);
+    rig.upstream.set_default(Behavior::realtime().with_audio_ms(1500));
+    let leader = rig.server.open_channel(8000).unwrap();
+    let follower = rig.server.open_channel(8000).unwrap();
+    let doc = r#"<speak>Your call matters.<break time="400ms"/><prosody volume="soft">Please hold.</prosody></speak>"#;
+    let l = leader.send(Request::speak_ssml(doc));
+    rig.upstream.wait_for_requests(1, WAIT);
+    let f = follower.send(Request::speak_ssml(doc));
+    // Into the second text: the shared audio already holds text, pause and
+    // some scaled audio.
+    std::thread::sleep(Duration::from_millis(2200));
+    let stop = leader.stop();
+    leader.wait_response(stop, WAIT).unwrap();
+    let done = expect_in_progress_then_complete(&follower, f);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    assert_eq!(for_request(&leader, l).len(), 1, "the stopped leader gets no SPEAK-COMPLETE");
+    let reqs = rig.upstream.requests();
+    let texts: Vec<&str> = reqs.iter().filter_map(|r| r.text.as_deref()).collect();
+    assert_eq!(texts, ["Your call matters.", "Please hold.", "Your call matters.", "Please hold."], "{texts:?}");
+    let soft: Vec<u8> = reqs[3]
+        .audio_sent
+        .chunks_exact(2)
+        .flat_map(|c| {
+            let v = (f32::from(i16::from_ne_bytes([c[0], c[1]])) * 0.5).round() as i16;
+            v.to_ne_bytes()
+        })
+        .collect();
+    let mut expected = reqs[2].audio_sent.clone();
+    expected.extend(vec![0u8; 400 * 8000 / 1000 * 2]);
+    expected.extend(&soft);
+    let heard = follower.audio();
+    assert_eq!(heard.len(), padded(&expected, 160).len(), "nothing replayed, nothing lost");
+    assert!(heard == padded(&expected, 160), "deterministic upstream: the takeover is seamless");
+    assert!(dir.entry_names().len() <= 1);
+}
