@@ -121,15 +121,20 @@ pub fn build(script: &Script, resolved: Resolved, base: &Config) -> Result<Plan,
 fn utterance(speech: &Speech, resolved: &Resolved, base: &Config) -> Result<Utterance, Refusal> {
     let style = &speech.style;
     let mut c = resolved.config.clone();
-    if let Some(name) = style.voice_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-        match speak_params::voice_by_name(base, name) {
-            Some(id) => c.voice_id = id,
-            // SSML's own rule: a voice that cannot be found leaves the
-            // choice to the processor; we keep the surrounding voice.
-            None => log::warn!("SSML <voice name='{name}'> is not in voice_map nor a voice id: keeping {}", c.voice_id),
+    // The innermost known name; SSML leaves the choice to the processor
+    // when a voice cannot be found, so an unknown one falls back to the
+    // enclosing names, then the gender in scope, then the SPEAK's voice.
+    let names = &style.voice_names;
+    match names.iter().rev().find_map(|n| speak_params::voice_by_name(base, n.trim())) {
+        Some(id) => c.voice_id = id,
+        None => {
+            if let Some(id) = style.gender.and_then(|g| speak_params::voice_by_gender(base, g)) {
+                c.voice_id = id;
+            }
         }
-    } else if let Some(id) = style.gender.and_then(|g| speak_params::voice_by_gender(base, g)) {
-        c.voice_id = id;
+    }
+    if let Some(unknown) = names.last().filter(|n| speak_params::voice_by_name(base, n.trim()).is_none()) {
+        log::warn!("SSML <voice name='{unknown}'> is not in voice_map nor a voice id: using {}", c.voice_id);
     }
     if let Some(lang) = &style.lang {
         speak_params::apply_language(&mut c, lang)?;
@@ -229,7 +234,7 @@ mod tests {
                 speech(
                     "Styled.",
                     Style {
-                        voice_name: Some("rachel".into()),
+                        voice_names: vec!["rachel".into()],
                         lang: Some("de-DE".into()),
                         rate: Scale { absolute: Some(0.85), factor: 1.0 },
                         volume: Scale { absolute: None, factor: 2.0 },
@@ -254,6 +259,29 @@ mod tests {
         assert!(plan.has_marks());
         let lang = Script { segments: vec![speech("x", Style { lang: Some("xx".into()), ..Default::default() })] };
         assert!(matches!(build(&lang, &SpeakHeaders::default(), &base()), Err(Refusal::Language(_))));
+    }
+
+    #[test]
+    fn an_unknown_voice_name_falls_back_to_the_enclosing_one_then_the_gender() {
+        let say = |style: Style| {
+            let script = Script { segments: vec![speech("x", style)] };
+            let plan = build(&script, &SpeakHeaders::default(), &base()).unwrap();
+            match &plan.steps[0] {
+                Step::Say(u) => u.config.voice_id.clone(),
+                _ => unreachable!(),
+            }
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            say(Style { voice_names: names(&["Rachel", "No Such Voice"]), ..Default::default() }),
+            "21m00Tcm4TlvDq8ikWAM"
+        );
+        let male = Some(crate::sys::VOICE_GENDER_MALE);
+        assert_eq!(
+            say(Style { voice_names: names(&["No Such Voice"]), gender: male, ..Default::default() }),
+            "maleVoice"
+        );
+        assert_eq!(say(Style { voice_names: names(&["No Such Voice"]), ..Default::default() }), "defaultVoice");
     }
 
     #[test]

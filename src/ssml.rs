@@ -47,8 +47,9 @@ pub struct Speech {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Style {
-    /// `<voice name="...">`.
-    pub voice_name: Option<String>,
+    /// `<voice name="...">`s in scope, innermost last: the first of them,
+    /// from the inside out, that names a known voice is used.
+    pub voice_names: Vec<String>,
     /// `<voice gender="...">` as a `VOICE_GENDER_*` value.
     pub gender: Option<u32>,
     /// `xml:lang` in scope, as written (e.g. "de-DE").
@@ -466,16 +467,24 @@ fn escape(text: &str) -> String {
 }
 
 fn voice(node: Node, style: &mut Style) -> Result<(), String> {
-    if let Some(name) = node.attribute("name").map(str::trim).filter(|n| !n.is_empty()) {
-        style.voice_name = Some(name.to_owned());
-    }
-    if let Some(gender) = node.attribute("gender") {
-        style.gender = Some(match gender.trim().to_ascii_lowercase().as_str() {
+    let gender = match node.attribute("gender") {
+        None => None,
+        Some(gender) => Some(match gender.trim().to_ascii_lowercase().as_str() {
             "male" => sys::VOICE_GENDER_MALE,
             "female" => sys::VOICE_GENDER_FEMALE,
             "neutral" => sys::VOICE_GENDER_NEUTRAL,
             _ => return Err(format!("voice gender='{gender}' is not male, female or neutral")),
-        });
+        }),
+    };
+    match node.attribute("name").map(str::trim).filter(|n| !n.is_empty()) {
+        // An enclosing name stays as the fallback should this one be unknown.
+        Some(name) => style.voice_names.push(name.to_owned()),
+        // A gender alone asks for another voice than the named one in scope.
+        None if gender.is_some() => style.voice_names.clear(),
+        None => {}
+    }
+    if gender.is_some() {
+        style.gender = gender;
     }
     Ok(())
 }
@@ -841,7 +850,7 @@ mod tests {
 
     #[test]
     fn equal_styles_join_and_a_change_of_style_starts_a_segment() {
-        let rachel = Style { voice_name: Some("Rachel".into()), ..Style::default() };
+        let rachel = Style { voice_names: vec!["Rachel".into()], ..Style::default() };
         assert_eq!(
             script(r#"One <prosody rate="default">two</prosody> <voice>three</voice>"#).segments,
             vec![said("One two three")],
@@ -860,7 +869,7 @@ mod tests {
 
     #[test]
     fn whitespace_alone_does_not_split_or_open_a_segment() {
-        let rachel = Style { voice_name: Some("Rachel".into()), ..Style::default() };
+        let rachel = Style { voice_names: vec!["Rachel".into()], ..Style::default() };
         let s = script(r#"One <voice name="Rachel"> </voice> two <prosody rate="fast">  </prosody>"#);
         assert_eq!(s.segments, vec![said("One two")]);
         let s = script(r#"Hi<break/><voice name="Rachel"> <mark name="m"/> </voice> there"#);
@@ -999,14 +1008,16 @@ mod tests {
         let doc = r#"<voice name="Rachel" gender="female" age="30" variant="2">a
             <voice gender="male">b</voice><voice xml:lang="es-ES">c</voice><voice name="Adam">d</voice></voice>"#;
         let base =
-            Style { voice_name: Some("Rachel".into()), gender: Some(sys::VOICE_GENDER_FEMALE), ..Style::default() };
+            Style { voice_names: vec!["Rachel".into()], gender: Some(sys::VOICE_GENDER_FEMALE), ..Style::default() };
         assert_eq!(
             styles(doc),
             vec![
                 base.clone(),
-                Style { gender: Some(sys::VOICE_GENDER_MALE), ..base.clone() },
+                // A gender alone selects by gender: the name in scope is
+                // not a male voice.
+                Style { voice_names: vec![], gender: Some(sys::VOICE_GENDER_MALE), ..base.clone() },
                 Style { lang: Some("es-ES".into()), ..base.clone() },
-                Style { voice_name: Some("Adam".into()), ..base },
+                Style { voice_names: vec!["Rachel".into(), "Adam".into()], ..base },
             ]
         );
         assert_eq!(styles(r#"<voice gender="Neutral">x</voice>"#)[0].gender, Some(sys::VOICE_GENDER_NEUTRAL));
