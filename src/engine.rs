@@ -72,6 +72,15 @@ impl Engine {
                 crate::warmup::Warmup::start(file.clone(), Arc::clone(&config), Arc::clone(cache));
         }
         *self.state.cache.lock() = cache;
+        if let Some(lang) = &config.language_code {
+            // Not fatal: a SPEAK's own language still works; this one would
+            // fail every SPEAK that relies on it.
+            if let Err(crate::speak_params::Refusal::Language(why)) =
+                crate::speak_params::apply_language(&mut Config::clone(&config), lang)
+            {
+                log::warn!("engine param language_code={lang}: {why}; SPEAKs without a language of their own will be refused with 005");
+            }
+        }
         log::info!(
             "engine open: base_url={} voice_id={} model_id={} max_buffer_ms={} (curl {})",
             config.base_url,

@@ -246,11 +246,10 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
         }
     }
 
-    match language {
-        Some(lang) => apply_language(&mut c, &lang)?,
-        // An engine-wide language_code only where the model takes one.
-        None if !languages(&c.model_id).1 => c.language_code = None,
-        None => {}
+    // The SPEAK's language, else the engine's: checked against the model
+    // either way, and sent only to models that take a language_code.
+    if let Some(lang) = language.or_else(|| c.language_code.clone()) {
+        apply_language(&mut c, &lang)?;
     }
     Ok(Resolved { config: c, gain })
 }
@@ -341,6 +340,18 @@ mod tests {
             }),
             Err(Refusal::Language(_))
         ));
+    }
+
+    #[test]
+    fn the_engine_language_is_checked_like_a_speaks() {
+        let mut engine = base();
+        engine.language_code = Some("xx".into());
+        assert!(matches!(resolve(&engine, &SpeakHeaders::default()), Err(Refusal::Language(_))));
+        let own = SpeakHeaders { speech_language: Some("de".into()), ..Default::default() };
+        assert_eq!(resolve(&engine, &own).unwrap().config.language_code.as_deref(), Some("de"));
+        engine.language_code = Some("fr".into());
+        engine.model_id = "eleven_multilingual_v2".into();
+        assert_eq!(resolve(&engine, &SpeakHeaders::default()).unwrap().config.language_code, None);
     }
 
     #[test]
