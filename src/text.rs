@@ -96,11 +96,9 @@ pub fn script_from_body(
     Ok(script)
 }
 
-/// The text to send upstream for a SPEAK body: all its speech, joined.
-/// The entry point from before scripts, kept for callers not yet switched
-/// to [`script_from_body`]; may have none.
-#[allow(dead_code)]
-pub fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, BodyError> {
+/// All the speech of a body, joined: what the tests below compare.
+#[cfg(test)]
+fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, BodyError> {
     script_from_body(content_type, body, false, None).map(|s| s.text())
 }
 
