@@ -81,8 +81,8 @@ impl Script {
         !self.segments.iter().any(|s| matches!(s, Segment::Speech(_) | Segment::Pause { .. }))
     }
 
-    /// All speech text joined with single spaces (for logs, char counts and
-    /// legacy callers).
+    /// All speech text joined with single spaces: what tests compare.
+    #[cfg(test)]
     pub fn text(&self) -> String {
         let mut out = String::new();
         for segment in &self.segments {
