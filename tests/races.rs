@@ -176,7 +176,7 @@ fn engine_close_with_a_hundred_channels_speaking() {
         let msgs = for_request(ch, *id);
         assert_eq!(msgs.iter().filter(|m| is_speak_complete(m)).count(), 1, "{msgs:#?}");
     }
-    let workers = worker_threads();
+    let workers = worker_threads_after_join();
     assert_eq!(workers, 0, "all channel threads joined");
     eprintln!("engine close with 100 channels speaking answered in {took:?}");
     rig.server.stop().unwrap();

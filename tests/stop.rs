@@ -204,7 +204,7 @@ fn engine_close_with_channels_speaking() {
         assert_eq!(msgs[1].completion_reason.as_deref(), Some("engine closing"));
     }
     assert!(rig.upstream.wait_until_idle(Duration::from_secs(2)));
-    let worker_threads = worker_threads();
+    let worker_threads = worker_threads_after_join();
     assert_eq!(worker_threads, 0, "every channel thread joined before the engine answered close");
     rig.server.stop().unwrap();
     assert_clean(&rig.server);

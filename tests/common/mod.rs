@@ -128,6 +128,22 @@ pub fn worker_threads() -> usize {
         .count()
 }
 
+/// Channel worker threads left once they have all been joined. A joined
+/// thread can still be listed in /proc/self/task for a moment: the kernel
+/// wakes the joiner when the thread clears its tid, just before it removes
+/// the task. So this waits up to 500 ms for the listing to catch up; a
+/// thread that was not joined (still running) stays and is counted.
+pub fn worker_threads_after_join() -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let n = worker_threads();
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits (bounded) until `needle` occurs `count` times in the server log and
 /// returns how often it does. Summary lines are logged just after the
 /// SPEAK-COMPLETE they follow, so tests wait for them rather than race.
