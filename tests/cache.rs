@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use unimrcp_shim::host::{Kind, MediaClock, Request};
+use unimrcp_shim::host::{Channel, Kind, MediaClock, Request};
 use unimrcp_shim::upstream::{Behavior, Fault};
 
 /// A private cache dir, removed at the end.
@@ -198,22 +198,31 @@ fn speaks_of_a_prompt_in_flight_share_one_upstream_request() {
     assert_clean(&rig.server);
 }
 
-#[test]
-fn followers_carry_on_when_the_leader_is_stopped() {
-    let dir = TempDir::new("leader");
-    let rig = cached_rig(&dir, &[]);
+/// A leader and a follower speak `req` (the follower once the leader's
+/// request is upstream; real-time upstream, 1500 ms per text); the leader is
+/// stopped after `stop_after`. Returns the follower, whose SPEAK completed
+/// 000, and checks the stopped leader got no SPEAK-COMPLETE.
+fn follower_of_a_stopped_leader(rig: &Rig, req: Request, stop_after: Duration) -> Channel {
     rig.upstream.set_default(Behavior::realtime().with_audio_ms(1500));
     let leader = rig.server.open_channel(8000).unwrap();
     let follower = rig.server.open_channel(8000).unwrap();
-    let l = leader.speak("Shared prompt.");
+    let l = leader.send(req.clone());
     rig.upstream.wait_for_requests(1, WAIT);
-    let f = follower.speak("Shared prompt.");
-    std::thread::sleep(Duration::from_millis(300));
+    let f = follower.send(req);
+    std::thread::sleep(stop_after);
     let stop = leader.stop();
     leader.wait_response(stop, WAIT).unwrap();
     let done = expect_in_progress_then_complete(&follower, f);
     assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
     assert_eq!(for_request(&leader, l).len(), 1, "the stopped leader gets no SPEAK-COMPLETE");
+    follower
+}
+
+#[test]
+fn followers_carry_on_when_the_leader_is_stopped() {
+    let dir = TempDir::new("leader");
+    let rig = cached_rig(&dir, &[]);
+    let follower = follower_of_a_stopped_leader(&rig, Request::speak("Shared prompt."), Duration::from_millis(300));
     // The follower never replays what it already heard.
     let reqs = rig.upstream.requests();
     assert_eq!(reqs.len(), 2, "the follower took over with its own request");
@@ -401,35 +410,16 @@ fn a_prompt_with_a_mark_goes_upstream_every_time() {
 fn a_follower_takes_over_an_ssml_prompt_seamlessly() {
     let dir = TempDir::new("ssml-leader");
     let rig = cached_rig(&dir, &[]);
-    rig.upstream.set_default(Behavior::realtime().with_audio_ms(1500));
-    let leader = rig.server.open_channel(8000).unwrap();
-    let follower = rig.server.open_channel(8000).unwrap();
     let doc = r#"<speak>Your call matters.<break time="400ms"/><prosody volume="soft">Please hold.</prosody></speak>"#;
-    let l = leader.send(Request::speak_ssml(doc));
-    rig.upstream.wait_for_requests(1, WAIT);
-    let f = follower.send(Request::speak_ssml(doc));
-    // Into the second text: the shared audio already holds text, pause and
-    // some scaled audio.
-    std::thread::sleep(Duration::from_millis(2200));
-    let stop = leader.stop();
-    leader.wait_response(stop, WAIT).unwrap();
-    let done = expect_in_progress_then_complete(&follower, f);
-    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
-    assert_eq!(for_request(&leader, l).len(), 1, "the stopped leader gets no SPEAK-COMPLETE");
+    // Stopped in the second text: the shared audio already holds text,
+    // pause and some scaled audio.
+    let follower = follower_of_a_stopped_leader(&rig, Request::speak_ssml(doc), Duration::from_millis(2200));
     let reqs = rig.upstream.requests();
     let texts: Vec<&str> = reqs.iter().filter_map(|r| r.text.as_deref()).collect();
     assert_eq!(texts, ["Your call matters.", "Please hold.", "Your call matters.", "Please hold."], "{texts:?}");
-    let soft: Vec<u8> = reqs[3]
-        .audio_sent
-        .chunks_exact(2)
-        .flat_map(|c| {
-            let v = (f32::from(i16::from_ne_bytes([c[0], c[1]])) * 0.5).round() as i16;
-            v.to_ne_bytes()
-        })
-        .collect();
     let mut expected = reqs[2].audio_sent.clone();
     expected.extend(vec![0u8; 400 * 8000 / 1000 * 2]);
-    expected.extend(&soft);
+    expected.extend(gained(&reqs[3].audio_sent, 0.5));
     let heard = follower.audio();
     assert_eq!(heard.len(), padded(&expected, 160).len(), "nothing replayed, nothing lost");
     assert!(heard == padded(&expected, 160), "deterministic upstream: the takeover is seamless");

@@ -32,17 +32,6 @@ fn silence(ms: u32, rate: u32) -> Vec<u8> {
     vec![0; (ms * rate / 1000 * 2) as usize]
 }
 
-/// The plugin's gain: whole samples scaled, rounded, saturated.
-fn gained(bytes: &[u8], gain: f32) -> Vec<u8> {
-    bytes[..bytes.len() & !1]
-        .chunks_exact(2)
-        .flat_map(|c| {
-            let v = (i16::from_ne_bytes([c[0], c[1]]) as f32 * gain).round().clamp(i16::MIN as f32, i16::MAX as f32);
-            (v as i16).to_ne_bytes()
-        })
-        .collect()
-}
-
 /// Byte-for-byte equality, reported as lengths and the first difference.
 #[track_caller]
 fn assert_same_audio(got: &[u8], expected: &[u8], what: &str) {

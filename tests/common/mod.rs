@@ -78,6 +78,18 @@ pub fn padded(bytes: &[u8], frame_bytes: usize) -> Vec<u8> {
     v
 }
 
+/// The plugin's gain (Prosody-Volume): whole samples scaled, rounded and
+/// saturated, as the worker does before buffering.
+pub fn gained(bytes: &[u8], gain: f32) -> Vec<u8> {
+    bytes[..bytes.len() & !1]
+        .chunks_exact(2)
+        .flat_map(|c| {
+            let v = (i16::from_ne_bytes([c[0], c[1]]) as f32 * gain).round().clamp(i16::MIN as f32, i16::MAX as f32);
+            (v as i16).to_ne_bytes()
+        })
+        .collect()
+}
+
 pub fn frame_bytes(rate: u32) -> usize {
     rate as usize / 100 * 2
 }
