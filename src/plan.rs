@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use crate::cache::{Key, KeyInput};
-use crate::config::Config;
-use crate::speak_params::{self, Refusal, Resolved};
-use crate::ssml::{Script, Segment, Speech};
+use crate::cache::Key;
+use crate::config::{self, Config, Refusal, Resolved};
+use crate::text::{split_for_requests, Script, Segment, Speech};
+use crate::tts::{Provider, SpeechRequest};
 
 /// Text for one request (split further at sentence ends when it is longer
 /// than the model takes), in one voice and style.
@@ -57,25 +57,14 @@ impl Plan {
         self.steps.iter().map(|s| if let Step::Say(u) = s { u.text.chars().count() } else { 0 }).sum()
     }
 
-    /// The cache key of everything that shapes this SPEAK's audio. A plain
-    /// SPEAK (one utterance at unit gain) keys as a single request, so it
+    /// The cache key of everything that shapes this SPEAK's audio: each
+    /// request as `provider` identifies it, pauses and gains. A plain SPEAK
+    /// (one utterance at unit gain) keys as its requests alone, so it
     /// shares entries with the warm-up file.
-    pub fn cache_key(&self, sample_rate: u32) -> Key {
+    pub fn cache_key(&self, sample_rate: u32, provider: &dyn Provider) -> Key {
         let say_key = |u: &Utterance| {
-            let parts = crate::split::split_for_requests(&u.text, u.config.max_request_chars());
-            let c = &u.config;
-            KeyInput {
-                parts: &parts,
-                voice_id: &c.voice_id,
-                model_id: &c.model_id,
-                sample_rate,
-                settings: &c.voice_settings,
-                language_code: c.language_code.as_deref(),
-                seed: c.seed,
-                text_normalization: c.apply_text_normalization.as_deref(),
-                pronunciation_dictionaries: &[],
-            }
-            .key()
+            let identities: Vec<Vec<u8>> = requests(u, sample_rate).iter().map(|(_, r)| provider.identity(r)).collect();
+            Key::of_requests(&identities)
         };
         if let [Step::Say(u)] = self.steps.as_slice() {
             if u.gain == 1.0 {
@@ -105,7 +94,7 @@ impl Plan {
 }
 
 /// The plan for a parsed body under the settings its headers resolved to
-/// (`speak_params::resolve`).
+/// (`config::resolve`).
 pub fn build(script: &Script, resolved: Resolved, base: &Config) -> Result<Plan, Refusal> {
     let mut steps = Vec::with_capacity(script.segments.len());
     for segment in &script.segments {
@@ -125,28 +114,28 @@ fn utterance(speech: &Speech, resolved: &Resolved, base: &Config) -> Result<Utte
     // when a voice cannot be found, so an unknown one falls back to the
     // enclosing names, then the gender in scope, then the SPEAK's voice.
     let names = &style.voice_names;
-    match names.iter().rev().find_map(|n| speak_params::voice_by_name(base, n.trim())) {
+    match names.iter().rev().find_map(|n| config::voice_by_name(base, n.trim())) {
         Some(id) => c.voice_id = id,
         None => {
-            if let Some(id) = style.gender.and_then(|g| speak_params::voice_by_gender(base, g)) {
+            if let Some(id) = style.gender.and_then(|g| config::voice_by_gender(base, g)) {
                 c.voice_id = id;
             }
         }
     }
-    if let Some(unknown) = names.last().filter(|n| speak_params::voice_by_name(base, n.trim()).is_none()) {
+    if let Some(unknown) = names.last().filter(|n| config::voice_by_name(base, n.trim()).is_none()) {
         log::warn!("SSML <voice name='{unknown}'> is not in voice_map nor a voice id: using {}", c.voice_id);
     }
     if let Some(lang) = &style.lang {
-        speak_params::apply_language(&mut c, lang)?;
+        config::apply_language(&mut c, lang)?;
     }
     if style.rate.absolute.is_some() || style.rate.factor != 1.0 {
         let from = style.rate.absolute.unwrap_or_else(|| c.voice_settings.speed.unwrap_or(1.0));
-        c.voice_settings.speed = Some(speak_params::clamp_speed(from * style.rate.factor));
+        c.voice_settings.speed = Some(config::clamp_speed(from * style.rate.factor));
     }
     let gain = if style.volume.absolute.is_none() && style.volume.factor == 1.0 {
         resolved.gain
     } else {
-        speak_params::clamp_gain(style.volume.absolute.unwrap_or(f64::from(resolved.gain)) * style.volume.factor)
+        config::clamp_gain(style.volume.absolute.unwrap_or(f64::from(resolved.gain)) * style.volume.factor)
     };
     Ok(Utterance { text: speech.text.clone(), config: Arc::new(c), gain, marks: speech.marks.clone() })
 }
@@ -163,7 +152,7 @@ pub struct Part {
 /// each mark with the part whose text it precedes (a mark at the very end
 /// stays at the end of the last part).
 pub fn parts(u: &Utterance) -> Vec<Part> {
-    let texts = crate::split::split_for_requests(&u.text, u.config.max_request_chars());
+    let texts = split_for_requests(&u.text, u.config.max_request_chars());
     // Where each part starts and ends in the utterance, in chars: parts are
     // trimmed slices of the (whitespace-folded) text, in order.
     let mut ranges = Vec::with_capacity(texts.len());
@@ -185,6 +174,41 @@ pub fn parts(u: &Utterance) -> Vec<Part> {
     out
 }
 
+/// Context for continuity across parts: ElevenLabs conditions the
+/// prosody on the text around a request; a few hundred characters do.
+const CONTEXT_CHARS: usize = 300;
+
+fn context_tail(text: &str) -> &str {
+    let n = text.chars().count();
+    let skip = n.saturating_sub(CONTEXT_CHARS);
+    text.char_indices().nth(skip).map_or(text, |(i, _)| &text[i..])
+}
+
+fn context_head(text: &str) -> &str {
+    text.char_indices().nth(CONTEXT_CHARS).map_or(text, |(i, _)| &text[..i])
+}
+
+/// The upstream requests of an utterance, one per part, each with the text
+/// around it: what the worker sends, the warm-up sends, and the cache key
+/// is made of (one function, so they cannot disagree).
+pub fn requests(u: &Utterance, sample_rate: u32) -> Vec<(Part, SpeechRequest)> {
+    let parts = parts(u);
+    let requests: Vec<SpeechRequest> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| SpeechRequest {
+            config: Arc::clone(&u.config),
+            text: part.text.clone(),
+            sample_rate,
+            previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p].text).to_owned()),
+            next_text: parts.get(i + 1).map(|n| context_head(&n.text).to_owned()),
+            gain: u.gain,
+            with_timestamps: needs_alignment(part),
+        })
+        .collect();
+    parts.into_iter().zip(requests).collect()
+}
+
 /// Whether a part needs character alignment: a mark strictly inside it.
 /// Marks at either end sit where known byte counts put them.
 pub fn needs_alignment(part: &Part) -> bool {
@@ -195,11 +219,12 @@ pub fn needs_alignment(part: &Part) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::speak_params::SpeakHeaders;
-    use crate::ssml::{Scale, Style};
+    use crate::mrcp::{SpeakHeaders, VoiceGender};
+    use crate::text::ssml::{Scale, Style};
+    use crate::tts::elevenlabs::ElevenLabs;
 
     fn build(script: &Script, headers: &SpeakHeaders, base: &Config) -> Result<Plan, Refusal> {
-        super::build(script, speak_params::resolve(base, headers)?, base)
+        super::build(script, config::resolve(base, headers)?, base)
     }
 
     fn base() -> Config {
@@ -223,8 +248,8 @@ mod tests {
     #[test]
     fn styles_override_headers() {
         let headers = SpeakHeaders {
-            prosody_rate: Some(speak_params::Rate::Relative(1.1)),
-            prosody_volume: Some(speak_params::Volume::Numeric(25.0)),
+            prosody_rate: Some(crate::mrcp::Rate::Relative(1.1)),
+            prosody_volume: Some(crate::mrcp::Volume::Numeric(25.0)),
             ..Default::default()
         };
         let script = Script {
@@ -241,7 +266,7 @@ mod tests {
                         ..Default::default()
                     },
                 ),
-                speech("Male.", Style { gender: Some(crate::sys::VOICE_GENDER_MALE), ..Default::default() }),
+                speech("Male.", Style { gender: Some(VoiceGender::Male), ..Default::default() }),
                 Segment::Mark("end".into()),
             ],
         };
@@ -276,7 +301,7 @@ mod tests {
             say(Style { voice_names: names(&["Rachel", "No Such Voice"]), ..Default::default() }),
             "21m00Tcm4TlvDq8ikWAM"
         );
-        let male = Some(crate::sys::VOICE_GENDER_MALE);
+        let male = Some(VoiceGender::Male);
         assert_eq!(
             say(Style { voice_names: names(&["No Such Voice"]), gender: male, ..Default::default() }),
             "maleVoice"
@@ -285,29 +310,42 @@ mod tests {
     }
 
     #[test]
-    fn plain_speaks_key_like_the_warm_up_and_scripts_apart() {
-        let plain = build(&crate::ssml::plain("Hello."), &SpeakHeaders::default(), &base()).unwrap();
-        let c = base();
-        let parts = vec!["Hello.".to_owned()];
-        let warm = KeyInput {
-            parts: &parts,
-            voice_id: &c.voice_id,
-            model_id: &c.model_id,
+    fn plain_speaks_key_like_their_requests_and_scripts_apart() {
+        let plain = build(&crate::text::ssml::plain("Hello."), &SpeakHeaders::default(), &base()).unwrap();
+        let request = SpeechRequest {
+            config: Arc::new(base()),
+            text: "Hello.".into(),
             sample_rate: 8000,
-            settings: &c.voice_settings,
-            language_code: None,
-            seed: None,
-            text_normalization: None,
-            pronunciation_dictionaries: &[],
-        }
-        .key();
-        assert_eq!(plain.cache_key(8000), warm);
+            previous_text: None,
+            next_text: None,
+            gain: 1.0,
+            with_timestamps: false,
+        };
+        let alone = Key::of_requests(&[ElevenLabs.identity(&request)]);
+        assert_eq!(plain.cache_key(8000, &ElevenLabs), alone);
+        assert_ne!(plain.cache_key(16000, &ElevenLabs), alone);
         let mut paused = plain.clone();
         paused.steps.push(Step::Pause { ms: 500 });
         let mut longer = plain.clone();
         longer.steps.push(Step::Pause { ms: 600 });
-        assert_ne!(paused.cache_key(8000), plain.cache_key(8000));
-        assert_ne!(paused.cache_key(8000), longer.cache_key(8000));
+        assert_ne!(paused.cache_key(8000, &ElevenLabs), plain.cache_key(8000, &ElevenLabs));
+        assert_ne!(paused.cache_key(8000, &ElevenLabs), longer.cache_key(8000, &ElevenLabs));
+    }
+
+    #[test]
+    fn requests_carry_the_text_around_them() {
+        let u = Utterance {
+            text: "First sentence is here. Second one is here too. Third.".into(),
+            config: Arc::new(base()),
+            gain: 1.0,
+            marks: vec![],
+        };
+        let reqs = requests(&u, 8000);
+        assert_eq!(reqs.len(), 2, "max_request_chars 40");
+        assert_eq!(reqs[0].1.previous_text, None);
+        assert_eq!(reqs[0].1.next_text.as_deref(), Some(reqs[1].0.text.as_str()));
+        assert_eq!(reqs[1].1.previous_text.as_deref(), Some(reqs[0].0.text.as_str()));
+        assert_eq!(reqs[1].1.next_text, None);
     }
 
     #[test]

@@ -328,8 +328,10 @@ fn backpressure_on_decoded_and_scaled_audio_loses_nothing() {
     assert_eq!(names, ["middle", "after"]);
 
     // The same through the plain stream (no marks), scaled only.
-    let id = ch.send(Request::speak_ssml(&format!(r#"<speak><prosody volume="+6dB">{text} Again.</prosody></speak>"#)));
+    // Counted before the SPEAK: its first frames may play before this
+    // thread runs again.
     let before = ch.audio_len();
+    let id = ch.send(Request::speak_ssml(&format!(r#"<speak><prosody volume="+6dB">{text} Again.</prosody></speak>"#)));
     assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
     let again = request_for(&rig.upstream, &format!("{text} Again."));
     assert!(!again.with_timestamps);

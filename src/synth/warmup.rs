@@ -1,7 +1,10 @@
 //! Cache warm-up: after engine open, a background thread synthesizes the
 //! prompts of `cache_warmup_file` into the cache, one upstream request at a
 //! time (so calls keep the plan's concurrency), skipping prompts already
-//! cached. It has its own curl handles, which only it touches.
+//! cached. It has its own curl handles, which only it touches, and sends
+//! its audio to no channel (`media::Discard`): only the cache keeps it.
+//! Its requests are built by `plan`, as a SPEAK's are, so a warmed prompt
+//! is a hit for the same text spoken by a call.
 //!
 //! File format: one prompt per line; blank lines and lines starting with
 //! `#` are skipped. A line is either the text alone (engine voice and
@@ -13,10 +16,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::cache::{Cache, FlightEnd, KeyInput, Lookup};
-use crate::channel::Shared;
+use crate::cache::{Cache, FlightEnd, Lookup, Tee};
 use crate::config::{valid_voice_id, Config};
-use crate::synth::{Outcome, Request, Tee, Transport};
+use crate::error::Failure;
+use crate::media::{Discard, Waker};
+use crate::plan;
+use crate::tts::{Outcome, Provider, Transport};
 
 /// One line of the warm-up file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,39 +64,46 @@ pub fn parse(text: &str) -> (Vec<Prompt>, Vec<String>) {
 
 pub struct Warmup {
     stop: Arc<AtomicBool>,
-    shared: Arc<Shared>,
+    waker: Arc<Waker>,
     thread: JoinHandle<()>,
 }
 
 impl Warmup {
     /// Starts warming `path` in the background.
-    pub fn start(path: String, config: Arc<Config>, cache: Arc<Cache>) -> Option<Warmup> {
-        let shared = match Shared::new(crate::channel::buffer_capacity(config.max_buffer_ms)) {
-            Ok(s) => Arc::new(s),
+    pub fn start(path: String, config: Arc<Config>, cache: Arc<Cache>, provider: Arc<dyn Provider>) -> Option<Warmup> {
+        let waker = match Waker::new() {
+            Ok(w) => Arc::new(w),
             Err(e) => {
                 log::error!("cache warm-up: {e}");
                 return None;
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, shared2) = (Arc::clone(&stop), Arc::clone(&shared));
+        let (stop2, waker2) = (Arc::clone(&stop), Arc::clone(&waker));
         let thread = std::thread::Builder::new()
             .name("elevenlabs-warm".into())
-            .spawn(move || run(&path, &config, &cache, &shared2, &stop2))
+            .spawn(move || run(&path, &config, &cache, &provider, &waker2, &stop2))
             .map_err(|e| log::error!("cache warm-up: cannot start its thread: {e}"))
             .ok()?;
-        Some(Warmup { stop, shared, thread })
+        Some(Warmup { stop, waker, thread })
     }
 
     /// Aborts the current request and joins the thread (engine close).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
-        self.shared.waker.wake();
+        self.waker.wake();
         let _ = self.thread.join();
     }
 }
 
-fn run(path: &str, config: &Config, cache: &Arc<Cache>, shared: &Arc<Shared>, stop: &AtomicBool) {
+fn run(
+    path: &str,
+    config: &Config,
+    cache: &Arc<Cache>,
+    provider: &Arc<dyn Provider>,
+    waker: &Arc<Waker>,
+    stop: &AtomicBool,
+) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -103,7 +115,7 @@ fn run(path: &str, config: &Config, cache: &Arc<Cache>, shared: &Arc<Shared>, st
     for p in &problems {
         log::warn!("cache warm-up: {path}: {p}");
     }
-    let mut transport = match Transport::new(Arc::clone(shared)) {
+    let mut transport = match Transport::new() {
         Ok(t) => t,
         Err(e) => {
             log::error!("cache warm-up: cannot create curl handles: {e}");
@@ -118,7 +130,7 @@ fn run(path: &str, config: &Config, cache: &Arc<Cache>, shared: &Arc<Shared>, st
                 log::info!("cache warm-up stopped");
                 return;
             }
-            match warm(&mut transport, prompt, rate, config, cache, shared, stop) {
+            match warm(&mut transport, prompt, rate, config, cache, provider, waker, stop) {
                 Warmed::Made => made += 1,
                 Warmed::Present => present += 1,
                 Warmed::Failed(why) => {
@@ -140,13 +152,15 @@ enum Warmed {
     Failed(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn warm(
     transport: &mut Transport,
     prompt: &Prompt,
     rate: u32,
     engine: &Config,
     cache: &Arc<Cache>,
-    shared: &Arc<Shared>,
+    provider: &Arc<dyn Provider>,
+    waker: &Arc<Waker>,
     stop: &AtomicBool,
 ) -> Warmed {
     let mut config = engine.clone();
@@ -156,41 +170,23 @@ fn warm(
     if let Some(m) = &prompt.model_id {
         config.model_id = m.clone();
     }
-    let parts = crate::split::split_for_requests(&prompt.text, config.max_request_chars());
-    let key = KeyInput {
-        parts: &parts,
-        voice_id: &config.voice_id,
-        model_id: &config.model_id,
-        sample_rate: rate,
-        settings: &config.voice_settings,
-        language_code: config.language_code.as_deref(),
-        seed: config.seed,
-        text_normalization: config.apply_text_normalization.as_deref(),
-        pronunciation_dictionaries: &[],
-    }
-    .key();
-    let (flight, writer) = match cache.lookup(key, rate, None, shared) {
+    let utterance =
+        plan::Utterance { text: prompt.text.clone(), config: Arc::new(config), gain: 1.0, marks: Vec::new() };
+    let plan = plan::Plan { steps: vec![plan::Step::Say(utterance.clone())], config: Arc::clone(&utterance.config) };
+    let key = plan.cache_key(rate, provider.as_ref());
+    let (flight, writer) = match cache.lookup(key, rate, None, waker) {
         Lookup::Hit(_) => return Warmed::Present,
         Lookup::Follow(flight) => {
             // A call is synthesizing it right now: it will be cached.
-            flight.unfollow(shared);
+            flight.unfollow(waker);
             return Warmed::Present;
         }
         Lookup::Lead(flight, writer) => (flight, writer),
     };
-    let mut tee = Tee { flight: Some(Arc::clone(&flight)), writer: writer.map(Box::new), skip: 0, detached: true };
+    let mut tee = Tee { flight: Some(Arc::clone(&flight)), writer: writer.map(Box::new), skip: 0 };
     let mut result = Ok(());
-    for (i, part) in parts.iter().enumerate() {
-        let request = Request {
-            config: &config,
-            text: part,
-            sample_rate: rate,
-            previous_text: i.checked_sub(1).map(|p| parts[p].as_str()),
-            next_text: parts.get(i + 1).map(String::as_str),
-            gain: 1.0,
-            with_timestamps: false,
-        };
-        let mut transfer = match transport.start(&request, 0, tee) {
+    for (_, request) in plan::requests(&utterance, rate) {
+        let mut transfer = match transport.start(provider, &request, Box::new(Discard), tee) {
             Ok(t) => t,
             Err((why, back)) => {
                 tee = back;
@@ -202,15 +198,15 @@ fn warm(
         while !transfer.step() {
             let now = Instant::now();
             if stop.load(Ordering::Acquire) {
-                expired = Some("engine closing".to_owned());
+                expired = Some(Failure::Internal("engine closing".to_owned()));
                 break;
             }
             if let Some(why) = transfer.expired(now) {
                 expired = Some(why);
                 break;
             }
-            transfer.wait(shared.waker.fd(), now);
-            shared.waker.drain();
+            transfer.wait(waker.fd(), now);
+            waker.drain();
         }
         let (outcome, _, back) = transfer.finish();
         tee = back;
@@ -220,7 +216,7 @@ fn warm(
                 break;
             }
             (None, Outcome::Stale) => {
-                result = Err("aborted".into());
+                result = Err(Failure::Internal("aborted".into()));
                 break;
             }
             (None, Outcome::Complete) => {}
@@ -239,7 +235,7 @@ fn warm(
     cache.land(key, &flight, end);
     match result {
         Ok(()) => Warmed::Made,
-        Err(why) => Warmed::Failed(why),
+        Err(why) => Warmed::Failed(why.to_string()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! bindgen's view of the UniMRCP ABI: our shim headers, or a real install's
 //! when UNIMRCP_DIR is set (see build.rs). Nothing but generated code here;
-//! the thin safe layer over it is `abi`.
+//! the thin safe layers over it are the other `ffi` modules.
 #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, unnecessary_transmutes, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/unimrcp_sys.rs"));

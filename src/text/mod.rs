@@ -2,11 +2,16 @@
 //!
 //! `text/plain` is spoken as written, only trimmed, its line breaks kept
 //! (UTF-8, or ISO-8859-1 when the charset says so). SSML bodies (`application/ssml+xml`, and
-//! `application/synthesis+ssml` which umc sends) are read by [`crate::ssml`].
+//! `application/synthesis+ssml` which umc sends) are read by [`ssml`].
 //! Bodies that would make nothing to play are refused before any request
 //! goes upstream.
 
-use crate::ssml::{self, Script};
+pub mod split;
+pub mod ssml;
+
+pub use split::split_for_requests;
+pub use ssml::{Script, Segment, Speech};
+
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,8 +109,8 @@ fn speakable_text(content_type: Option<&str>, body: &[u8]) -> Result<String, Bod
 
 #[cfg(test)]
 mod tests {
+    use super::ssml::Segment;
     use super::*;
-    use crate::ssml::Segment;
 
     #[test]
     fn plain_text_is_trimmed_and_checked() {

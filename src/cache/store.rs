@@ -1,25 +1,4 @@
-//! The prompt cache: a repeated SPEAK costs nothing upstream and starts at
-//! the next media tick.
-//!
-//! * Key: SHA-1 over a versioned, length-prefixed encoding of everything
-//!   that changes the audio (`KeyInput`), so two requests that can sound
-//!   different never share an entry.
-//! * Entries: `<40 hex>` files in the cache dir (created 0700): a 48-byte
-//!   header (magic, format version, sample rate, audio length, SHA-1 of the
-//!   audio) and the raw PCM. An entry that fails any check is deleted and
-//!   synthesized again, never played.
-//! * Write-through: audio goes to a temporary file as it arrives and is
-//!   renamed into place only after the whole response succeeded; several
-//!   server processes may share the dir (atomic renames; readers only ever
-//!   see whole files).
-//! * Single flight: SPEAKs for a key that is being synthesized follow the
-//!   leader's transfer instead of making their own request.
-//! * Bounds: a janitor thread evicts least recently used entries over
-//!   `cache_max_mb`, expired ones, and stale temporary files, off any
-//!   SPEAK's path. A hit refreshes the entry's mtime (its LRU stamp).
-//!
-//! All file work happens on channel worker threads or the cache's own
-//! threads, never on the MRCP Server or media threads.
+//! Entries on disk, the single-flight table, and the janitor.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -35,8 +14,9 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
 
-use crate::channel::Shared;
-use crate::config::VoiceSettings;
+use super::{Flight, FlightEnd, Key};
+use crate::config::CacheConfig;
+use crate::media::Waker;
 
 const MAGIC: &[u8; 8] = b"ELABPCM\0";
 const FORMAT_VERSION: u32 = 1;
@@ -46,93 +26,6 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 /// The janitor's pass interval when nothing asks for one sooner.
 const JANITOR_PERIOD: Duration = Duration::from_secs(60);
 
-/// Cache settings from the engine params.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CacheConfig {
-    pub dir: PathBuf,
-    pub max_bytes: u64,
-    /// Entries older than this are not served (None: no limit).
-    pub max_age: Option<Duration>,
-}
-
-/// Everything that changes the audio of a SPEAK.
-pub struct KeyInput<'a> {
-    /// The text exactly as sent upstream, part by part.
-    pub parts: &'a [String],
-    pub voice_id: &'a str,
-    pub model_id: &'a str,
-    pub sample_rate: u32,
-    pub settings: &'a VoiceSettings,
-    pub language_code: Option<&'a str>,
-    pub seed: Option<u64>,
-    pub text_normalization: Option<&'a str>,
-    pub pronunciation_dictionaries: &'a [String],
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key([u8; 20]);
-
-impl Key {
-    /// A key over a sequence of encoded steps (an SSML SPEAK: several
-    /// requests, pauses, gains), tagged apart from single-request keys.
-    pub fn of_sequence(steps: &[Vec<u8>]) -> Key {
-        let mut h = Sha1::new();
-        field(&mut h, 0, b"unimrcp-elevenlabs sequence key v1");
-        for step in steps {
-            field(&mut h, 16, step);
-        }
-        Key(h.finalize().into())
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 20] {
-        &self.0
-    }
-
-    pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// Appends one field: a tag, its length, its bytes. No two different
-/// inputs encode alike (unlike fields glued together).
-fn field(h: &mut Sha1, tag: u8, bytes: &[u8]) {
-    h.update([tag]);
-    h.update((bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
-}
-
-fn opt_f64(v: Option<f64>) -> Vec<u8> {
-    v.map_or_else(Vec::new, |x| x.to_bits().to_le_bytes().to_vec())
-}
-
-impl KeyInput<'_> {
-    pub fn key(&self) -> Key {
-        let mut h = Sha1::new();
-        field(&mut h, 0, b"unimrcp-elevenlabs cache key v1");
-        field(&mut h, 1, &(self.parts.len() as u64).to_le_bytes());
-        for part in self.parts {
-            field(&mut h, 2, part.as_bytes());
-        }
-        field(&mut h, 3, self.voice_id.as_bytes());
-        field(&mut h, 4, self.model_id.as_bytes());
-        field(&mut h, 5, format!("pcm_{}", self.sample_rate).as_bytes());
-        field(&mut h, 6, &opt_f64(self.settings.stability));
-        field(&mut h, 7, &opt_f64(self.settings.similarity_boost));
-        field(&mut h, 8, &opt_f64(self.settings.style));
-        field(&mut h, 9, &opt_f64(self.settings.speed));
-        field(&mut h, 10, &self.settings.use_speaker_boost.map_or_else(Vec::new, |b| vec![u8::from(b)]));
-        field(&mut h, 11, self.language_code.unwrap_or("").as_bytes());
-        field(&mut h, 12, &self.seed.map_or_else(Vec::new, |s| s.to_le_bytes().to_vec()));
-        field(&mut h, 13, self.text_normalization.unwrap_or("").as_bytes());
-        field(&mut h, 14, &(self.pronunciation_dictionaries.len() as u64).to_le_bytes());
-        for d in self.pronunciation_dictionaries {
-            field(&mut h, 15, d.as_bytes());
-        }
-        Key(h.finalize().into())
-    }
-}
-
-/// Entry header: magic, version, rate, audio length, SHA-1 of the audio,
 /// and when the entry was made (seconds since the epoch; ctime will not
 /// do: refreshing the LRU stamp changes it).
 fn header(sample_rate: u32, len: u64, digest: &[u8], created: u32) -> [u8; HEADER_LEN] {
@@ -182,115 +75,6 @@ fn validate(bytes: &[u8], sample_rate: u32) -> Result<&[u8], &'static str> {
 fn is_entry_name(name: &str) -> bool {
     name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
-
-// ------------------------------------------------------------------ policy
-
-/// What a SPEAK's Cache-Control header allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
-    /// Serve from (and follow flights in) the cache.
-    pub read: bool,
-    /// Store the result.
-    pub write: bool,
-    /// Serve only entries younger than this.
-    pub max_age: Option<Duration>,
-}
-
-impl Policy {
-    /// `no-cache` bypasses the cache for the request (the fresh result
-    /// still refreshes the entry), `no-store` keeps it out, `max-age=N`
-    /// limits the age of what is served. Unknown directives are ignored.
-    pub fn from_header(value: Option<&str>) -> Policy {
-        let mut policy = Policy { read: true, write: true, max_age: None };
-        for directive in value.unwrap_or("").split(',') {
-            let d = directive.trim().to_ascii_lowercase();
-            match d.split_once('=') {
-                None if d == "no-cache" => policy.read = false,
-                None if d == "no-store" => {
-                    policy.read = false;
-                    policy.write = false;
-                }
-                Some(("max-age", n)) => {
-                    if let Ok(secs) = n.trim().trim_matches('"').parse::<u64>() {
-                        policy.max_age = Some(Duration::from_secs(secs));
-                    }
-                }
-                _ => {}
-            }
-        }
-        policy
-    }
-}
-
-// ------------------------------------------------------------ single flight
-
-/// How a flight ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FlightEnd {
-    Complete,
-    Failed(String),
-    /// The leader went away before the end (its channel closed).
-    Abandoned,
-}
-
-#[derive(Default)]
-struct FlightState {
-    audio: Vec<u8>,
-    end: Option<FlightEnd>,
-    followers: Vec<Arc<Shared>>,
-}
-
-/// One synthesis in progress that other SPEAKs of the same key follow.
-#[derive(Default)]
-pub struct Flight {
-    state: Mutex<FlightState>,
-}
-
-impl Flight {
-    /// The leader's bytes, as they arrive; wakes the followers.
-    pub fn append(&self, data: &[u8]) {
-        let followers = {
-            let mut s = self.state.lock();
-            s.audio.extend_from_slice(data);
-            s.followers.clone()
-        };
-        followers.iter().for_each(|f| f.waker.wake());
-    }
-
-    pub fn end(&self, end: FlightEnd) {
-        let followers = {
-            let mut s = self.state.lock();
-            s.end.get_or_insert(end);
-            std::mem::take(&mut s.followers)
-        };
-        followers.iter().for_each(|f| f.waker.wake());
-    }
-
-    fn follow(&self, shared: Arc<Shared>) {
-        let mut s = self.state.lock();
-        if s.end.is_none() {
-            s.followers.push(shared);
-        }
-    }
-
-    pub fn unfollow(&self, shared: &Arc<Shared>) {
-        self.state.lock().followers.retain(|f| !Arc::ptr_eq(f, shared));
-    }
-
-    /// Copies up to `max` bytes from `offset` with `copy`; says whether the
-    /// flight has ended (and how) once everything was taken.
-    pub fn take(&self, offset: usize, max: usize, copy: impl FnOnce(&[u8])) -> (usize, Option<FlightEnd>) {
-        let s = self.state.lock();
-        let end = offset.saturating_add(max).min(s.audio.len());
-        let n = end.saturating_sub(offset);
-        if n > 0 {
-            copy(&s.audio[offset..end]);
-        }
-        let done = if offset + n >= s.audio.len() { s.end.clone() } else { None };
-        (n, done)
-    }
-}
-
 /// What a SPEAK gets from the cache.
 pub enum Lookup {
     /// A valid entry: its audio.
@@ -300,8 +84,6 @@ pub enum Lookup {
     /// Synthesize it, teeing the audio to the flight and the writer.
     Lead(Arc<Flight>, Option<EntryWriter>),
 }
-
-// ------------------------------------------------------------------ writer
 
 /// A temporary file receiving a response as it arrives.
 pub struct EntryWriter {
@@ -361,8 +143,6 @@ impl Drop for EntryWriter {
         }
     }
 }
-
-// ------------------------------------------------------------------- cache
 
 pub struct Cache {
     config: CacheConfig,
@@ -465,14 +245,14 @@ impl Cache {
         key: Key,
         sample_rate: u32,
         max_age: Option<Duration>,
-        shared: &Arc<Shared>,
+        follower: &Arc<Waker>,
     ) -> Lookup {
         if let Some(audio) = self.read(&key, sample_rate, max_age) {
             return Lookup::Hit(audio);
         }
         let mut flights = self.flights.lock();
         if let Some(flight) = flights.get(&key) {
-            flight.follow(Arc::clone(shared));
+            flight.follow(Arc::clone(follower));
             return Lookup::Follow(Arc::clone(flight));
         }
         // A leader may have stored the entry and landed between our read
@@ -484,7 +264,7 @@ impl Cache {
             }
             flights = self.flights.lock();
             if let Some(flight) = flights.get(&key) {
-                flight.follow(Arc::clone(shared));
+                flight.follow(Arc::clone(follower));
                 return Lookup::Follow(Arc::clone(flight));
             }
         }
@@ -598,63 +378,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn input<'a>(parts: &'a [String], settings: &'a VoiceSettings) -> KeyInput<'a> {
-        KeyInput {
-            parts,
-            voice_id: "v",
-            model_id: "m",
-            sample_rate: 8000,
-            settings,
-            language_code: None,
-            seed: None,
-            text_normalization: None,
-            pronunciation_dictionaries: &[],
-        }
-    }
-
-    #[test]
-    fn every_field_changes_the_key_and_fields_cannot_run_together() {
-        let s = VoiceSettings::default();
-        let a = vec!["ab".to_string()];
-        let base = input(&a, &s).key();
-        let split = vec!["a".to_string(), "b".to_string()];
-        assert_ne!(input(&split, &s).key(), base, "part boundaries count");
-        let mut other = input(&a, &s);
-        other.voice_id = "w";
-        assert_ne!(other.key(), base);
-        let mut glued = input(&a, &s);
-        glued.voice_id = "vm";
-        glued.model_id = "";
-        let mut apart = input(&a, &s);
-        apart.voice_id = "v";
-        apart.model_id = "m";
-        assert_ne!(glued.key(), apart.key(), "length prefixes keep fields apart");
-        let mut rate = input(&a, &s);
-        rate.sample_rate = 16000;
-        assert_ne!(rate.key(), base);
-        let tuned = VoiceSettings { stability: Some(0.5), ..Default::default() };
-        assert_ne!(input(&a, &tuned).key(), base);
-        let mut lang = input(&a, &s);
-        lang.language_code = Some("de");
-        assert_ne!(lang.key(), base);
-        let mut seed = input(&a, &s);
-        seed.seed = Some(1);
-        assert_ne!(seed.key(), base);
-        assert_eq!(input(&a, &s).key(), base, "deterministic");
-        assert!(is_entry_name(&base.hex()));
-    }
-
-    #[test]
-    fn cache_control_directives() {
-        assert_eq!(Policy::from_header(None), Policy { read: true, write: true, max_age: None });
-        assert_eq!(Policy::from_header(Some("no-cache")), Policy { read: false, write: true, max_age: None });
-        assert_eq!(Policy::from_header(Some("No-Store")), Policy { read: false, write: false, max_age: None });
-        assert_eq!(
-            Policy::from_header(Some("max-age=60, private")),
-            Policy { read: true, write: true, max_age: Some(Duration::from_secs(60)) }
-        );
-    }
 
     #[test]
     fn entries_validate_and_corruption_is_caught() {

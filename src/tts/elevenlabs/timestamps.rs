@@ -10,6 +10,17 @@
 //! several in one read; an `data:` prefix (server-sent-event framing) is
 //! tolerated.
 
+use base64::engine::general_purpose::GeneralPurpose;
+use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// Standard base64 (RFC 4648 §4), padding optional: what the API sends.
+const STANDARD: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// A line longer than this is not a timestamp stream (a chunk of a few
 /// seconds of 48 kHz audio is well under 1 MiB of base64).
 const MAX_LINE: usize = 4 * 1024 * 1024;
@@ -19,10 +30,10 @@ pub struct TimestampStream {
     line: Vec<u8>,
 }
 
-impl TimestampStream {
+impl crate::tts::BodyDecoder for TimestampStream {
     /// Consumes `data`: decoded audio is appended to `audio`, the start time
     /// (seconds) of each newly aligned character to `starts`.
-    pub fn feed(&mut self, data: &[u8], audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String> {
+    fn feed(&mut self, data: &[u8], audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String> {
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             if self.line.is_empty() {
@@ -44,10 +55,23 @@ impl TimestampStream {
     }
 
     /// The body ended: a last line without a newline still counts.
-    pub fn finish(&mut self, audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String> {
+    fn finish(&mut self, audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String> {
         let line = std::mem::take(&mut self.line);
         decode_line(&line, audio, starts)
     }
+}
+
+/// One line of the stream; fields we do not use are ignored.
+#[derive(Deserialize)]
+struct Line {
+    audio_base64: Option<String>,
+    alignment: Option<Alignment>,
+}
+
+#[derive(Deserialize)]
+struct Alignment {
+    #[serde(default)]
+    character_start_times_seconds: Vec<serde_json::Value>,
 }
 
 fn decode_line(line: &[u8], audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String> {
@@ -59,58 +83,20 @@ fn decode_line(line: &[u8], audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Resul
     if text.is_empty() {
         return Ok(());
     }
-    let value = crate::json::parse(text).ok_or_else(|| {
+    let line: Line = serde_json::from_str(text).map_err(|_| {
         let shown: String = text.chars().take(60).collect();
         format!("a timestamp line is not JSON: {shown}")
     })?;
-    if let Some(b64) = value.get("audio_base64").and_then(crate::json::Value::as_str) {
-        base64_decode(b64, audio)?;
+    if let Some(b64) = line.audio_base64 {
+        STANDARD.decode_vec(b64.as_bytes(), audio).map_err(|e| format!("bad base64 audio: {e}"))?;
     }
-    if let Some(crate::json::Value::Array(times)) =
-        value.get("alignment").and_then(|a| a.get("character_start_times_seconds"))
-    {
-        for t in times {
-            match t {
-                crate::json::Value::Number(s) if s.is_finite() && *s >= 0.0 => starts.push(*s),
+    if let Some(alignment) = line.alignment {
+        for t in alignment.character_start_times_seconds {
+            match t.as_f64() {
+                Some(s) if s.is_finite() && s >= 0.0 => starts.push(s),
                 _ => return Err("a character start time is not a number".to_owned()),
             }
         }
-    }
-    Ok(())
-}
-
-/// Standard base64 (RFC 4648 §4), padding optional, appended to `out`.
-pub fn base64_decode(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let body = text.trim_end_matches('=');
-    if text.len() - body.len() > 2 {
-        return Err("bad base64 padding".to_owned());
-    }
-    out.reserve(body.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in body.as_bytes() {
-        let v = sextet(c).ok_or_else(|| format!("bad base64 character {:?}", c as char))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if bits >= 6 {
-        // One sextet alone cannot end a quantum.
-        return Err("truncated base64".to_owned());
     }
     Ok(())
 }
@@ -119,33 +105,26 @@ pub fn base64_decode(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    use crate::tts::BodyDecoder;
+
     fn b64(data: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut s = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
+        base64::engine::general_purpose::STANDARD.encode(data)
     }
 
     #[test]
-    fn base64_round_trips_every_length() {
+    fn audio_decodes_with_or_without_padding_and_garbage_fails() {
         let data: Vec<u8> = (0..=255u8).rev().collect();
         for n in 0..40 {
-            let mut out = Vec::new();
-            base64_decode(&b64(&data[..n]), &mut out).unwrap();
-            assert_eq!(out, &data[..n]);
+            for text in [b64(&data[..n]), b64(&data[..n]).trim_end_matches('=').to_owned()] {
+                let (mut out, mut starts) = (Vec::new(), Vec::new());
+                let line = format!("{{\"audio_base64\":\"{text}\"}}");
+                decode_line(line.as_bytes(), &mut out, &mut starts).unwrap();
+                assert_eq!(out, &data[..n]);
+            }
         }
-        let mut out = Vec::new();
-        assert!(base64_decode("AB$C", &mut out).is_err());
-        assert!(base64_decode("A", &mut out).is_err());
+        let (mut out, mut starts) = (Vec::new(), Vec::new());
+        assert!(decode_line(br#"{"audio_base64":"AB$C"}"#, &mut out, &mut starts).is_err());
+        assert!(decode_line(br#"{"audio_base64":"A"}"#, &mut out, &mut starts).is_err());
     }
 
     #[test]

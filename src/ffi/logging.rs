@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::sys;
+use super::sys;
 
 /// Name of our source in logger.xml.
 pub const LOG_SOURCE_NAME: &str = "ELEVENLABS-SYNTH";

@@ -1,4 +1,4 @@
-//! One ElevenLabs streaming request on the channel's own curl handles.
+//! One streaming TTS request on the channel's own curl handles.
 //!
 //! The worker thread owns a curl multi handle and one easy handle, both
 //! reused for every SPEAK of the channel (so the connection is kept alive).
@@ -8,21 +8,20 @@
 //! soon as the media thread has made room. Nothing here ever runs on the
 //! MRCP Server or media threads.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use curl::easy::{Easy2, Handler, List, WriteError};
 use curl::multi::{Easy2Handle, Multi, WaitFd};
 
-use crate::audio::Push;
-use crate::channel::Shared;
+use super::{BodyDecoder, Provider, SpeechRequest};
+use crate::cache::Tee;
 use crate::config::Config;
-use crate::json;
-use crate::timestamps::TimestampStream;
+use crate::error::Failure;
+use crate::media::{apply_gain, AudioSink, Discard, Push};
 
 const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"));
-/// Enough of an error body to read ElevenLabs' JSON detail.
+/// Enough of an error body to read the vendor's JSON detail.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest sleep between checks of the clock-based limits.
 const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -30,87 +29,11 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// costs no more than this).
 const PAUSED_WAIT: Duration = Duration::from_millis(20);
 
-/// What one SPEAK asks of ElevenLabs.
-pub struct Request<'a> {
-    pub config: &'a Config,
-    pub text: &'a str,
-    pub sample_rate: u32,
-    /// Text spoken just before / after this request (long SPEAKs are sent
-    /// in parts), so the voice carries on naturally across the seam.
-    pub previous_text: Option<&'a str>,
-    pub next_text: Option<&'a str>,
-    /// Linear gain for the samples (Prosody-Volume); 1.0 passes them as sent.
-    pub gain: f32,
-    /// Ask for character alignment (`/stream/with-timestamps`): the request
-    /// has `<mark>`s inside its text.
-    pub with_timestamps: bool,
-}
-
-impl Request<'_> {
-    pub fn url(&self) -> String {
-        format!(
-            "{}/v1/text-to-speech/{}/stream{}?output_format=pcm_{}",
-            self.config.base_url,
-            self.config.voice_id,
-            if self.with_timestamps { "/with-timestamps" } else { "" },
-            self.sample_rate
-        )
-    }
-
-    pub fn body(&self) -> String {
-        let c = self.config;
-        let mut out = String::with_capacity(self.text.len() + 160);
-        out.push_str("{\"text\":");
-        json::write_str(&mut out, self.text);
-        out.push_str(",\"model_id\":");
-        json::write_str(&mut out, &c.model_id);
-        let vs = &c.voice_settings;
-        if !vs.is_empty() {
-            let mut fields: Vec<String> = Vec::new();
-            let mut num = |name: &str, v: Option<f64>| {
-                if let Some(v) = v {
-                    fields.push(format!("\"{name}\":{v}"));
-                }
-            };
-            num("stability", vs.stability);
-            num("similarity_boost", vs.similarity_boost);
-            num("style", vs.style);
-            num("speed", vs.speed);
-            if let Some(b) = vs.use_speaker_boost {
-                fields.push(format!("\"use_speaker_boost\":{b}"));
-            }
-            out.push_str(",\"voice_settings\":{");
-            out.push_str(&fields.join(","));
-            out.push('}');
-        }
-        if let Some(lang) = &c.language_code {
-            out.push_str(",\"language_code\":");
-            json::write_str(&mut out, lang);
-        }
-        if let Some(seed) = c.seed {
-            out.push_str(&format!(",\"seed\":{seed}"));
-        }
-        if let Some(norm) = &c.apply_text_normalization {
-            out.push_str(",\"apply_text_normalization\":");
-            json::write_str(&mut out, norm);
-        }
-        if let Some(prev) = self.previous_text {
-            out.push_str(",\"previous_text\":");
-            json::write_str(&mut out, prev);
-        }
-        if let Some(next) = self.next_text {
-            out.push_str(",\"next_text\":");
-            json::write_str(&mut out, next);
-        }
-        out.push('}');
-        out
-    }
-}
-
 /// Receives the response on the worker thread.
 pub struct Collector {
-    shared: Arc<Shared>,
-    generation: u64,
+    /// Where the audio goes: the channel's buffer, or nowhere (warm-up).
+    sink: Box<dyn AudioSink>,
+    provider: Option<Arc<dyn Provider>>,
     status: u32,
     content_type: Option<String>,
     /// Decided at the first body byte: 2xx and an audio content type.
@@ -130,8 +53,8 @@ pub struct Collector {
     /// Where the audio also goes (cache file, followers); kept across the
     /// parts of a SPEAK.
     pub tee: Tee,
-    /// Reads a with-timestamps body (None: the body is the PCM itself).
-    decoder: Option<TimestampStream>,
+    /// Reads an encoded body (None: the body is the PCM itself).
+    decoder: Option<Box<dyn BodyDecoder>>,
     gain: f32,
     /// Audio decoded or scaled but not yet in the buffer; the first
     /// `ready` bytes may be pushed (a trailing odd byte waits for its pair
@@ -147,36 +70,12 @@ pub struct Collector {
     decoder_finished: bool,
 }
 
-/// The copies of a response besides the channel's own buffer.
-#[derive(Default)]
-pub struct Tee {
-    pub flight: Option<Arc<crate::cache::Flight>>,
-    /// Boxed: the writer's buffer and hash state are large.
-    pub writer: Option<Box<crate::cache::EntryWriter>>,
-    /// Bytes already played from an abandoned shared synthesis: not played
-    /// again, but still stored.
-    pub skip: usize,
-    /// No caller listens (cache warm-up): nothing goes to the buffer.
-    pub detached: bool,
-}
-
-impl Tee {
-    pub fn copy(&mut self, data: &[u8]) {
-        if let Some(flight) = &self.flight {
-            flight.append(data);
-        }
-        if let Some(writer) = self.writer.as_mut() {
-            writer.write(data);
-        }
-    }
-}
-
 impl Collector {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new() -> Self {
         let now = Instant::now();
         Collector {
-            shared,
-            generation: 0,
+            sink: Box::new(Discard),
+            provider: None,
             status: 0,
             content_type: None,
             is_audio: None,
@@ -200,9 +99,11 @@ impl Collector {
         }
     }
 
-    fn reset(&mut self, generation: u64, gain: f32, with_timestamps: bool) {
-        self.gain = gain;
-        self.decoder = with_timestamps.then(TimestampStream::default);
+    fn reset(&mut self, provider: &Arc<dyn Provider>, req: &SpeechRequest, sink: Box<dyn AudioSink>) {
+        self.gain = req.gain;
+        self.decoder = provider.decoder(req);
+        self.provider = Some(Arc::clone(provider));
+        self.sink = sink;
         self.staged.clear();
         self.ready = 0;
         self.curl_paused = false;
@@ -210,7 +111,6 @@ impl Collector {
         self.decode_error = None;
         self.decoder_finished = false;
         let now = Instant::now();
-        self.generation = generation;
         self.status = 0;
         self.content_type = None;
         self.is_audio = None;
@@ -225,62 +125,47 @@ impl Collector {
     }
 
     fn audio_content_type(&self) -> bool {
-        match (&self.content_type, self.decoder.is_some()) {
-            (None, _) => true, // lenient: nothing says it is not audio
-            (Some(ct), false) => ct.starts_with("audio/") || ct.starts_with("application/octet-stream"),
-            (Some(ct), true) => {
-                ct.starts_with("application/json")
-                    || ct.starts_with("application/x-ndjson")
-                    || ct.starts_with("text/event-stream")
-            }
+        match (&self.content_type, &self.provider) {
+            (Some(ct), Some(provider)) => provider.is_audio(ct, self.decoder.is_some()),
+            _ => true, // lenient: nothing says it is not audio
         }
     }
 
-    /// Moves staged audio into the buffer, as much as fits now.
+    /// Moves staged audio into the sink, as much as fits now. Room only
+    /// grows between `free` and `push` (the media thread takes bytes out),
+    /// so the push fits unless the SPEAK was stopped meanwhile.
     fn flush(&mut self) {
         let n = self.ready;
         if n == 0 {
             return;
         }
-        if self.tee.detached {
-            self.tee.copy(&self.staged[..n]);
-            self.audio_bytes += n as u64;
-        } else {
-            let skip = self.tee.skip.min(n);
-            let outcome = {
-                let mut playback = self.shared.playback.lock();
-                let room = if playback.fits(n - skip) { n - skip } else { playback.free().min(n - skip) };
-                let mut consumed = skip + room;
-                if self.gain != 1.0 {
-                    // Scaled bytes leave in whole samples, so that what
-                    // stays staged starts on a sample boundary.
-                    consumed &= !1;
-                }
-                let skipped = skip.min(consumed);
-                if consumed == 0 {
-                    return;
-                }
-                (consumed, skipped, playback.push(self.generation, &self.staged[skipped..consumed]))
-            };
-            match outcome {
-                (_, _, Push::Stale) => {
-                    self.stale = true;
-                    self.staged.clear();
-                    self.ready = 0;
-                    return;
-                }
-                (consumed, skipped, _) => {
-                    self.tee.copy(&self.staged[..consumed]);
-                    self.tee.skip -= skipped;
-                    self.audio_bytes += (consumed - skipped) as u64;
-                    self.staged.drain(..consumed);
-                    self.ready -= consumed;
-                    return;
-                }
+        let skip = self.tee.skip.min(n);
+        let room = if self.sink.fits(n - skip) { n - skip } else { self.sink.free().min(n - skip) };
+        let mut consumed = skip + room;
+        if self.gain != 1.0 {
+            // Scaled bytes leave in whole samples, so that what stays
+            // staged starts on a sample boundary.
+            consumed &= !1;
+        }
+        let skipped = skip.min(consumed);
+        if consumed == 0 {
+            return;
+        }
+        match self.sink.push(&self.staged[skipped..consumed]) {
+            Push::Stale => {
+                self.stale = true;
+                self.staged.clear();
+                self.ready = 0;
+            }
+            Push::Full => {}
+            Push::Stored => {
+                self.tee.copy(&self.staged[..consumed]);
+                self.tee.skip -= skipped;
+                self.audio_bytes += (consumed - skipped) as u64;
+                self.staged.drain(..consumed);
+                self.ready -= consumed;
             }
         }
-        self.staged.drain(..n);
-        self.ready = 0;
     }
 
     /// Marks newly staged bytes ready, scaling whole samples by the gain.
@@ -293,7 +178,7 @@ impl Collector {
             self.staged.truncate(self.staged.len() & !1); // half a sample is noise
         }
         let end = self.staged.len() & !1;
-        crate::audio::apply_gain(&mut self.staged[self.ready..end], self.gain);
+        apply_gain(&mut self.staged[self.ready..end], self.gain);
         self.ready = end;
     }
 
@@ -301,7 +186,7 @@ impl Collector {
     fn note_backlog(&mut self) {
         self.paused_for = self.ready;
         if self.ready > 0 {
-            self.shared.want_space.store(self.ready.min(FLUSH_WANT), Ordering::Release);
+            self.sink.want(self.ready.min(FLUSH_WANT));
         }
     }
 
@@ -326,11 +211,7 @@ impl Collector {
     /// The easy path: PCM as sent, straight into the buffer.
     fn write_direct(&mut self, data: &[u8]) -> Result<usize, WriteError> {
         let skip = self.tee.skip.min(data.len());
-        let outcome = if skip == data.len() {
-            Push::Stored
-        } else {
-            self.shared.playback.lock().push(self.generation, &data[skip..])
-        };
+        let outcome = if skip == data.len() { Push::Stored } else { self.sink.push(&data[skip..]) };
         match outcome {
             Push::Stored => {
                 self.tee.skip -= skip;
@@ -344,7 +225,7 @@ impl Collector {
                 // curl hands the same bytes back after unpause.
                 self.paused_for = data.len();
                 self.curl_paused = true;
-                self.shared.want_space.store(data.len(), Ordering::Release);
+                self.sink.want(data.len());
                 Err(WriteError::Pause)
             }
             Push::Stale => {
@@ -392,7 +273,7 @@ impl Handler for Collector {
             self.error_body.extend_from_slice(&data[..data.len().min(room)]);
             return Ok(data.len());
         }
-        if self.decoder.is_none() && self.gain == 1.0 && self.ready == 0 && !self.tee.detached {
+        if self.decoder.is_none() && self.gain == 1.0 && self.ready == 0 {
             return self.write_direct(data);
         }
         // Staged: decode and/or scale, then push what fits. Bytes left over
@@ -436,7 +317,7 @@ pub enum Outcome {
     Complete,
     /// The SPEAK was stopped under the transfer.
     Stale,
-    Failed(String),
+    Failed(Failure),
 }
 
 /// The channel's curl handles, kept across SPEAKs.
@@ -446,8 +327,8 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(shared: Arc<Shared>) -> Result<Transport, curl::Error> {
-        let mut easy = Easy2::new(Collector::new(shared));
+    pub fn new() -> Result<Transport, curl::Error> {
+        let mut easy = Easy2::new(Collector::new());
         easy.useragent(USER_AGENT)?;
         easy.tcp_nodelay(true)?;
         easy.tcp_keepalive(true)?;
@@ -456,43 +337,42 @@ impl Transport {
         Ok(Transport { multi: Multi::new(), idle: Some(easy) })
     }
 
-    /// Starts the request; audio for `generation` flows into the buffer.
+    /// Starts the request; its audio flows into `sink` (and `tee`).
     pub fn start<'t>(
         &'t mut self,
-        req: &Request<'t>,
-        generation: u64,
+        provider: &Arc<dyn Provider>,
+        req: &'t SpeechRequest,
+        sink: Box<dyn AudioSink>,
         tee: Tee,
-    ) -> Result<Transfer<'t>, (String, Tee)> {
+    ) -> Result<Transfer<'t>, (Failure, Tee)> {
         let Some(mut easy) = self.idle.take() else {
-            return Err(("internal: curl handle busy".to_owned(), tee));
+            return Err((Failure::Internal("internal: curl handle busy".to_owned()), tee));
         };
-        easy.get_mut().reset(generation, req.gain, req.with_timestamps);
+        easy.get_mut().reset(provider, req, sink);
         easy.get_mut().tee = tee;
-        let config = req.config;
+        let config = &*req.config;
         let setup = (|| -> Result<(), curl::Error> {
-            easy.url(&req.url())?;
+            easy.url(&provider.url(req))?;
             let mut headers = List::new();
-            headers.append(&format!("xi-api-key: {}", config.api_key))?;
-            headers.append("Content-Type: application/json")?;
-            headers.append("Accept: audio/pcm, application/octet-stream, application/json")?;
-            // No 100-continue round trip before the body.
-            headers.append("Expect:")?;
+            for header in provider.headers(req) {
+                headers.append(&header)?;
+            }
             easy.http_headers(headers)?;
             easy.post(true)?;
-            easy.post_fields_copy(req.body().as_bytes())?;
+            easy.post_fields_copy(provider.body(req).as_bytes())?;
             easy.connect_timeout(config.connect_timeout)?;
             Ok(())
         })();
         if let Err(e) = setup {
             let tee = std::mem::take(&mut easy.get_mut().tee);
             self.idle = Some(easy);
-            return Err((format!("internal: cannot set up the request: {e}"), tee));
+            return Err((Failure::Internal(format!("internal: cannot set up the request: {e}")), tee));
         }
         match self.multi.add2(easy) {
             Ok(handle) => Ok(Transfer { transport: self, handle: Some(handle), config, done: None }),
             // The easy handle is lost with the failed add; the next SPEAK
             // gets an error too, which says so.
-            Err(e) => Err((format!("internal: cannot start the transfer: {e}"), Tee::default())),
+            Err(e) => Err((Failure::Internal(format!("internal: cannot start the transfer: {e}")), Tee::default())),
         }
     }
 }
@@ -562,11 +442,11 @@ impl Transfer<'_> {
                 c.note_backlog();
                 return;
             }
-        } else if !c.shared.playback.lock().fits(need) {
+        } else if !c.sink.fits(need) {
             return;
         }
         c.paused_for = 0;
-        c.shared.want_space.store(0, Ordering::Release);
+        c.sink.want(0);
         // Time spent waiting for the caller's ear is not a stall.
         c.last_byte = Instant::now();
         if c.curl_paused {
@@ -578,16 +458,15 @@ impl Transfer<'_> {
     }
 
     /// A limit that has run out, as the reason to give.
-    pub fn expired(&self, now: Instant) -> Option<String> {
+    pub fn expired(&self, now: Instant) -> Option<Failure> {
         let c = self.collector();
         match c.first_byte {
-            None if now.duration_since(c.started) >= self.config.first_byte_timeout => Some(format!(
-                "no response from upstream within first_byte_timeout_ms={}",
-                self.config.first_byte_timeout.as_millis()
-            )),
-            Some(_) if c.paused_for == 0 && now.duration_since(c.last_byte) >= self.config.stall_timeout => Some(
-                format!("upstream stalled: no data for stall_timeout_ms={}", self.config.stall_timeout.as_millis()),
-            ),
+            None if now.duration_since(c.started) >= self.config.first_byte_timeout => {
+                Some(Failure::FirstByteTimeout(self.config.first_byte_timeout))
+            }
+            Some(_) if c.paused_for == 0 && now.duration_since(c.last_byte) >= self.config.stall_timeout => {
+                Some(Failure::Stalled(self.config.stall_timeout))
+            }
             _ => None,
         }
     }
@@ -620,10 +499,16 @@ impl Transfer<'_> {
             Ok(easy) => easy,
             Err(e) => {
                 log::error!("curl multi remove: {e}");
-                return (Outcome::Failed(format!("internal: {e}")), Stats::default(), Tee::default());
+                return (
+                    Outcome::Failed(Failure::Internal(format!("internal: {e}"))),
+                    Stats::default(),
+                    Tee::default(),
+                );
             }
         };
         let tee = std::mem::take(&mut easy.get_mut().tee);
+        // The sink holds the channel's buffer: not kept past the transfer.
+        easy.get_mut().sink = Box::new(Discard);
         let c = easy.get_ref();
         let stats = Stats {
             audio_bytes: c.audio_bytes,
@@ -635,7 +520,7 @@ impl Transfer<'_> {
             _ if c.stale => Outcome::Stale,
             _ if c.decode_error.is_some() => judge_response(c),
             None => Outcome::Stale, // aborted by us before it finished
-            Some(Err(e)) => Outcome::Failed(describe_curl_error(&e, self.config)),
+            Some(Err(e)) => Outcome::Failed(Failure::Upstream(describe_curl_error(&e, self.config))),
             Some(Ok(())) => judge_response(c),
         };
         self.transport.idle = Some(easy);
@@ -680,11 +565,15 @@ impl Stats {
 
 fn judge_response(c: &Collector) -> Outcome {
     let status = c.status;
+    let failed = |reason: String| Outcome::Failed(Failure::Upstream(reason));
     if let Some(e) = &c.decode_error {
-        return Outcome::Failed(format!("upstream HTTP {status} sent a broken timestamp stream: {e}"));
+        return failed(format!("upstream HTTP {status} sent a broken timestamp stream: {e}"));
     }
+    let (detail_status, message) = match &c.provider {
+        Some(provider) if c.is_audio == Some(false) => provider.error_detail(&c.error_body),
+        _ => (None, None),
+    };
     if !(200..300).contains(&status) {
-        let (detail_status, message) = json::error_detail(&c.error_body);
         let mut reason = format!("upstream HTTP {status}");
         if let Some(s) = detail_status {
             reason.push(' ');
@@ -694,20 +583,19 @@ fn judge_response(c: &Collector) -> Outcome {
             reason.push_str(": ");
             reason.push_str(&m);
         }
-        return Outcome::Failed(reason);
+        return failed(reason);
     }
     if c.is_audio == Some(false) {
         let ct = c.content_type.as_deref().unwrap_or("no content type");
-        let (detail_status, message) = json::error_detail(&c.error_body);
         let mut reason = format!("upstream HTTP {status} sent {ct} instead of audio");
         if let Some(detail) = detail_status.or(message) {
             reason.push_str(": ");
             reason.push_str(&detail);
         }
-        return Outcome::Failed(reason);
+        return failed(reason);
     }
     if c.received == 0 {
-        return Outcome::Failed(format!("upstream HTTP {status} sent no audio"));
+        return failed(format!("upstream HTTP {status} sent no audio"));
     }
     Outcome::Complete
 }
@@ -739,82 +627,5 @@ fn describe_curl_error(e: &curl::Error, config: &Config) -> String {
     match e.extra_description() {
         Some(extra) => format!("{what}: {extra}"),
         None => format!("{what}: {}", e.description()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::VoiceSettings;
-
-    fn config() -> Config {
-        Config::from_params(
-            &[
-                ("api_key".into(), "k".into()),
-                ("voice_id".into(), "voice1".into()),
-                ("base_url".into(), "http://127.0.0.1:1".into()),
-            ],
-            |_| unreachable!(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn url_names_voice_and_rate() {
-        let c = config();
-        let mut r = Request {
-            config: &c,
-            text: "hi",
-            sample_rate: 8000,
-            previous_text: None,
-            next_text: None,
-            gain: 1.0,
-            with_timestamps: false,
-        };
-        assert_eq!(r.url(), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
-        r.with_timestamps = true;
-        assert_eq!(
-            r.url(),
-            "http://127.0.0.1:1/v1/text-to-speech/voice1/stream/with-timestamps?output_format=pcm_8000"
-        );
-    }
-
-    #[test]
-    fn body_carries_text_model_and_only_set_settings() {
-        let mut c = config();
-        let r = Request {
-            config: &c,
-            text: "say \"hi\"\n",
-            sample_rate: 16000,
-            previous_text: None,
-            next_text: None,
-            gain: 1.0,
-            with_timestamps: false,
-        };
-        let v = json::parse(&r.body()).unwrap();
-        assert_eq!(v.get("text").and_then(json::Value::as_str), Some("say \"hi\"\n"));
-        assert_eq!(v.get("model_id").and_then(json::Value::as_str), Some("eleven_flash_v2_5"));
-        assert!(v.get("voice_settings").is_none());
-        assert!(v.get("language_code").is_none());
-
-        c.voice_settings = VoiceSettings { stability: Some(0.5), use_speaker_boost: Some(true), ..Default::default() };
-        c.language_code = Some("de".into());
-        let r = Request {
-            config: &c,
-            text: "x",
-            sample_rate: 16000,
-            previous_text: Some("before"),
-            next_text: Some("after"),
-            gain: 1.0,
-            with_timestamps: false,
-        };
-        let v = json::parse(&r.body()).unwrap();
-        let vs = v.get("voice_settings").unwrap();
-        assert_eq!(vs.get("stability"), Some(&json::Value::Number(0.5)));
-        assert_eq!(vs.get("use_speaker_boost"), Some(&json::Value::Bool(true)));
-        assert!(vs.get("style").is_none());
-        assert_eq!(v.get("language_code").and_then(json::Value::as_str), Some("de"));
-        assert_eq!(v.get("previous_text").and_then(json::Value::as_str), Some("before"));
-        assert_eq!(v.get("next_text").and_then(json::Value::as_str), Some("after"));
     }
 }

@@ -1,6 +1,16 @@
 //! Engine parameters (`<param name value>` in the engine block), parsed and
 //! validated once in engine open. A bad value fails open with one log line
 //! naming the param; the API key is never printed (`Debug` redacts it).
+//!
+//! `resolve` applies a SPEAK's headers on top of them. To add an engine
+//! param: a field here, its name in `KNOWN_PARAMS`, its parsing in
+//! `from_params`, and a line in README's table.
+
+mod resolve;
+
+pub use resolve::{
+    apply_language, clamp_gain, clamp_speed, resolve, takes_phonemes, voice_by_gender, voice_by_name, Refusal, Resolved,
+};
 
 use std::fmt;
 use std::time::Duration;
@@ -61,6 +71,15 @@ pub fn model_char_limit(model_id: &str) -> usize {
     }
 }
 
+/// Cache settings from the engine params.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheConfig {
+    pub dir: std::path::PathBuf,
+    pub max_bytes: u64,
+    /// Entries older than this are not served (None: no limit).
+    pub max_age: Option<Duration>,
+}
+
 /// ElevenLabs voice settings; `None` leaves the voice's own setting.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VoiceSettings {
@@ -69,12 +88,6 @@ pub struct VoiceSettings {
     pub style: Option<f64>,
     pub speed: Option<f64>,
     pub use_speaker_boost: Option<bool>,
-}
-
-impl VoiceSettings {
-    pub fn is_empty(&self) -> bool {
-        *self == VoiceSettings::default()
-    }
 }
 
 #[derive(Clone, PartialEq)]
@@ -94,7 +107,7 @@ pub struct Config {
     /// Override of the model's per-request character limit.
     pub max_request_chars: Option<usize>,
     /// None: the cache is off.
-    pub cache: Option<crate::cache::CacheConfig>,
+    pub cache: Option<CacheConfig>,
     pub cache_warmup_file: Option<String>,
     /// Rates the warm-up synthesizes each prompt at.
     pub cache_warmup_rates: Vec<u32>,
@@ -277,7 +290,7 @@ impl Config {
             }
             let max_mb = p.millis("cache_max_mb", DEFAULT_CACHE_MAX_MB, 1, 10_000_000)?;
             let max_age = p.millis("cache_max_age_s", DEFAULT_CACHE_MAX_AGE_S, 0, 100 * 365 * 24 * 3600)?;
-            Some(crate::cache::CacheConfig {
+            Some(CacheConfig {
                 dir: dir.into(),
                 max_bytes: max_mb * 1024 * 1024,
                 max_age: (max_age > 0).then(|| Duration::from_secs(max_age)),
@@ -289,7 +302,7 @@ impl Config {
         let mut cache_warmup_rates = Vec::new();
         for rate in p.get("cache_warmup_rates").unwrap_or("8000").split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match rate.parse::<u32>() {
-                Ok(r) if crate::channel::SAMPLE_RATES.contains(&r) => cache_warmup_rates.push(r),
+                Ok(r) if crate::media::SAMPLE_RATES.contains(&r) => cache_warmup_rates.push(r),
                 _ => {
                     return Err(err("cache_warmup_rates", format!("'{rate}' is not one of 8000, 16000, 32000, 48000")))
                 }
@@ -403,7 +416,7 @@ mod tests {
         assert_eq!(c.model_id, DEFAULT_MODEL_ID);
         assert_eq!(c.connect_timeout, Duration::from_millis(5000));
         assert_eq!(c.max_buffer_ms, DEFAULT_MAX_BUFFER_MS);
-        assert!(c.voice_settings.is_empty());
+        assert_eq!(c.voice_settings, VoiceSettings::default());
         assert_eq!(c.language_code, None);
     }
 

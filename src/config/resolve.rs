@@ -6,37 +6,8 @@
 //! so here a header is a header; Vendor-Specific-Parameters, being the
 //! ElevenLabs-native way to say it, win over the generic MRCP headers.
 
-use crate::config::{valid_voice_id, Config};
-use crate::sys;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Rate {
-    /// A PROSODY_RATE_* label.
-    Label(u32),
-    /// A relative change: 1.5 is 50 % faster.
-    Relative(f32),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Volume {
-    /// A PROSODY_VOLUME_* label.
-    Label(u32),
-    /// 0–100; 50 is medium.
-    Numeric(f32),
-    /// A relative change: 2.0 is twice as loud.
-    Relative(f32),
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SpeakHeaders {
-    pub voice_name: Option<String>,
-    /// A VOICE_GENDER_* value.
-    pub voice_gender: Option<u32>,
-    pub speech_language: Option<String>,
-    pub prosody_rate: Option<Rate>,
-    pub prosody_volume: Option<Volume>,
-    pub vendor: Vec<(String, String)>,
-}
+use super::{valid_voice_id, Config};
+use crate::mrcp::{Rate, RateLabel, SpeakHeaders, VoiceGender, Volume, VolumeLabel};
 
 /// The settings of one SPEAK.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,12 +60,12 @@ fn primary_subtag(tag: &str) -> String {
 fn rate_speed(rate: Rate, base: f64) -> Option<f64> {
     let speed = match rate {
         Rate::Label(l) => match l {
-            sys::PROSODY_RATE_XSLOW => 0.7,
-            sys::PROSODY_RATE_SLOW => 0.85,
-            sys::PROSODY_RATE_MEDIUM => 1.0,
-            sys::PROSODY_RATE_FAST => 1.1,
-            sys::PROSODY_RATE_XFAST => 1.2,
-            _ => return None, // default: the voice's own
+            RateLabel::XSlow => 0.7,
+            RateLabel::Slow => 0.85,
+            RateLabel::Medium => 1.0,
+            RateLabel::Fast => 1.1,
+            RateLabel::XFast => 1.2,
+            RateLabel::Default => return None, // the voice's own
         },
         // UniMRCP parses "150%" as 150 (the sign is dropped): no one means
         // a ten-fold speed, so a value of 10 or more is a percentage.
@@ -108,12 +79,12 @@ fn rate_speed(rate: Rate, base: f64) -> Option<f64> {
 fn volume_gain(volume: Volume) -> f32 {
     let gain = match volume {
         Volume::Label(l) => match l {
-            sys::PROSODY_VOLUME_SILENT => 0.0,
-            sys::PROSODY_VOLUME_XSOFT => 0.25,
-            sys::PROSODY_VOLUME_SOFT => 0.5,
-            sys::PROSODY_VOLUME_LOUD => 1.41,
-            sys::PROSODY_VOLUME_XLOUD => 2.0,
-            _ => 1.0, // medium, default
+            VolumeLabel::Silent => 0.0,
+            VolumeLabel::XSoft => 0.25,
+            VolumeLabel::Soft => 0.5,
+            VolumeLabel::Loud => 1.41,
+            VolumeLabel::XLoud => 2.0,
+            VolumeLabel::Medium | VolumeLabel::Default => 1.0,
         },
         Volume::Numeric(n) if n.is_finite() => n / 50.0,
         // SSML 1.0: "+10" / "-5.5" change the 0–100 scale (medium is 50).
@@ -148,12 +119,11 @@ pub fn voice_by_name(base: &Config, name: &str) -> Option<String> {
 }
 
 /// The configured default voice for a VOICE_GENDER_* value, if any.
-pub fn voice_by_gender(base: &Config, gender: u32) -> Option<String> {
+pub fn voice_by_gender(base: &Config, gender: VoiceGender) -> Option<String> {
     match gender {
-        sys::VOICE_GENDER_MALE => base.voice_id_male.clone(),
-        sys::VOICE_GENDER_FEMALE => base.voice_id_female.clone(),
-        sys::VOICE_GENDER_NEUTRAL => base.voice_id_neutral.clone(),
-        _ => None,
+        VoiceGender::Male => base.voice_id_male.clone(),
+        VoiceGender::Female => base.voice_id_female.clone(),
+        VoiceGender::Neutral => base.voice_id_neutral.clone(),
     }
 }
 
@@ -284,11 +254,11 @@ mod tests {
         assert_eq!(with(|h| h.voice_name = Some("Adam".into())).unwrap().config.voice_id, "pNInz6obpgDQGcFmaJgB");
         assert_eq!(with(|h| h.voice_name = Some("someVoiceId".into())).unwrap().config.voice_id, "someVoiceId");
         assert!(matches!(with(|h| h.voice_name = Some("Mary Poppins".into())), Err(Refusal::Value(_))));
-        assert_eq!(with(|h| h.voice_gender = Some(sys::VOICE_GENDER_FEMALE)).unwrap().config.voice_id, "femaleVoice");
-        assert_eq!(with(|h| h.voice_gender = Some(sys::VOICE_GENDER_NEUTRAL)).unwrap().config.voice_id, "defaultVoice");
+        assert_eq!(with(|h| h.voice_gender = Some(VoiceGender::Female)).unwrap().config.voice_id, "femaleVoice");
+        assert_eq!(with(|h| h.voice_gender = Some(VoiceGender::Neutral)).unwrap().config.voice_id, "defaultVoice");
         let named = with(|h| {
             h.voice_name = Some("Adam".into());
-            h.voice_gender = Some(sys::VOICE_GENDER_FEMALE);
+            h.voice_gender = Some(VoiceGender::Female);
         });
         assert_eq!(named.unwrap().config.voice_id, "pNInz6obpgDQGcFmaJgB", "a name beats a gender");
     }
@@ -296,9 +266,9 @@ mod tests {
     #[test]
     fn rate_becomes_a_clamped_speed() {
         let speed = |r| with(|h| h.prosody_rate = Some(r)).unwrap().config.voice_settings.speed;
-        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_XSLOW)), Some(0.7));
-        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_FAST)), Some(1.1));
-        assert_eq!(speed(Rate::Label(sys::PROSODY_RATE_DEFAULT)), None);
+        assert_eq!(speed(Rate::Label(RateLabel::XSlow)), Some(0.7));
+        assert_eq!(speed(Rate::Label(RateLabel::Fast)), Some(1.1));
+        assert_eq!(speed(Rate::Label(RateLabel::Default)), None);
         assert_eq!(speed(Rate::Relative(1.1)), Some(1.1f32 as f64));
         assert_eq!(speed(Rate::Relative(3.0)), Some(1.2));
         assert_eq!(speed(Rate::Relative(0.1)), Some(0.7));
@@ -308,9 +278,9 @@ mod tests {
     #[test]
     fn volume_becomes_a_gain() {
         let gain = |v| with(|h| h.prosody_volume = Some(v)).unwrap().gain;
-        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_SILENT)), 0.0);
-        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_SOFT)), 0.5);
-        assert_eq!(gain(Volume::Label(sys::PROSODY_VOLUME_MEDIUM)), 1.0);
+        assert_eq!(gain(Volume::Label(VolumeLabel::Silent)), 0.0);
+        assert_eq!(gain(Volume::Label(VolumeLabel::Soft)), 0.5);
+        assert_eq!(gain(Volume::Label(VolumeLabel::Medium)), 1.0);
         assert_eq!(gain(Volume::Numeric(100.0)), 2.0);
         assert_eq!(gain(Volume::Relative(10.0)), 1.2);
         assert_eq!(gain(Volume::Relative(-25.0)), 0.5);
@@ -357,7 +327,7 @@ mod tests {
     #[test]
     fn vendor_parameters_set_any_elevenlabs_setting() {
         let r = with(|h| {
-            h.prosody_rate = Some(Rate::Label(sys::PROSODY_RATE_SLOW));
+            h.prosody_rate = Some(Rate::Label(RateLabel::Slow));
             h.vendor = vec![
                 ("elevenlabs.stability".into(), "0.2".into()),
                 ("similarity_boost".into(), "0.9".into()),

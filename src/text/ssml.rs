@@ -13,7 +13,7 @@
 //! skipped. The tree is walked without recursion, so a deeply nested body
 //! cannot exhaust the stack of the thread reading it.
 
-use crate::sys;
+use crate::mrcp::VoiceGender;
 use roxmltree::{Document, Node, NS_XML_URI};
 
 /// A SPEAK body as an ordered list of what to play.
@@ -50,8 +50,8 @@ pub struct Style {
     /// `<voice name="...">`s in scope, innermost last: the first of them,
     /// from the inside out, that names a known voice is used.
     pub voice_names: Vec<String>,
-    /// `<voice gender="...">` as a `VOICE_GENDER_*` value.
-    pub gender: Option<u32>,
+    /// `<voice gender="...">`.
+    pub gender: Option<VoiceGender>,
     /// `xml:lang` in scope, as written (e.g. "de-DE").
     pub lang: Option<String>,
     /// `<prosody rate>`: the speed.
@@ -470,9 +470,9 @@ fn voice(node: Node, style: &mut Style) -> Result<(), String> {
     let gender = match node.attribute("gender") {
         None => None,
         Some(gender) => Some(match gender.trim().to_ascii_lowercase().as_str() {
-            "male" => sys::VOICE_GENDER_MALE,
-            "female" => sys::VOICE_GENDER_FEMALE,
-            "neutral" => sys::VOICE_GENDER_NEUTRAL,
+            "male" => VoiceGender::Male,
+            "female" => VoiceGender::Female,
+            "neutral" => VoiceGender::Neutral,
             _ => return Err(format!("voice gender='{gender}' is not male, female or neutral")),
         }),
     };
@@ -1007,20 +1007,19 @@ mod tests {
     fn voices_set_name_gender_and_language() {
         let doc = r#"<voice name="Rachel" gender="female" age="30" variant="2">a
             <voice gender="male">b</voice><voice xml:lang="es-ES">c</voice><voice name="Adam">d</voice></voice>"#;
-        let base =
-            Style { voice_names: vec!["Rachel".into()], gender: Some(sys::VOICE_GENDER_FEMALE), ..Style::default() };
+        let base = Style { voice_names: vec!["Rachel".into()], gender: Some(VoiceGender::Female), ..Style::default() };
         assert_eq!(
             styles(doc),
             vec![
                 base.clone(),
                 // A gender alone selects by gender: the name in scope is
                 // not a male voice.
-                Style { voice_names: vec![], gender: Some(sys::VOICE_GENDER_MALE), ..base.clone() },
+                Style { voice_names: vec![], gender: Some(VoiceGender::Male), ..base.clone() },
                 Style { lang: Some("es-ES".into()), ..base.clone() },
                 Style { voice_names: vec!["Rachel".into(), "Adam".into()], ..base },
             ]
         );
-        assert_eq!(styles(r#"<voice gender="Neutral">x</voice>"#)[0].gender, Some(sys::VOICE_GENDER_NEUTRAL));
+        assert_eq!(styles(r#"<voice gender="Neutral">x</voice>"#)[0].gender, Some(VoiceGender::Neutral));
         assert_eq!(err(r#"<voice gender="robot">x</voice>"#), "voice gender='robot' is not male, female or neutral");
     }
 
@@ -1338,7 +1337,7 @@ mod tests {
   <voice gender="female"><prosody rate="slow">Thank you</prosody></voice></p>
 </speak>"#;
         let en = lang("en-US");
-        let slow_female = Style { gender: Some(sys::VOICE_GENDER_FEMALE), rate: scale(Some(0.85), 1.0), ..en.clone() };
+        let slow_female = Style { gender: Some(VoiceGender::Female), rate: scale(Some(0.85), 1.0), ..en.clone() };
         assert_eq!(
             parse(doc, false).unwrap().segments,
             vec![

@@ -9,7 +9,7 @@
 //! so an odd trailing byte of one chunk simply waits for the next one.
 //!
 //! The media thread only ever `try_lock`s the mutex around this (see
-//! stream.rs), so the worker must hold it for no more than a copy.
+//! link.rs), so the worker must hold it for no more than a copy.
 
 /// A fixed-capacity FIFO of bytes.
 pub struct ByteRing {
@@ -85,8 +85,12 @@ pub enum PlayState {
 pub enum Frame {
     /// `out` holds a frame of audio.
     Audio,
-    /// Nothing to play this tick (idle, paused, or waiting for bytes).
+    /// Nothing to play this tick (idle, paused, or waiting for the first
+    /// bytes or the jitter reserve).
     Silence,
+    /// Nothing to play this tick although the SPEAK has started playing and
+    /// has more to come: a gap the caller hears.
+    Underrun,
     /// The SPEAK's last audio was taken this tick (`out` holds it,
     /// zero-padded, when `with_audio`); it may now complete.
     Last { generation: u64, with_audio: bool },
@@ -213,7 +217,8 @@ impl Playback {
             return Frame::Audio;
         }
         if !self.producer_done {
-            return Frame::Silence; // underrun: more is on its way
+            // More is on its way: a gap once playback has started.
+            return if self.played > 0 { Frame::Underrun } else { Frame::Silence };
         }
         let n = self.ring.pop_into(out);
         out[n..].fill(0);

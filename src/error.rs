@@ -1,0 +1,121 @@
+//! Why a SPEAK did not play as asked, typed, with one mapping to what MRCP
+//! says: the status of the response, the Completion-Cause, and the
+//! Completion-Reason an operator can act on.
+
+use std::time::Duration;
+
+use crate::config::Refusal;
+use crate::mrcp::{Completion, CompletionCause, Status};
+use crate::text::BodyError;
+
+/// A synthesis that failed after its SPEAK went IN-PROGRESS: it ends with
+/// SPEAK-COMPLETE and this reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The upstream answered with an error, or not with audio, or the
+    /// connection failed; the text says which, with the vendor's detail.
+    #[error("{0}")]
+    Upstream(String),
+    #[error("no response from upstream within first_byte_timeout_ms={}", .0.as_millis())]
+    FirstByteTimeout(Duration),
+    #[error("upstream stalled: no data for stall_timeout_ms={}", .0.as_millis())]
+    Stalled(Duration),
+    /// The plugin itself (a curl handle it could not set up, a panic).
+    #[error("{0}")]
+    Internal(String),
+    /// Which request of several failed.
+    #[error("{cause} ({at})")]
+    At { cause: Box<Failure>, at: String },
+}
+
+impl Failure {
+    pub fn at(self, at: String) -> Failure {
+        Failure::At { cause: Box::new(self), at }
+    }
+
+    /// SPEAK-COMPLETE's cause and reason.
+    pub fn completion(&self) -> Completion {
+        Completion { cause: CompletionCause::Error, reason: Some(self.to_string()) }
+    }
+}
+
+/// A SPEAK refused before anything went upstream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpeakError {
+    #[error("no LPCM 8/16/32/48 kHz stream was negotiated for this channel")]
+    NoStream,
+    #[error("{0}")]
+    Body(BodyError),
+    #[error("{}", match .0 { Refusal::Language(r) | Refusal::Value(r) => r })]
+    Refused(Refusal),
+    /// The server queues SPEAKs; a second one here is a client of the
+    /// plugin breaking the protocol.
+    #[error("another SPEAK is in progress")]
+    Busy,
+}
+
+impl From<BodyError> for SpeakError {
+    fn from(e: BodyError) -> Self {
+        SpeakError::Body(e)
+    }
+}
+
+impl From<Refusal> for SpeakError {
+    fn from(r: Refusal) -> Self {
+        SpeakError::Refused(r)
+    }
+}
+
+/// How a refused SPEAK is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A final response with this status.
+    Refuse(Status),
+    /// `200 IN-PROGRESS`, then SPEAK-COMPLETE at once (RFC 6787 completion
+    /// causes 002 and 005: the request was valid, its content cannot be
+    /// spoken).
+    CompleteAtOnce,
+}
+
+impl SpeakError {
+    pub fn answer(&self) -> (Answer, Completion) {
+        let (answer, cause) = match self {
+            SpeakError::NoStream => (Answer::Refuse(Status::MethodFailed), CompletionCause::Error),
+            SpeakError::Body(BodyError::UnsupportedType(_)) => {
+                (Answer::Refuse(Status::UnsupportedParamValue), CompletionCause::ParseFailure)
+            }
+            SpeakError::Body(_) => (Answer::CompleteAtOnce, CompletionCause::ParseFailure),
+            SpeakError::Refused(Refusal::Language(_)) => (Answer::CompleteAtOnce, CompletionCause::LanguageUnsupported),
+            SpeakError::Refused(Refusal::Value(_)) => {
+                (Answer::Refuse(Status::UnsupportedParamValue), CompletionCause::Error)
+            }
+            SpeakError::Busy => (Answer::Refuse(Status::MethodNotValid), CompletionCause::Error),
+        };
+        (answer, Completion { cause, reason: Some(self.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_one_answer() {
+        let (a, c) = SpeakError::Body(BodyError::Empty).answer();
+        assert_eq!((a, c.cause), (Answer::CompleteAtOnce, CompletionCause::ParseFailure));
+        assert_eq!(c.reason.as_deref(), Some("SPEAK body has no text to speak"));
+        let (a, c) = SpeakError::Refused(Refusal::Language("model m does not speak 'xx'".into())).answer();
+        assert_eq!((a, c.cause), (Answer::CompleteAtOnce, CompletionCause::LanguageUnsupported));
+        assert_eq!(c.reason.as_deref(), Some("model m does not speak 'xx'"));
+        let (a, c) = SpeakError::Body(BodyError::UnsupportedType("x/y".into())).answer();
+        assert_eq!((a, c.cause), (Answer::Refuse(Status::UnsupportedParamValue), CompletionCause::ParseFailure));
+        assert_eq!(SpeakError::Busy.answer().0, Answer::Refuse(Status::MethodNotValid));
+    }
+
+    #[test]
+    fn failures_read_as_before_and_carry_where_they_happened() {
+        let f = Failure::FirstByteTimeout(Duration::from_millis(700)).at("part 2 of 3".into());
+        assert_eq!(f.to_string(), "no response from upstream within first_byte_timeout_ms=700 (part 2 of 3)");
+        assert_eq!(f.completion().cause, CompletionCause::Error);
+    }
+}

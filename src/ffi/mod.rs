@@ -1,0 +1,28 @@
+//! The FFI layer: the only code that names UniMRCP's C declarations
+//! (`sys`) or dereferences what the server owns.
+//!
+//! * `sys`: bindgen's output for our headers (or a real install's).
+//! * `handles`: typed handles on the engine and channels, UniMRCP's inline
+//!   helpers.
+//! * `message`: requests decoded into `mrcp::Request`, replies encoded from
+//!   `mrcp::Reply`; `codes` maps the vocabulary both ways.
+//! * `vtable`: the `Engine` and `Channel` traits the plugin implements, and
+//!   the guarded `extern "C"` trampolines the server calls.
+//! * `panic`: the one guard every trampoline runs through.
+//! * `logging`: the `log` crate over `apt_log`.
+//! * `plugin`: the four exported entry points, declared by `declare_plugin!`.
+//!
+//! Depends only on `mrcp` (the owned types it converts to and from).
+
+mod codes;
+mod handles;
+pub mod logging;
+mod message;
+pub mod panic;
+mod plugin;
+pub(crate) mod sys;
+mod vtable;
+
+pub use handles::{ChannelRef, EngineRef};
+pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
+pub use vtable::{Channel, Engine};

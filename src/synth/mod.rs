@@ -1,0 +1,310 @@
+//! The channel's own OS thread: it alone owns the channel's curl handles,
+//! runs each SPEAK's transfer, and sends the SPEAK's terminal message when
+//! the audio has been played or the synthesis failed.
+//!
+//! Commands arrive over a crossbeam channel; each send is followed by a
+//! wake-up of the channel's eventfd, which the thread waits on (together
+//! with the transfer's sockets while one runs). `Shutdown` is the explicit
+//! last message: the thread ends any SPEAK still active, answers channel
+//! close if asked to, and returns so that it can be joined.
+
+mod marks;
+mod player;
+mod shared;
+mod sources;
+mod speak;
+mod summary;
+pub mod warmup;
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::cache::{Cache, Policy};
+use crate::config::Config;
+use crate::error::Failure;
+use crate::ffi::panic::describe;
+use crate::ffi::ChannelRef;
+use crate::mrcp::Completion;
+use crate::plan::Plan;
+use crate::tts::{Provider, Stats, Transport};
+
+use marks::Marks;
+pub use shared::Shared;
+pub use speak::{send_complete, Speak};
+
+/// Commands queue here; a handful per SPEAK at most, so a full queue means
+/// the worker is wedged and the sender reports failure instead of waiting.
+pub const COMMAND_QUEUE: usize = 64;
+
+/// Summary label of a SPEAK ended by STOP or BARGE-IN-OCCURRED (no
+/// SPEAK-COMPLETE is sent for those).
+const STOPPED: &str = "stopped";
+
+pub struct Job {
+    pub speak: Arc<Speak>,
+    /// What to play: requests, pauses and marks (plan.rs).
+    pub plan: Plan,
+    pub sample_rate: u32,
+    /// The settings the SPEAK's headers chose (for the summary line).
+    pub config: Arc<Config>,
+    /// Who synthesizes (engine-wide).
+    pub provider: Arc<dyn Provider>,
+    /// The engine's prompt cache, if on.
+    pub cache: Option<Arc<Cache>>,
+    /// What the SPEAK's Cache-Control allows.
+    pub policy: Policy,
+}
+
+pub enum Command {
+    Speak(Job),
+    /// Abort the transfer for this generation (STOP, BARGE-IN); the MRCP
+    /// Server thread has already answered and ended the SPEAK.
+    Cancel {
+        generation: u64,
+    },
+    /// End everything and exit. With `respond_close`, answer channel close
+    /// once the transfer is down.
+    Shutdown {
+        respond_close: bool,
+        reason: &'static str,
+    },
+}
+
+/// The MRCP side's handle on a worker.
+pub struct WorkerHandle {
+    tx: Sender<Command>,
+    pub thread: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    pub fn spawn(name: String, channel: ChannelRef, shared: Arc<Shared>) -> std::io::Result<WorkerHandle> {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(channel, thread_shared, rx))?;
+        Ok(WorkerHandle { tx, thread, shared })
+    }
+
+    /// Queues a command and wakes the thread. Never blocks.
+    pub fn send(&self, command: Command) -> bool {
+        let queued = self.tx.try_send(command).is_ok();
+        self.shared.link.waker.wake();
+        queued
+    }
+}
+
+struct Worker {
+    channel: ChannelRef,
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    /// Commands that arrived during a transfer and must run after it.
+    deferred: VecDeque<Command>,
+    /// A SPEAK whose audio is all buffered, waiting for its last frame.
+    draining: Option<(Job, Stats)>,
+    exit: Option<bool>,
+    /// Marks of the current SPEAK whose place in its audio is known.
+    marks: Marks,
+}
+
+fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
+    let mut worker =
+        Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None, marks: Marks::default() };
+    // A panic in one SPEAK must not leave the channel mute: end that SPEAK
+    // with an error, start over with fresh curl handles, keep serving.
+    loop {
+        let result = catch_unwind(AssertUnwindSafe(|| worker.serve()));
+        match result {
+            Ok(()) => break,
+            Err(payload) => {
+                log::error!("[{}] panic in the synthesis thread: {}", worker.id(), describe(payload.as_ref()));
+                if let Some((job, _)) = worker.draining.take() {
+                    worker.end(&job.speak, Completion::error("internal error in the synthesis thread"));
+                }
+                worker.end_active(Completion::error("internal error in the synthesis thread"));
+                if worker.exit.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    if worker.exit == Some(true) {
+        worker.channel.close_respond();
+    }
+}
+
+impl Worker {
+    /// The server's channel id, read when needed: the server assigns it only
+    /// after create_channel (which spawned this thread) has returned.
+    fn id(&self) -> String {
+        self.shared.label(self.channel)
+    }
+
+    fn serve(&mut self) {
+        // (the draining SPEAK's marks are announced from the loop below)
+        let mut transport = match Transport::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("[{}] cannot create curl handles: {e}", self.id());
+                None
+            }
+        };
+        loop {
+            self.check_drained();
+            if let Some(speak) = self.draining.as_ref().map(|(j, _)| Arc::clone(&j.speak)) {
+                self.announce(&speak, false);
+            }
+            if self.exit.is_some() {
+                return;
+            }
+            let command = match self.deferred.pop_front() {
+                Some(c) => c,
+                None => match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => {
+                        self.shared.link.waker.wait(None);
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutdown(false, "channel gone");
+                        return;
+                    }
+                },
+            };
+            match command {
+                Command::Speak(job) => match transport.as_mut() {
+                    Some(t) => self.synthesize(t, job),
+                    None => {
+                        self.end(&job.speak, Completion::error("internal: no curl handle for this channel"));
+                    }
+                },
+                Command::Cancel { generation } => {
+                    if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == generation) {
+                        let (job, stats) = self.draining.take().expect("checked above");
+                        self.marks.clear();
+                        self.summary(&job, &stats, STOPPED);
+                    }
+                }
+                Command::Shutdown { respond_close, reason } => self.shutdown(respond_close, reason),
+            }
+        }
+    }
+
+    fn shutdown(&mut self, respond_close: bool, reason: &'static str) {
+        if let Some((job, stats)) = self.draining.take() {
+            self.stop_playback(job.speak.generation);
+            if self.end(&job.speak, Completion::error(reason)) {
+                self.summary(&job, &stats, "004 error (shutdown)");
+            }
+        }
+        self.exit = Some(respond_close);
+    }
+
+    /// The media thread played the last frame of the draining SPEAK.
+    fn check_drained(&mut self) {
+        let played = self.shared.link.drained.load(Ordering::Acquire);
+        if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == played) {
+            let (job, stats) = self.draining.take().expect("checked above");
+            self.announce(&job.speak, true);
+            let completion = Completion::normal();
+            if self.end(&job.speak, completion.clone()) {
+                self.summary(&job, &stats, completion.code());
+            }
+        }
+    }
+
+    /// All audio is in the buffer: the SPEAK completes once it is played.
+    fn finish_buffering(&mut self, job: Job, stats: Stats) {
+        let finished = self.shared.link.playback.lock().finish(job.speak.generation);
+        if finished {
+            self.draining = Some((job, stats));
+            // The last frame may already have been taken.
+            self.check_drained();
+        }
+    }
+
+    /// Serves the commands that arrived while `job` runs: a STOP must not
+    /// wait for the network or the buffer. True when the job must end now
+    /// (stopped, or shut down: then its SPEAK-COMPLETE is already sent);
+    /// other commands wait until the job is over.
+    fn serve_commands(&mut self, job: &Job) -> bool {
+        let generation = job.speak.generation;
+        let mut interrupted = false;
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Cancel { generation: g } if g == generation => interrupted = true,
+                Command::Cancel { .. } => {}
+                Command::Shutdown { respond_close, reason } => {
+                    self.stop_playback(generation);
+                    self.end(&job.speak, Completion::error(reason));
+                    self.exit = Some(respond_close);
+                    interrupted = true;
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+        interrupted || job.speak.is_terminated()
+    }
+
+    fn fail(&mut self, job: &Job, failure: Failure, stats: Stats) {
+        self.stop_playback(job.speak.generation);
+        let completion = failure.completion();
+        log::warn!("[{}] SPEAK {}: {}", self.id(), job.speak.request_id, completion.reason.as_deref().unwrap_or(""));
+        if self.end(&job.speak, completion.clone()) {
+            self.summary(job, &stats, completion.code());
+        }
+    }
+
+    /// Silence from the next frame on, if the buffer still plays this SPEAK.
+    fn stop_playback(&self, generation: u64) {
+        let mut playback = self.shared.link.playback.lock();
+        if playback.generation == generation {
+            playback.stop();
+        }
+    }
+
+    /// Sends the SPEAK's terminal message unless somebody else already
+    /// ended it. Claim, clear and send happen under the `active` lock, so a
+    /// STOP either finds the SPEAK still active (and ends it itself) or
+    /// comes after its SPEAK-COMPLETE.
+    fn end(&self, speak: &Arc<Speak>, completion: Completion) -> bool {
+        let mut active = self.shared.active.lock();
+        if !speak.claim() {
+            return false;
+        }
+        if active.as_ref().is_some_and(|a| Arc::ptr_eq(a, speak)) {
+            *active = None;
+        }
+        send_complete(self.channel, speak, &completion);
+        true
+    }
+
+    /// Ends whatever SPEAK is active (after a panic).
+    fn end_active(&self, completion: Completion) {
+        let speak = self.shared.active.lock().clone();
+        if let Some(speak) = speak {
+            self.stop_playback(speak.generation);
+            self.end(&speak, completion);
+        }
+    }
+}
+
+/// How long a join may take before we say so in the log (it cannot hang:
+/// workers exit within one wake-up of Shutdown).
+pub const JOIN_WARN_AFTER: Duration = Duration::from_secs(2);
+
+/// Joins a worker thread, logging (never propagating) a panic.
+pub fn join(thread: JoinHandle<()>, id: &str) {
+    let started = Instant::now();
+    if thread.join().is_err() {
+        log::error!("[{id}] synthesis thread ended by a panic");
+    }
+    if started.elapsed() > JOIN_WARN_AFTER {
+        log::warn!("[{id}] synthesis thread took {:?} to stop", started.elapsed());
+    }
+}

@@ -1,0 +1,27 @@
+use std::sync::atomic::Ordering;
+
+use super::{Job, Worker};
+use crate::events::{self, Event, SpeakEnded};
+use crate::tts::Stats;
+
+impl Worker {
+    /// Reports the SPEAK's end (the summary line operators grep for, and
+    /// any observer's figures).
+    pub(super) fn summary(&self, job: &Job, stats: &Stats, cause: &str) {
+        let channel = self.id();
+        events::emit(Event::SpeakEnded(SpeakEnded {
+            channel: &channel,
+            request_id: job.speak.request_id,
+            chars: job.plan.chars(),
+            voice_id: &job.config.voice_id,
+            model_id: &job.config.model_id,
+            sample_rate: job.sample_rate,
+            source: stats.source,
+            time_to_first_byte: stats.time_to_first_byte,
+            audio_bytes: stats.audio_bytes,
+            http_status: stats.http_status,
+            underruns: self.shared.link.underruns.swap(0, Ordering::Relaxed),
+            cause,
+        }));
+    }
+}

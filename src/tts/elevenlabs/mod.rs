@@ -1,0 +1,279 @@
+//! ElevenLabs' streaming text-to-speech API: `POST
+//! /v1/text-to-speech/{voice_id}/stream[/with-timestamps]?output_format=pcm_{rate}`
+//! with a JSON body, answered with raw PCM (or JSON lines of base64 audio
+//! and character alignment), or an error whose `detail` is
+//! `{"status", "message"}` or a list of validation errors.
+
+mod timestamps;
+
+use serde::{Deserialize, Serialize};
+
+use super::{BodyDecoder, Provider, SpeechRequest};
+use crate::config::VoiceSettings;
+
+pub use timestamps::TimestampStream;
+
+const USER_AGENT_ACCEPT: &str = "Accept: audio/pcm, application/octet-stream, application/json";
+
+/// The request body. Fields that are not set are left out, so ElevenLabs
+/// uses the voice's own settings.
+#[derive(Serialize)]
+struct Body<'a> {
+    text: &'a str,
+    model_id: &'a str,
+    #[serde(skip_serializing_if = "Settings::is_empty")]
+    voice_settings: Settings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    language_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apply_text_normalization: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_text: Option<&'a str>,
+}
+
+#[derive(Serialize, Default, PartialEq)]
+struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stability: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    similarity_boost: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    style: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    use_speaker_boost: Option<bool>,
+}
+
+impl Settings {
+    fn is_empty(&self) -> bool {
+        *self == Settings::default()
+    }
+}
+
+impl From<&VoiceSettings> for Settings {
+    fn from(v: &VoiceSettings) -> Self {
+        Settings {
+            stability: v.stability,
+            similarity_boost: v.similarity_boost,
+            style: v.style,
+            speed: v.speed,
+            use_speaker_boost: v.use_speaker_boost,
+        }
+    }
+}
+
+fn body(req: &SpeechRequest) -> Body<'_> {
+    let c = &req.config;
+    Body {
+        text: &req.text,
+        model_id: &c.model_id,
+        voice_settings: Settings::from(&c.voice_settings),
+        language_code: c.language_code.as_deref(),
+        seed: c.seed,
+        apply_text_normalization: c.apply_text_normalization.as_deref(),
+        previous_text: req.previous_text.as_deref(),
+        next_text: req.next_text.as_deref(),
+    }
+}
+
+/// ElevenLabs' error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    detail: Detail,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Detail {
+    Status { status: Option<String>, message: Option<String> },
+    Validation(Vec<Invalid>),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct Invalid {
+    #[serde(default)]
+    loc: Vec<serde_json::Value>,
+    msg: Option<String>,
+}
+
+/// The ElevenLabs provider.
+pub struct ElevenLabs;
+
+impl ElevenLabs {
+    fn path(req: &SpeechRequest) -> String {
+        format!(
+            "/v1/text-to-speech/{}/stream{}?output_format=pcm_{}",
+            req.config.voice_id,
+            if req.with_timestamps { "/with-timestamps" } else { "" },
+            req.sample_rate
+        )
+    }
+}
+
+impl Provider for ElevenLabs {
+    fn url(&self, req: &SpeechRequest) -> String {
+        format!("{}{}", req.config.base_url, Self::path(req))
+    }
+
+    fn headers(&self, req: &SpeechRequest) -> Vec<String> {
+        vec![
+            format!("xi-api-key: {}", req.config.api_key),
+            "Content-Type: application/json".to_owned(),
+            USER_AGENT_ACCEPT.to_owned(),
+            // No 100-continue round trip before the body.
+            "Expect:".to_owned(),
+        ]
+    }
+
+    fn body(&self, req: &SpeechRequest) -> String {
+        serde_json::to_string(&body(req)).expect("a body of strings and numbers serializes")
+    }
+
+    fn identity(&self, req: &SpeechRequest) -> Vec<u8> {
+        // The endpoint (voice, timestamps, output format) and the body: not
+        // the host, which does not change the audio, nor the key.
+        let mut out = Self::path(req).into_bytes();
+        out.push(b'\n');
+        out.extend_from_slice(self.body(req).as_bytes());
+        out
+    }
+
+    fn decoder(&self, req: &SpeechRequest) -> Option<Box<dyn BodyDecoder>> {
+        req.with_timestamps.then(|| Box::<TimestampStream>::default() as Box<dyn BodyDecoder>)
+    }
+
+    fn is_audio(&self, ct: &str, decoded: bool) -> bool {
+        if decoded {
+            ct.starts_with("application/json")
+                || ct.starts_with("application/x-ndjson")
+                || ct.starts_with("text/event-stream")
+        } else {
+            ct.starts_with("audio/") || ct.starts_with("application/octet-stream")
+        }
+    }
+
+    fn error_detail(&self, body: &[u8]) -> (Option<String>, Option<String>) {
+        let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+            return (None, None);
+        };
+        match parsed.detail {
+            Detail::Status { status, message } => (status, message),
+            Detail::Validation(items) => {
+                let msgs: Vec<String> = items
+                    .iter()
+                    .filter_map(|item| {
+                        let msg = item.msg.as_deref()?;
+                        let loc: Vec<String> = item
+                            .loc
+                            .iter()
+                            .map(|p| match p {
+                                serde_json::Value::String(s) => s.clone(),
+                                serde_json::Value::Number(n) => n.to_string(),
+                                _ => String::new(),
+                            })
+                            .collect();
+                        let loc = loc.join(".");
+                        Some(if loc.is_empty() { msg.to_owned() } else { format!("{loc}: {msg}") })
+                    })
+                    .collect();
+                (None, (!msgs.is_empty()).then(|| msgs.join("; ")))
+            }
+            Detail::Text(s) => (None, Some(s)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn config() -> Config {
+        Config::from_params(
+            &[
+                ("api_key".into(), "k".into()),
+                ("voice_id".into(), "voice1".into()),
+                ("base_url".into(), "http://127.0.0.1:1".into()),
+            ],
+            |_| unreachable!(),
+        )
+        .unwrap()
+    }
+
+    fn request(c: Config, text: &str) -> SpeechRequest {
+        SpeechRequest {
+            config: Arc::new(c),
+            text: text.into(),
+            sample_rate: 8000,
+            previous_text: None,
+            next_text: None,
+            gain: 1.0,
+            with_timestamps: false,
+        }
+    }
+
+    #[test]
+    fn url_names_voice_and_rate() {
+        let mut r = request(config(), "hi");
+        assert_eq!(ElevenLabs.url(&r), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
+        r.with_timestamps = true;
+        assert_eq!(
+            ElevenLabs.url(&r),
+            "http://127.0.0.1:1/v1/text-to-speech/voice1/stream/with-timestamps?output_format=pcm_8000"
+        );
+    }
+
+    #[test]
+    fn body_carries_text_model_and_only_set_settings() {
+        let mut c = config();
+        let v: Value = serde_json::from_str(&ElevenLabs.body(&request(c.clone(), "say \"hi\"\n"))).unwrap();
+        assert_eq!(v["text"], "say \"hi\"\n");
+        assert_eq!(v["model_id"], "eleven_flash_v2_5");
+        assert!(v.get("voice_settings").is_none());
+        assert!(v.get("language_code").is_none());
+
+        c.voice_settings = VoiceSettings { stability: Some(0.5), use_speaker_boost: Some(true), ..Default::default() };
+        c.language_code = Some("de".into());
+        let mut r = request(c, "x");
+        r.previous_text = Some("before".into());
+        r.next_text = Some("after".into());
+        let v: Value = serde_json::from_str(&ElevenLabs.body(&r)).unwrap();
+        assert_eq!(v["voice_settings"]["stability"], 0.5);
+        assert_eq!(v["voice_settings"]["use_speaker_boost"], true);
+        assert!(v["voice_settings"].get("style").is_none());
+        assert_eq!(v["language_code"], "de");
+        assert_eq!(v["previous_text"], "before");
+        assert_eq!(v["next_text"], "after");
+    }
+
+    #[test]
+    fn identity_has_what_shapes_the_audio_and_never_the_key() {
+        let r = request(config(), "hi");
+        let id = String::from_utf8(ElevenLabs.identity(&r)).unwrap();
+        assert!(id.contains("voice1") && id.contains("pcm_8000") && id.contains("\"hi\""), "{id}");
+        assert!(!id.contains("127.0.0.1") && !id.contains("\"k\""), "{id}");
+        let mut other = r.clone();
+        other.sample_rate = 16000;
+        assert_ne!(ElevenLabs.identity(&other), ElevenLabs.identity(&r));
+    }
+
+    #[test]
+    fn error_bodies_are_read() {
+        let body = br#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
+        assert_eq!(ElevenLabs.error_detail(body), (Some("invalid_api_key".into()), Some("Invalid API key".into())));
+        let body = br#"{"detail":[{"loc":["body","text"],"msg":"field required","type":"value_error.missing"}]}"#;
+        assert_eq!(ElevenLabs.error_detail(body), (None, Some("body.text: field required".into())));
+        assert_eq!(ElevenLabs.error_detail(b"<html>oops</html>"), (None, None));
+        assert_eq!(ElevenLabs.error_detail(br#"{"detail":"plain words"}"#), (None, Some("plain words".into())));
+    }
+}

@@ -1,0 +1,63 @@
+//! Text to speech over HTTP: what one request asks for (`SpeechRequest`),
+//! the vendor seam (`Provider`), and the vendor-free transport that runs a
+//! request on a channel's own curl handles.
+//!
+//! To add a provider (another vendor, or another ElevenLabs endpoint):
+//! implement `Provider` beside `elevenlabs/`, and choose it in
+//! `engine::Engine::open`. The transport, the cache and the worker stay as
+//! they are. The cache key is the provider's `identity` of each request
+//! (its serialized body and output format), so it cannot drift from what
+//! is sent.
+
+pub mod elevenlabs;
+mod transport;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+pub use transport::{Outcome, Stats, Transport};
+
+/// One upstream request: a part of a SPEAK's text in one voice and style.
+#[derive(Clone, Debug)]
+pub struct SpeechRequest {
+    pub config: Arc<Config>,
+    pub text: String,
+    pub sample_rate: u32,
+    /// Text spoken just before / after this request (long SPEAKs are sent
+    /// in parts), so the voice carries on naturally across the seam.
+    pub previous_text: Option<String>,
+    pub next_text: Option<String>,
+    /// Linear gain for the samples (Prosody-Volume); 1.0 passes them as sent.
+    pub gain: f32,
+    /// Ask for character alignment: the request has `<mark>`s inside its
+    /// text.
+    pub with_timestamps: bool,
+}
+
+/// Reads a response body that is not raw PCM (e.g. JSON lines carrying
+/// base64 audio and alignment).
+pub trait BodyDecoder: Send {
+    /// Consumes `data`: decoded PCM is appended to `audio`, the start time
+    /// (seconds) of each newly aligned character to `starts`.
+    fn feed(&mut self, data: &[u8], audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String>;
+    /// The body ended.
+    fn finish(&mut self, audio: &mut Vec<u8>, starts: &mut Vec<f64>) -> Result<(), String>;
+}
+
+/// A TTS vendor's HTTP API.
+pub trait Provider: Send + Sync {
+    fn url(&self, req: &SpeechRequest) -> String;
+    /// Request headers, secrets included (never logged).
+    fn headers(&self, req: &SpeechRequest) -> Vec<String>;
+    fn body(&self, req: &SpeechRequest) -> String;
+    /// Everything that shapes the audio, without secrets: hashed into the
+    /// cache key.
+    fn identity(&self, req: &SpeechRequest) -> Vec<u8>;
+    /// None: the body is the PCM itself.
+    fn decoder(&self, req: &SpeechRequest) -> Option<Box<dyn BodyDecoder>>;
+    /// Whether a 2xx response of this content type carries what we asked for.
+    fn is_audio(&self, content_type: &str, decoded: bool) -> bool;
+    /// (status, message) of an error body, as the vendor words them.
+    fn error_detail(&self, body: &[u8]) -> (Option<String>, Option<String>);
+}
