@@ -165,12 +165,11 @@ impl Channel {
 
     /// Ends the active SPEAK (if nobody did) with `completion`.
     fn end_active(&self, ch: ChannelRef, completion: &Completion) {
-        let speak = self.shared.active.lock().take();
-        if let Some(speak) = speak {
-            if speak.claim() {
-                self.shared.playback.lock().stop();
-                crate::speak::send_complete(ch, &speak, completion);
-            }
+        // Claimed under `active`, as everywhere (see `stop`).
+        let claimed = self.shared.active.lock().take().filter(|speak| speak.claim());
+        if let Some(speak) = claimed {
+            self.shared.playback.lock().stop();
+            crate::speak::send_complete(ch, &speak, completion);
         }
     }
 
@@ -344,17 +343,23 @@ impl Channel {
     /// STOP and BARGE-IN-OCCURRED: answered at once; the audio stops at the
     /// next frame; the transfer is aborted by the worker; no SPEAK-COMPLETE.
     fn stop(&self, ch: ChannelRef, request: Message) {
-        let speak = self.shared.active.lock().take();
+        // Take and claim under one hold of `active`, as the worker's `end`
+        // claims and posts SPEAK-COMPLETE under it. Claiming after letting go
+        // of the lock let a worker claim in between and post its
+        // SPEAK-COMPLETE after this response had already said "nothing
+        // active": the client saw the two in the wrong order.
+        let claimed = {
+            let mut active = self.shared.active.lock();
+            active.take().filter(|speak| speak.claim())
+        };
         let mut stopped = Vec::new();
         let mut last_mark = None;
-        if let Some(speak) = speak {
-            if speak.claim() {
-                self.shared.playback.lock().stop();
-                stopped.push(speak.request_id);
-                // No marker can follow the claim: this is the last reached.
-                last_mark = speak.last_mark.lock().clone();
-                self.send_to_worker(Command::Cancel { generation: speak.generation });
-            }
+        if let Some(speak) = claimed {
+            self.shared.playback.lock().stop();
+            stopped.push(speak.request_id);
+            // No marker can follow the claim: this is the last reached.
+            last_mark = speak.last_mark.lock().clone();
+            self.send_to_worker(Command::Cancel { generation: speak.generation });
         }
         log::info!("[{}] {} {}: stopped {:?}", self.label(ch), request.method_name(), request.request_id(), stopped);
         let Some(mut response) = request.response(sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE)

@@ -69,7 +69,10 @@ impl Speak {
         }
     }
 
-    /// True for exactly one caller.
+    /// True for exactly one caller. Claim while holding the channel's
+    /// `active` lock (and clear it there); off the MRCP Server thread, post
+    /// the SPEAK-COMPLETE before letting go. A STOP then either claims the
+    /// SPEAK itself or finds nothing only after that SPEAK-COMPLETE went out.
     pub fn claim(&self) -> bool {
         !self.terminated.swap(true, Ordering::AcqRel)
     }
