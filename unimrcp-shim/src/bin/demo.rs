@@ -10,15 +10,21 @@
 //!
 //! With ELEVENLABS_API_KEY set it uses the real ElevenLabs API (voice from
 //! ELEVENLABS_VOICE_ID, or a default public voice); otherwise it starts the
-//! local test upstream on 127.0.0.1 and points the plugin at it.
+//! local test upstream on 127.0.0.1 and points the plugin at it. The local
+//! upstream speaks with eSpeak NG when `libespeak-ng.so.1` is installed
+//! (`apt-get install espeak-ng`), and in test tones otherwise.
+//!
+//! After the exchange it lists where a caller hears each SPEECH-MARKER and
+//! each pause, in ms into the received audio (the same offsets as in the
+//! WAV file).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use unimrcp_shim::host::{MediaClock, PluginLibrary, Recorded, Request, Server, ServerConfig};
-use unimrcp_shim::upstream::{Behavior, MockUpstream};
+use unimrcp_shim::host::{FrameLog, MediaClock, PluginLibrary, Recorded, Request, Server, ServerConfig};
+use unimrcp_shim::upstream::{espeak, Behavior, MockUpstream, Voice};
 
 const DEFAULT_VOICE_ID: &str = "JBFqnCBsd6RMkjVDRZzb";
 const DEFAULT_TEXT: &str = r#"<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">
@@ -88,6 +94,30 @@ fn ms_since(t0: Instant, t: Instant) -> f64 {
     t.saturating_duration_since(t0).as_secs_f64() * 1000.0
 }
 
+/// AUDIO frames read at or before `t`.
+fn audio_frames_until(frames: &FrameLog, t: Instant) -> usize {
+    frames.frames.iter().filter(|f| f.is_audio() && frames.at(f) <= t).count()
+}
+
+/// Quieter than this (of 32767, about -50 dBFS) is silence.
+const SILENCE_LEVEL: u16 = 100;
+/// Shorter quiet stretches are the gaps inside speech (stop consonants).
+const MIN_PAUSE_MS: f64 = 250.0;
+
+/// The stretches of silence of at least [`MIN_PAUSE_MS`] between sounds of
+/// `pcm` (16-bit LE mono at `rate`), as (start, end) ms. Silence before the
+/// first sound and after the last is not a pause.
+fn pauses(pcm: &[u8], rate: u32) -> Vec<(f64, f64)> {
+    let ms = |i: usize| i as f64 * 1000.0 / f64::from(rate);
+    let loud: Vec<usize> = pcm
+        .chunks_exact(2)
+        .enumerate()
+        .filter(|(_, c)| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > SILENCE_LEVEL)
+        .map(|(i, _)| i)
+        .collect();
+    loud.windows(2).filter(|w| ms(w[1] - w[0] - 1) >= MIN_PAUSE_MS).map(|w| (ms(w[0] + 1), ms(w[1]))).collect()
+}
+
 fn describe(m: &Recorded) -> String {
     let state = match m.request_state {
         0 => "COMPLETE",
@@ -124,11 +154,22 @@ fn run(args: Args) -> Result<(), String> {
         None => {
             let mock = MockUpstream::start("demo-key");
             // Like the real service: a short wait, then faster than real time.
-            mock.set_default(Behavior::default().with_first_byte_delay(Duration::from_millis(150)).with_speed(2.0));
+            mock.set_default(
+                Behavior::default()
+                    .with_first_byte_delay(Duration::from_millis(150))
+                    .with_speed(2.0)
+                    .with_voice(Voice::Espeak),
+            );
             println!(
                 "upstream: local test upstream at {} (set ELEVENLABS_API_KEY to use the real API)",
                 mock.base_url()
             );
+            match espeak::available() {
+                Ok(()) => println!("voice:    eSpeak NG ({})", espeak::LIBRARY),
+                Err(why) => {
+                    println!("voice:    test tones, not speech: {why}; `apt-get install espeak-ng` gives a real voice")
+                }
+            }
             let params = vec![
                 ("api_key".into(), "demo-key".into()),
                 ("base_url".into(), mock.base_url()),
@@ -176,7 +217,22 @@ fn run(args: Args) -> Result<(), String> {
 
     let audio = channel.audio();
     let audio_ms = audio.len() as f64 / (f64::from(args.rate) * 2.0) * 1000.0;
-    println!("\naudio:    {audio_ms:.0} ms, {} bytes", audio.len());
+    println!("\naudio:    {audio_ms:.0} ms, {} bytes; a caller hears (ms into the audio):", audio.len());
+    let mut heard: Vec<(f64, f64, String)> = Vec::new();
+    for m in channel.messages().iter().filter(|m| m.request_id == id && m.method_name == "SPEECH-MARKER") {
+        let name = m.speech_marker.as_deref().and_then(|v| v.split_once(';')).map_or("", |(_, name)| name);
+        // The marker goes out when the frame holding the mark's audio is
+        // read: the mark lies within that 10 ms frame.
+        let end = audio_frames_until(&frames, m.at) as f64 * 10.0;
+        heard.push(((end - 10.0).max(0.0), end, format!("← mark {name}")));
+    }
+    for (start, end) in pauses(&audio, args.rate) {
+        heard.push((start, end, format!("silence ({:.0} ms)", end - start)));
+    }
+    heard.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (start, end, text) in &heard {
+        println!("{:>14} ms  {text}", format!("{start:.0}..{end:.0}"));
+    }
     write_wav(&args.out, args.rate, &audio).map_err(|e| format!("writing {}: {e}", args.out.display()))?;
     println!("wrote     {}", args.out.display());
 

@@ -20,8 +20,12 @@ pub struct Behavior {
     /// socket takes it".
     pub speed: f64,
     /// Audio length; `None` derives it from the text
-    /// ([`super::audio_ms_for_text`]).
+    /// ([`super::audio_ms_for_text`]). Test tones only: speech is as long
+    /// as it takes to say the text.
     pub audio_ms: Option<u32>,
+    /// What the audio is: deterministic test tones (the default, which
+    /// every test relies on) or real speech.
+    pub voice: Voice,
     /// `/stream/with-timestamps` only: send `"alignment":null` and
     /// `"normalized_alignment":null` on every line, as the real service may,
     /// so a client must cope with audio that carries no timing.
@@ -36,6 +40,7 @@ impl Default for Behavior {
             chunk_bytes: 1601,
             speed: f64::INFINITY,
             audio_ms: None,
+            voice: Voice::Tones,
             omit_alignment: false,
             fault: Fault::None,
         }
@@ -73,6 +78,11 @@ impl Behavior {
         self
     }
 
+    pub fn with_voice(mut self, voice: Voice) -> Self {
+        self.voice = voice;
+        self
+    }
+
     pub fn with_omit_alignment(mut self, omit: bool) -> Self {
         self.omit_alignment = omit;
         self
@@ -88,6 +98,21 @@ impl Behavior {
         let s = self.speed;
         (s.is_finite() && s > 0.0).then(|| f64::from(sample_rate) * 2.0 * s)
     }
+}
+
+/// The sound of a response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Voice {
+    /// Deterministic tones ([`super::synth_pcm`]) with even character
+    /// alignment ([`super::char_start_ms`]): a test can predict every byte.
+    #[default]
+    Tones,
+    /// The text spoken by eSpeak NG ([`super::espeak`]), resampled to the
+    /// requested rate, with alignment from its word events. Opt-in, for the
+    /// demo: nothing may depend on it in tests. When `libespeak-ng.so.1`
+    /// is missing (see [`super::espeak::available`]) or fails on a text,
+    /// the response falls back to [`Voice::Tones`].
+    Espeak,
 }
 
 /// Ways a response can go wrong.

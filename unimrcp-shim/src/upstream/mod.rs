@@ -17,6 +17,10 @@
 //! per HTTP chunk, each with the characters that start during its audio
 //! ([`char_start_ms`] says when).
 //!
+//! The audio can instead be real speech: [`Voice::Espeak`] (opt-in, used by
+//! the demo) speaks the text with eSpeak NG, loaded at run time, resampled
+//! to the requested rate ([`resample`]) and aligned from its word events.
+//!
 //! Order of checks for each request: route (404/405), then `xi-api-key`
 //! (401), then `output_format` and body validation (422), and only then the
 //! behaviour rules. A missing `output_format` is a 422 too: the real service
@@ -44,7 +48,9 @@
 
 mod audio;
 mod behavior;
+pub mod espeak;
 mod http;
+pub mod resample;
 mod server;
 mod timestamps;
 
@@ -52,7 +58,7 @@ mod timestamps;
 mod tests;
 
 pub use audio::{audio_ms_for_text, synth_pcm, Synth, MIN_AUDIO_MS, MS_PER_CHAR};
-pub use behavior::{Behavior, Fault};
+pub use behavior::{Behavior, Fault, Voice};
 pub use timestamps::char_start_ms;
 
 use parking_lot::{Condvar, Mutex};

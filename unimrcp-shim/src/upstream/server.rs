@@ -1,7 +1,8 @@
 //! Accepting connections and answering requests.
 
 use super::audio::{audio_ms_for_text, Synth};
-use super::behavior::{Behavior, Fault};
+use super::behavior::{Behavior, Fault, Voice};
+use super::espeak;
 use super::http::{
     self, close_gracefully, push_body_piece, response_head, wait_on_client, Conn, Framing, ReadError, Request, Waited,
     LAST_CHUNK,
@@ -383,8 +384,7 @@ impl Exchange<'_> {
 
     /// Streams the audio in chunks, paced and faulted per `b`.
     fn stream_audio(&mut self, b: &Behavior, text: &str, rate: u32) -> Next {
-        let ms = b.audio_ms.unwrap_or_else(|| audio_ms_for_text(text));
-        let mut synth = Synth::new(text, rate, ms);
+        let (mut synth, _) = source(b, text, rate);
         let total = match b.fault {
             Fault::CutAfterBytes(n) => n.min(synth.len_bytes()),
             _ => synth.len_bytes(),
@@ -469,8 +469,7 @@ impl Exchange<'_> {
     /// Streams the audio as newline-delimited JSON lines, one per HTTP
     /// chunk, paced and faulted per `b` like [`Exchange::stream_audio`].
     fn stream_timestamps(&mut self, b: &Behavior, text: &str, rate: u32) -> Next {
-        let ms = b.audio_ms.unwrap_or_else(|| audio_ms_for_text(text));
-        let mut synth = Synth::new(text, rate, ms);
+        let (mut synth, mut aligner) = source(b, text, rate);
         let total = synth.len_bytes();
         // Whole samples only: a client decodes each line's base64 on its
         // own, and the real service never splits a sample across lines.
@@ -495,7 +494,6 @@ impl Exchange<'_> {
         let pace = b.pacing_bytes_per_sec(rate);
         // Characters are handed out over the whole audio even when a fault
         // cuts it short, so a cut line aligns only its own span.
-        let mut aligner = Aligner::new(text, rate, ms);
         let mut sent = 0usize;
         let mut pcm = Vec::with_capacity(piece.min(total));
         // As in `stream_audio`, the head goes out with the first line.
@@ -536,4 +534,50 @@ impl Exchange<'_> {
         }
         self.end_stream(b, framing)
     }
+}
+
+/// The audio of a response, generated or synthesized.
+enum Source {
+    Tones(Synth),
+    /// Speech synthesized in full before the response starts.
+    Speech {
+        pcm: Vec<u8>,
+        read: usize,
+    },
+}
+
+impl Source {
+    fn len_bytes(&self) -> usize {
+        match self {
+            Source::Tones(synth) => synth.len_bytes(),
+            Source::Speech { pcm, .. } => pcm.len(),
+        }
+    }
+
+    /// Appends up to `max` more bytes to `out`; returns how many.
+    fn read_into(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        match self {
+            Source::Tones(synth) => synth.read_into(out, max),
+            Source::Speech { pcm, read } => {
+                let piece = &pcm[*read..(*read).saturating_add(max).min(pcm.len())];
+                out.extend_from_slice(piece);
+                *read += piece.len();
+                piece.len()
+            }
+        }
+    }
+}
+
+/// The audio for `text` at `rate` per `b`'s voice, and the aligner that
+/// gives its characters' start times. Speech that cannot be had (no
+/// eSpeak NG) falls back to the tones.
+fn source(b: &Behavior, text: &str, rate: u32) -> (Source, Aligner) {
+    if b.voice == Voice::Espeak {
+        if let Ok(speech) = espeak::speak(text, rate) {
+            let aligner = Aligner::with_times(text, rate, speech.char_starts_ms, speech.audio_ms);
+            return (Source::Speech { pcm: speech.pcm, read: 0 }, aligner);
+        }
+    }
+    let ms = b.audio_ms.unwrap_or_else(|| audio_ms_for_text(text));
+    (Source::Tones(Synth::new(text, rate, ms)), Aligner::new(text, rate, ms))
 }

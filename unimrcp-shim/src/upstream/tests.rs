@@ -1016,3 +1016,59 @@ fn with_timestamps_paces_lines_and_serves_http10() {
         expected("old client", 16000)
     );
 }
+
+// --- Voice::Espeak (skipped without libespeak-ng.so.1) ---
+
+#[test]
+fn espeak_voice_speaks_both_endpoints_with_real_alignment() {
+    if let Err(why) = espeak::available() {
+        eprintln!("SKIPPED espeak_voice_speaks_both_endpoints_with_real_alignment: {why}");
+        return;
+    }
+    let m = mock();
+    m.set_default(Behavior::default().with_voice(Voice::Espeak).with_chunk_bytes(4000));
+    let mut c = Client::connect(&m);
+    let text = "Hello there, general Kenobi.";
+    c.send(&timestamps_request(text, "pcm_8000"));
+    let r = c.response();
+    assert_eq!((r.status, r.complete), (200, true));
+    let lines = ndjson_lines(&r);
+    let mut pcm = Vec::new();
+    let mut chars = String::new();
+    let mut starts = Vec::new();
+    for line in &lines {
+        let t0 = pcm.len() as f64 / 16.0;
+        pcm.extend(line_pcm(line));
+        let a = &line["alignment"];
+        if a.is_null() {
+            continue;
+        }
+        for (ch, start) in
+            a["characters"].as_array().unwrap().iter().zip(a["character_start_times_seconds"].as_array().unwrap())
+        {
+            chars.push_str(ch.as_str().unwrap());
+            let ms = start.as_f64().unwrap() * 1000.0;
+            assert!(ms >= t0 - 1e-6, "{ch} at {ms} ms, in a line from {t0} ms");
+            starts.push(ms);
+        }
+    }
+    assert_eq!(chars, text, "every character aligned once, in order");
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]));
+    let audio_ms = pcm.len() as f64 / 16.0;
+    assert!((1000.0..5000.0).contains(&audio_ms), "{audio_ms} ms of speech");
+    // Real word timing, not even shares: "general" follows the comma's pause.
+    let general = starts[text.find("general").unwrap()];
+    let even = audio_ms * 13.0 / 28.0;
+    assert!((general - even).abs() > 1.0 && general > 300.0, "general at {general} ms");
+    assert_eq!(m.requests()[0].audio_sent, pcm);
+
+    // Plain /stream speaks too: raw PCM of about the same length.
+    c.send(&speak(text));
+    let r = c.response();
+    assert_eq!((r.status, r.header("content-type")), (200, Some("audio/pcm")));
+    let stream_ms = r.body.len() as f64 / 32.0; // pcm_16000
+    assert!((stream_ms - audio_ms).abs() < 50.0, "{stream_ms} vs {audio_ms} ms");
+    assert_ne!(r.body, expected(text, 16000), "speech, not the test tones");
+    let peak = r.body.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs()).max().unwrap();
+    assert!(peak > 3000, "peak {peak}");
+}

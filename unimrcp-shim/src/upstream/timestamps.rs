@@ -2,10 +2,11 @@
 //! each carrying one chunk of base64 PCM and the characters that start
 //! during that chunk.
 //!
-//! The alignment is as deterministic as the audio: character `i` of `n`
-//! spans `[i·L/n, (i+1)·L/n)` ms of `L` ms of audio, so a test can compute
-//! where any character starts ([`char_start_ms`]) without parsing the
-//! response.
+//! With the test tones the alignment is as deterministic as the audio:
+//! character `i` of `n` spans `[i·L/n, (i+1)·L/n)` ms of `L` ms of audio, so
+//! a test can compute where any character starts ([`char_start_ms`]) without
+//! parsing the response. With [`super::Voice::Espeak`] the times come from
+//! the synthesizer's word events ([`super::espeak`]).
 
 use serde_json::Value;
 
@@ -35,10 +36,19 @@ fn char_start_ms_of(n: usize, audio_ms: u32, index: usize) -> f64 {
 /// contains its start.
 pub(crate) struct Aligner {
     chars: Vec<char>,
-    audio_ms: u32,
+    times: Times,
     rate: u32,
     /// First character not yet given to a line.
     next: usize,
+}
+
+/// When the characters start.
+enum Times {
+    /// The test tones: even shares of `audio_ms` ([`char_start_ms`]).
+    Even { audio_ms: u32 },
+    /// A real voice: one start per character, then the end of the audio,
+    /// all in ms.
+    Given { starts_ms: Vec<f64>, end_ms: f64 },
 }
 
 /// The characters one line aligns, with absolute times in seconds.
@@ -51,7 +61,23 @@ pub(crate) struct Alignment {
 
 impl Aligner {
     pub fn new(text: &str, rate: u32, audio_ms: u32) -> Aligner {
-        Aligner { chars: text.chars().collect(), audio_ms, rate, next: 0 }
+        Aligner { chars: text.chars().collect(), times: Times::Even { audio_ms }, rate, next: 0 }
+    }
+
+    /// An aligner for audio whose characters start at `starts_ms` (one per
+    /// character of `text`, non-decreasing) and which ends at `end_ms`.
+    pub fn with_times(text: &str, rate: u32, starts_ms: Vec<f64>, end_ms: f64) -> Aligner {
+        let chars: Vec<char> = text.chars().collect();
+        debug_assert_eq!(chars.len(), starts_ms.len());
+        Aligner { chars, times: Times::Given { starts_ms, end_ms }, rate, next: 0 }
+    }
+
+    /// Start of character `i` in ms; `i == n` is the end of the audio.
+    fn start_ms(&self, i: usize) -> f64 {
+        match &self.times {
+            Times::Even { audio_ms } => char_start_ms_of(self.chars.len(), *audio_ms, i),
+            Times::Given { starts_ms, end_ms } => starts_ms.get(i).copied().unwrap_or(*end_ms),
+        }
     }
 
     /// The characters starting before PCM byte offset `end_byte` that no
@@ -67,7 +93,7 @@ impl Aligner {
         if first == self.next {
             return None;
         }
-        let secs = |i: usize| char_start_ms_of(n, self.audio_ms, i) / 1000.0;
+        let secs = |i: usize| self.start_ms(i) / 1000.0;
         Some(Alignment {
             chars: self.chars[first..self.next].iter().map(char::to_string).collect(),
             starts: (first..self.next).map(secs).collect(),
@@ -80,10 +106,16 @@ impl Aligner {
     /// character starting exactly on a line boundary belongs to the later
     /// line, as the half-open span `[t0, t1)` says.
     fn starts_before(&self, i: usize, end_byte: usize) -> bool {
-        let n = self.chars.len() as u128;
-        let lhs = i as u128 * u128::from(self.audio_ms) * u128::from(self.rate);
-        let rhs = end_byte as u128 * 500 * n;
-        lhs < rhs
+        match self.times {
+            Times::Even { audio_ms } => {
+                let n = self.chars.len() as u128;
+                let lhs = i as u128 * u128::from(audio_ms) * u128::from(self.rate);
+                let rhs = end_byte as u128 * 500 * n;
+                lhs < rhs
+            }
+            // Byte offset of the start, by the same rule in floating point.
+            Times::Given { .. } => self.start_ms(i) * f64::from(self.rate) < end_byte as f64 * 500.0,
+        }
     }
 }
 
@@ -178,6 +210,18 @@ mod tests {
         assert_eq!(rest.starts, [0.1, 0.15]);
         assert_eq!(rest.ends, [0.15, 0.2]);
         assert!(a.take_until(3200, true).is_none());
+    }
+
+    #[test]
+    fn aligner_with_given_times() {
+        // 8 kHz: 800 bytes are 50 ms.
+        let mut a = Aligner::with_times("a, b", 8000, vec![0.0, 40.0, 40.0, 120.0], 180.0);
+        assert_eq!(a.take_until(800, false).unwrap().chars, ["a", ",", " "]);
+        assert!(a.take_until(1600, false).is_none());
+        let rest = a.take_until(2400, false).unwrap();
+        assert_eq!(rest.chars, ["b"]);
+        assert_eq!((rest.starts.as_slice(), rest.ends.as_slice()), ([0.12].as_slice(), [0.18].as_slice()));
+        assert!(a.take_until(2880, true).is_none());
     }
 
     #[test]
