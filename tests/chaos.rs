@@ -53,10 +53,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::invariants::{self, Attribution, End, SpeakSequence, SPEECH_MARKER};
 use common::*;
 use unimrcp_shim::host::{
-    open_fd_count, thread_count, Channel, Kind, LifecycleKind, MediaClock, Recorded, Request, Server, FRAME_BAD_BUFFER,
-    FRAME_EVENT, FRAME_READ_FAILED, FRAME_UNWRITTEN,
+    open_fd_count, thread_count, Channel, Kind, LifecycleKind, MediaClock, Recorded, Request, Server,
 };
 use unimrcp_shim::upstream::{Behavior, Fault, MockUpstream, RecordedRequest};
 
@@ -78,8 +78,6 @@ const BREAK_MS: (u64, u64) = (20, 200);
 /// Pause before a SPEAK that starts with a break, so that no media tick
 /// straddles it and the SPEAK before (their silent frames look the same).
 const LEAD_BREAK_GAP: Duration = Duration::from_millis(50);
-/// SYNTHESIZER_SPEECH_MARKER.
-const SPEECH_MARKER: usize = 0;
 
 // ------------------------------------------------------------------ random
 
@@ -839,36 +837,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-enum End {
-    Complete { cause: Option<u32>, reason: Option<String> },
-    Stopped(Op, u32),
-}
-
-struct SpeakRec {
-    id: u32,
-    fault: usize,
-    len: usize,
-    sent: Instant,
-    end: Option<(Instant, End)>,
-    /// Names of the SPEECH-MARKERs received for it, in order.
-    marks: Vec<String>,
-}
-
-/// The mark name of a Speech-Marker value, `timestamp=<digits>;<name>`.
-fn marker_name(value: Option<&str>) -> Result<&str, String> {
-    let value = value.ok_or("no Speech-Marker header")?;
-    let (stamp, name) = value.split_once(';').ok_or_else(|| format!("Speech-Marker {value:?} names no mark"))?;
-    let digits = stamp.strip_prefix("timestamp=").unwrap_or("");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
-        return Err(format!("Speech-Marker {value:?} is not timestamp=<digits>;<name>"));
-    }
-    Ok(name)
-}
-
-fn cause_text(cause: Option<u32>) -> String {
-    cause.map_or_else(|| "none".into(), |c| format!("{c:03}"))
-}
-
 /// What `doc` can play: each text's audio as the upstream sent it, each
 /// break as silence, up to the first text that did not arrive whole (last
 /// frame zero-padded); and why not everything did (None: it all did).
@@ -918,11 +886,8 @@ fn reason_for(fault: usize, with_timestamps: bool) -> Option<&'static str> {
     }
 }
 
-fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
-}
-
-/// Every invariant for one closed channel. Returns its failures.
+/// Every invariant for one closed channel (the rules themselves are in
+/// tests/common/invariants.rs). Returns its failures.
 fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t: &mut Tally) -> Vec<String> {
     let ch = &inst.ch;
     let mut f: Vec<String> = Vec::new();
@@ -931,7 +896,6 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
     let audio = ch.audio();
     let fb = frame_bytes(inst.rate);
     let epoch = frames.epoch;
-    let rel = |at: Instant| at.saturating_duration_since(epoch).as_secs_f64() * 1000.0;
     let ops: HashMap<u32, Op> = inst.ops.iter().copied().collect();
 
     t.channels += 1;
@@ -951,28 +915,12 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
     }
 
     // 1. Exactly one response per request.
-    let mut responses: HashMap<u32, usize> = HashMap::new();
-    for m in &msgs {
-        if !ops.contains_key(&m.request_id) {
-            f.push(format!("{} refers to request {} that was never sent", m.summary(), m.request_id));
-        }
-        match m.kind {
-            Kind::Response => *responses.entry(m.request_id).or_default() += 1,
-            Kind::Event => {}
-            Kind::Other(k) => f.push(format!("message of type {k}: {}", m.summary())),
-        }
-    }
-    for (id, op) in &inst.ops {
-        let n = responses.get(id).copied().unwrap_or(0);
-        if n != 1 {
-            f.push(format!("{} {id} got {n} responses, expected exactly one", op.name()));
-        }
-    }
+    let sent: Vec<(u32, &str)> = inst.ops.iter().map(|(id, op)| (*id, op.name())).collect();
+    f.extend(invariants::one_response_per_request(&msgs, &sent));
 
     // 1, 2, 4, 8. The message sequence, in the order the plugin sent it.
     let closed_at = ch.lifecycle().iter().find(|l| l.what == LifecycleKind::CloseResponded).map(|l| l.at);
-    let mut speaks: Vec<SpeakRec> = Vec::new();
-    let mut current: Option<usize> = None;
+    let mut seq = SpeakSequence::new(epoch);
     let mut pauses: Vec<(Instant, u32, usize)> = Vec::new();
     let mut resumes: Vec<(u32, Instant)> = Vec::new();
     for m in &msgs {
@@ -980,21 +928,13 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         let id = m.request_id;
         let listed = m.active_request_ids.clone().unwrap_or_default();
         match (m.kind, op) {
-            (Kind::Response, Op::Speak { fault, len }) => {
+            (Kind::Response, Op::Speak { .. }) => {
                 if m.status_code == 200 && m.request_state == IN_PROGRESS {
-                    if let Some(c) = current {
-                        f.push(format!(
-                            "SPEAK {id} went IN-PROGRESS while SPEAK {} was still in progress",
-                            speaks[c].id
-                        ));
-                    }
-                    let sent = ch.sent_at(id).expect("sent");
-                    speaks.push(SpeakRec { id, fault, len, sent, end: None, marks: Vec::new() });
+                    seq.in_progress(id, ch.sent_at(id).expect("sent"), &mut f);
                     let doc = &inst.docs[&id];
                     t.ssml_speaks += usize::from(doc.ssml);
                     t.break_speaks += usize::from(doc.has_break());
                     t.marked_speaks += usize::from(!doc.marks.is_empty());
-                    current = Some(speaks.len() - 1);
                 } else {
                     *t.outcomes.entry("valid SPEAK refused (!)".into()).or_default() += 1;
                     f.push(format!(
@@ -1015,39 +955,14 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 }
             }
             (Kind::Response, op) if op.ends_speak() => {
-                if m.status_code != 200 || m.request_state != COMPLETE {
-                    f.push(format!("{} {id}: expected 200 COMPLETE, got {}", op.name(), m.summary()));
-                }
                 if let Some(sent) = ch.sent_at(id) {
                     t.stop_latency.push(m.at.saturating_duration_since(sent));
                 }
-                let expected: Vec<u32> = current.map(|c| vec![speaks[c].id]).unwrap_or_default();
-                if listed != expected {
-                    f.push(format!(
-                        "{} {id} response at {:.1} ms lists {listed:?}, but the SPEAK in progress then was {expected:?}",
-                        op.name(),
-                        rel(m.at)
-                    ));
-                }
-                if let Some(c) = current {
-                    if listed.contains(&speaks[c].id) {
-                        speaks[c].end = Some((m.at, End::Stopped(op, id)));
-                        current = None;
-                    }
-                }
+                seq.stop_like(op.name(), id, m, &mut f);
             }
             (Kind::Response, op @ (Op::Pause | Op::Resume)) => {
-                if m.status_code != 200 || m.request_state != COMPLETE {
-                    f.push(format!("{} {id}: expected 200 COMPLETE, got {}", op.name(), m.summary()));
-                }
-                let in_progress: Vec<u32> = current.map(|c| vec![speaks[c].id]).unwrap_or_default();
-                if !listed.iter().all(|l| in_progress.contains(l)) {
-                    f.push(format!(
-                        "{} {id} lists {listed:?}, but the SPEAK in progress was {in_progress:?}",
-                        op.name()
-                    ));
-                }
-                match (op, current) {
+                seq.pause_like(op.name(), id, m, &mut f);
+                match (op, seq.current) {
                     (Op::Pause, Some(c)) if !listed.is_empty() => pauses.push((m.at, id, c)),
                     (Op::Resume, _) => resumes.push((id, ch.sent_at(id).expect("sent"))),
                     _ => {}
@@ -1057,136 +972,28 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
             (Kind::Event, Op::Speak { .. }) if m.method_id == SPEECH_MARKER => {
                 t.speech_markers += 1;
                 let doc = &inst.docs[&id];
-                let name = match marker_name(m.speech_marker.as_deref()) {
-                    Ok(name) => name.to_owned(),
-                    Err(e) => {
-                        f.push(format!("SPEECH-MARKER {id} at {:.1} ms: {e}", rel(m.at)));
-                        continue;
-                    }
-                };
-                let what = format!("SPEECH-MARKER {name:?} for SPEAK {id} at {:.1} ms", rel(m.at));
-                if m.request_state != IN_PROGRESS {
-                    f.push(format!("{what} with request state {} (IN-PROGRESS expected)", m.request_state));
-                }
-                if let Some(closed) = closed_at {
-                    if m.at > closed {
-                        f.push(format!("{what}: after the channel's close answer at {:.1} ms", rel(closed)));
-                    }
-                }
-                let Some(c) = current.filter(|&c| speaks[c].id == id) else {
-                    let why = match speaks.iter().find(|s| s.id == id).and_then(|s| s.end.as_ref()) {
-                        Some((at, End::Stopped(op, sid))) => format!(
-                            "after the {} {sid} response at {:.1} ms that listed it (and so ended it)",
-                            op.name(),
-                            rel(*at)
-                        ),
-                        Some((at, End::Complete { cause, .. })) => {
-                            format!("after its SPEAK-COMPLETE {} at {:.1} ms", cause_text(*cause), rel(*at))
-                        }
-                        None if speaks.iter().any(|s| s.id == id) => "while it was not in progress".into(),
-                        None => "before its 200 IN-PROGRESS (or for a SPEAK never in progress)".into(),
-                    };
-                    f.push(format!("{what}: {why}"));
-                    continue;
-                };
-                let got = &mut speaks[c].marks;
-                match doc.marks.iter().position(|n| *n == name) {
-                    None => f.push(format!("{what}: no such mark in its document ({})", doc.describe())),
-                    Some(_) if got.contains(&name) => f.push(format!("{what}: a second time (received {got:?})")),
-                    Some(k) => {
-                        let next = got.last().and_then(|l| doc.marks.iter().position(|n| n == l)).map_or(0, |i| i + 1);
-                        if k < next {
-                            f.push(format!("{what}: out of document order {:?} (received {got:?})", doc.marks));
-                        } else if k > next {
-                            f.push(format!(
-                                "{what}: skips {:?} of document order {:?} (received {got:?})",
-                                &doc.marks[next..k],
-                                doc.marks
-                            ));
-                        }
-                    }
-                }
-                got.push(name);
+                seq.marker(id, m, closed_at, &doc.marks, || doc.describe(), &mut f);
             }
             (Kind::Event, Op::Speak { .. }) => {
                 if m.method_id != SPEAK_COMPLETE {
                     f.push(format!("unexpected event {}", m.summary()));
                     continue;
                 }
-                if m.request_state != COMPLETE {
-                    f.push(format!("SPEAK-COMPLETE {id} with request state {}", m.request_state));
-                }
-                match m.completion_cause {
-                    Some(NORMAL) => {}
-                    Some(ERROR) => {
-                        if !matches!(m.completion_reason.as_deref(), Some(r) if !r.trim().is_empty()) {
-                            f.push(format!("SPEAK-COMPLETE {id} with cause 004 but no Completion-Reason"));
-                        }
+                f.extend(invariants::normal_or_error_with_reason(id, m));
+                let doc = &inst.docs[&id];
+                if let Some(c) = seq.complete(id, m, &doc.marks, || doc.describe(), &mut f) {
+                    if m.completion_cause == Some(NORMAL) && !doc.marks.is_empty() && seq.speaks[c].marks == doc.marks {
+                        t.all_marks += 1;
                     }
-                    other => f.push(format!(
-                        "SPEAK-COMPLETE {id} with Completion-Cause {} (000 or 004 expected)",
-                        cause_text(other)
-                    )),
-                }
-                match current {
-                    Some(c) if speaks[c].id == id => {
-                        // 8. Its Speech-Marker against the marks received.
-                        let doc = &inst.docs[&id];
-                        let got = &speaks[c].marks;
-                        let what =
-                            format!("SPEAK-COMPLETE {id} {} at {:.1} ms", cause_text(m.completion_cause), rel(m.at));
-                        if m.completion_cause == Some(NORMAL) && !doc.marks.is_empty() {
-                            if *got == doc.marks {
-                                t.all_marks += 1;
-                            } else {
-                                f.push(format!(
-                                    "{what}: SPEECH-MARKERs {got:?} received, but the document has {:?} ({})",
-                                    doc.marks,
-                                    doc.describe()
-                                ));
-                            }
-                        }
-                        if m.speech_marker.is_some() {
-                            t.complete_with_marker += 1;
-                            match (marker_name(m.speech_marker.as_deref()), got.last()) {
-                                (Err(e), _) => f.push(format!("{what}: {e}")),
-                                (Ok(name), Some(last)) if name == last => {}
-                                (Ok(name), last) => f.push(format!(
-                                    "{what} carries Speech-Marker {name:?}, but the last SPEECH-MARKER received was {last:?} ({})",
-                                    doc.describe()
-                                )),
-                            }
-                        } else if m.completion_cause == Some(NORMAL) && !doc.marks.is_empty() {
-                            f.push(format!(
-                                "{what} carries no Speech-Marker (its last mark is {:?})",
-                                doc.marks.last()
-                            ));
-                        }
-                        let end = End::Complete { cause: m.completion_cause, reason: m.completion_reason.clone() };
-                        speaks[c].end = Some((m.at, end));
-                        current = None;
-                    }
-                    _ => {
-                        let why = match speaks.iter().find(|s| s.id == id).and_then(|s| s.end.as_ref()) {
-                            Some((at, End::Stopped(op, sid))) => format!(
-                                "after the {} {sid} response at {:.1} ms that listed it (and so ended it)",
-                                op.name(),
-                                rel(*at)
-                            ),
-                            Some((at, End::Complete { .. })) => {
-                                format!("a second one (the first at {:.1} ms)", rel(*at))
-                            }
-                            None => "for a SPEAK that was not in progress".into(),
-                        };
-                        f.push(format!("SPEAK-COMPLETE {id} at {:.1} ms: {why}", rel(m.at)));
-                    }
+                    t.complete_with_marker += usize::from(m.speech_marker.is_some());
                 }
             }
             (Kind::Event, op) => f.push(format!("event {} for {} {id}", m.summary(), op.name())),
             (Kind::Other(_), _) => {}
         }
     }
-    if let Some(c) = current {
+    let speaks = &seq.speaks;
+    if let Some(c) = seq.current {
         f.push(format!(
             "SPEAK {} ({}) never got a terminal message: no SPEAK-COMPLETE, listed by no STOP/BARGE-IN/DEACTIVATE, channel closed {close}",
             speaks[c].id,
@@ -1195,213 +1002,50 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
     }
 
     // Frames the host flagged as misuse.
-    let bad = frames.count_flagged(FRAME_UNWRITTEN | FRAME_READ_FAILED | FRAME_BAD_BUFFER | FRAME_EVENT);
-    if bad > 0 {
-        f.push(format!("{bad} frames flagged unwritten / read failed / bad buffer / event"));
-    }
-    let audio_frames = frames.audio_frames();
-    if audio_frames * fb != audio.len() {
-        f.push(format!("{audio_frames} audio frames but {} audio bytes", audio.len()));
+    f.extend(invariants::no_flagged_frames(&frames));
+    if let Some(e) = invariants::whole_frames(&frames, &audio, fb) {
+        f.push(e);
         return f;
     }
     if speaks.iter().any(|s| s.end.is_none()) {
         return f; // reported above; the audio cannot be attributed
     }
     for w in speaks.windows(2) {
-        let prev_end = w[0].end.as_ref().expect("checked").0;
-        if w[1].sent <= prev_end {
+        if w[1].sent <= w[0].ended_at() {
             f.push(format!("driver bug: SPEAK {} sent before SPEAK {} ended", w[1].id, w[0].id));
             return f;
         }
     }
 
-    // 3. Attribute every audio frame to the SPEAK playing then. A frame's
-    // time is when its tick started; a tick that started just before a
-    // SPEAK was sent may already carry its audio (the racing tick).
-    let fr = &frames.frames;
-    let at = |j: usize| frames.at(&fr[j]);
-    let first_at_or_after = |t: Instant| fr.partition_point(|e| frames.at(e) < t);
-    let mut audio_index = Vec::with_capacity(fr.len());
-    let mut k = 0usize;
-    for e in fr {
-        audio_index.push(k);
-        if e.is_audio() {
-            k += 1;
-        }
-    }
-    // What the upstream sent for each SPEAK, with its breaks' silence
-    // (last frame zero-padded), and why not all of it when it did not.
+    // 3. Attribute every audio frame to the SPEAK playing then (see
+    // `Attribution`), from what the upstream sent for each SPEAK, with its
+    // breaks' silence (last frame zero-padded), and why not all of it when
+    // it did not.
     let docs: Vec<&Doc> = speaks.iter().map(|s| &inst.docs[&s.id]).collect();
     let (expected, incomplete): (Vec<Vec<u8>>, Vec<Option<String>>) =
         docs.iter().map(|d| upstream_audio(d, upstream, inst.rate, fb)).unzip();
-    let audio_of = |j: usize| &audio[audio_index[j] * fb..(audio_index[j] + 1) * fb];
-    let mut owner: Vec<Option<usize>> = vec![None; fr.len()];
-    let mut prev_hi = 0usize;
-    for (i, s) in speaks.iter().enumerate() {
-        let end = s.end.as_ref().expect("checked").0;
-        let racing = first_at_or_after(s.sent).saturating_sub(1);
-        let mut lo = racing.max(prev_hi);
-        // A tick that started before the previous SPEAK ended and read this
-        // channel after this SPEAK was sent carries the audio of one of the
-        // two: its bytes tell which (every SPEAK's audio is unique) unless
-        // they fit the SPEAK it was given by time just as well (a break's
-        // silence; the driver sends no SPEAK that starts with one at once).
-        let fits_owner = |o: usize| {
-            let k = (0..racing).filter(|&j| owner[j] == Some(o) && fr[j].is_audio()).count();
-            expected[o].get(k * fb..(k + 1) * fb) == Some(audio_of(racing))
-        };
-        if i > 0
-            && racing + 1 == prev_hi
-            && fr[racing].is_audio()
-            && expected[i].get(..fb) == Some(audio_of(racing))
-            && !owner[racing].is_some_and(fits_owner)
-        {
-            owner[racing] = Some(i);
-            lo = racing;
-            t.straddling_ticks += 1;
-        }
-        let hi = first_at_or_after(end).max(lo);
-        for o in &mut owner[lo..hi] {
-            *o = Some(i);
-        }
-        prev_hi = hi;
-    }
-    let mut outside = 0usize;
-    let mut first_outside: Option<String> = None;
-    for (j, e) in fr.iter().enumerate() {
-        if !e.is_audio() || owner[j].is_some() {
-            continue;
-        }
-        let t_j = at(j);
-        let prev = speaks.iter().rev().find(|s| s.end.as_ref().expect("checked").0 <= t_j);
-        match prev {
-            Some(s) if t_j < s.end.as_ref().expect("checked").0 + MARGIN => t.racing_ticks += 1,
-            _ => {
-                outside += 1;
-                if first_outside.is_none() {
-                    let after = match prev {
-                        Some(s) => {
-                            let (end_at, end) = s.end.as_ref().expect("checked");
-                            let how = match end {
-                                End::Complete { cause, .. } => format!("SPEAK-COMPLETE (cause {})", cause_text(*cause)),
-                                End::Stopped(op, sid) => format!("{} {sid} response", op.name()),
-                            };
-                            format!(
-                                "{:.1} ms after SPEAK {} ended by its {how}",
-                                (t_j - *end_at).as_secs_f64() * 1000.0,
-                                s.id
-                            )
-                        }
-                        None => "before any SPEAK".into(),
-                    };
-                    let next = speaks
-                        .iter()
-                        .find(|s| s.sent > t_j)
-                        .map(|s| format!("; next SPEAK {} sent at {:.1} ms", s.id, rel(s.sent)));
-                    first_outside = Some(format!(
-                        "audio frame (tick {}) at {:.1} ms {after}{}",
-                        e.tick,
-                        rel(t_j),
-                        next.unwrap_or_default()
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(first) = first_outside {
-        f.push(format!("{outside} audio frame(s) while no SPEAK was playing; first: {first}"));
-    }
+    let attribution = Attribution::new(&frames, &audio, fb, speaks, &expected);
+    t.straddling_ticks += attribution.straddling;
+    let (outside, racing) = attribution.no_audio_outside_speaks(speaks, MARGIN);
+    t.racing_ticks += racing;
+    f.extend(outside);
 
-    // 3. Silence while paused: from the PAUSE response (listing the SPEAK)
-    // until the next RESUME was sent (the tick that started just before may
-    // race it; the RESUME's response may even be recorded after the SPEAK
-    // completed) or the SPEAK ended.
-    for (p_at, p_id, c) in &pauses {
-        t.paused_windows += 1;
-        let speak = &speaks[*c];
-        let (s_end, end) = speak.end.as_ref().expect("checked");
-        let resume = resumes.iter().filter(|(id, _)| id > p_id).min_by_key(|(id, _)| *id).copied();
-        let (until, racing) = match resume {
-            Some((_, sent)) if sent < *s_end => (sent, true),
-            _ => (*s_end, false),
-        };
-        let from = first_at_or_after(*p_at + MARGIN);
-        let mut to = first_at_or_after(until);
-        if racing {
-            to = to.saturating_sub(1); // the tick racing the RESUME
-        }
-        // (A frame of that range may belong to the next SPEAK: the tick that
-        // straddled the end, recognised by its bytes above.)
-        if let Some(j) = (from..to.max(from)).find(|&j| fr[j].is_audio() && owner[j] == Some(*c)) {
-            let ended = match end {
-                End::Complete { cause, reason } => {
-                    format!("SPEAK-COMPLETE {} {:?}", cause_text(*cause), reason.as_deref().unwrap_or(""))
-                }
-                End::Stopped(op, id) => format!("{} {id} response", op.name()),
-            };
-            let resume = match resume {
-                Some((id, sent)) => format!("next RESUME {id} sent at {:.1} ms", rel(sent)),
-                None => "no RESUME after it".into(),
-            };
-            let around: Vec<String> = msgs
-                .iter()
-                .filter(|m| m.at + Duration::from_secs(2) > *p_at && m.at < *s_end + Duration::from_millis(500))
-                .map(|m| format!("{:.1} ms {}", rel(m.at), m.summary()))
-                .collect();
-            f.push(format!(
-                "audio frame (tick {}) at {:.1} ms while SPEAK {} ({}) was paused: PAUSE {p_id} answered at {:.1} ms; \
-                 {resume}; SPEAK ended at {:.1} ms by {ended}; messages around: {around:?}",
-                fr[j].tick,
-                rel(at(j)),
-                speak.id,
-                describe_speak(inst, speak.id),
-                rel(*p_at),
-                rel(*s_end),
-            ));
-        }
-    }
+    // 3. Silence while paused.
+    t.paused_windows += pauses.len();
+    f.extend(attribution.silent_while_paused(speaks, &pauses, &resumes, MARGIN, &msgs, |id| describe_speak(inst, id)));
 
     // 7. The audio of each SPEAK against what the upstream sent for it;
     // 4. its Completion-Reason against the injected fault.
-    let mut played: Vec<Vec<u8>> = vec![Vec::new(); speaks.len()];
-    for (j, e) in fr.iter().enumerate() {
-        if let (true, Some(i)) = (e.is_audio(), owner[j]) {
-            let k = audio_index[j];
-            played[i].extend_from_slice(&audio[k * fb..(k + 1) * fb]);
-        }
-    }
-    // The frames around the end of SPEAK i, for failure messages.
-    let around_end = |i: usize| -> String {
-        let (end_at, _) = speaks[i].end.as_ref().expect("checked");
-        let last = owner.iter().rposition(|o| *o == Some(i)).unwrap_or_else(|| first_at_or_after(*end_at));
-        let frames: Vec<String> = (last.saturating_sub(2)..(last + 4).min(fr.len()))
-            .map(|j| {
-                let kind = if !fr[j].is_audio() {
-                    "no audio"
-                } else if fr[j].is_audible() {
-                    "audio"
-                } else {
-                    "silent audio"
-                };
-                let whose = owner[j].map_or("nobody's".to_string(), |o| format!("SPEAK {}'s", speaks[o].id));
-                format!("tick {} at {:.1} ms: {kind}, {whose}", fr[j].tick, rel(at(j)))
-            })
-            .collect();
-        let near: Vec<String> = msgs
-            .iter()
-            .filter(|m| m.at + Duration::from_millis(100) > *end_at && m.at < *end_at + Duration::from_millis(100))
-            .map(|m| format!("{:.1} ms {}", rel(m.at), m.summary()))
-            .collect();
-        format!("ended at {:.1} ms; frames {frames:?}; messages {near:?}", rel(*end_at))
-    };
+    let played = attribution.played(speaks.len());
     for (i, s) in speaks.iter().enumerate() {
-        let spec = &FAULTS[s.fault];
+        let Op::Speak { fault, len } = ops[&s.id] else { unreachable!("a SPEAK") };
+        let spec = &FAULTS[fault];
         *t.faults.entry(spec.name).or_default() += 1;
         let doc = docs[i];
         let what = if doc.ssml {
             format!("SPEAK {} (upstream \"{}\", {})", s.id, spec.name, doc.describe())
         } else {
-            format!("SPEAK {} (upstream \"{}\", {} ms)", s.id, spec.name, LENGTHS_MS[s.len])
+            format!("SPEAK {} (upstream \"{}\", {} ms)", s.id, spec.name, LENGTHS_MS[len])
         };
         // Which endpoint each text went to.
         let mut first_with_timestamps = None;
@@ -1440,7 +1084,7 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 if CLOSE_REASONS.iter().any(|c| reason.starts_with(c)) {
                     "004 error: channel closed".to_string()
                 } else {
-                    match reason_for(s.fault, first_with_timestamps.unwrap_or(false)) {
+                    match reason_for(fault, first_with_timestamps.unwrap_or(false)) {
                         None => f.push(format!("{what}: a clean upstream, yet 004 with reason {reason:?}")),
                         Some(want) if !reason.contains(want) => {
                             f.push(format!("{what}: Completion-Reason {reason:?} does not name the fault ({want:?})"))
@@ -1450,7 +1094,7 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                     "004 error: upstream fault".to_string()
                 }
             }
-            End::Stopped(op, _) => format!("stopped by {}", op.name()),
+            End::Stopped { by, .. } => format!("stopped by {by}"),
         };
         *t.outcomes.entry(outcome).or_default() += 1;
         if exact {
@@ -1461,8 +1105,8 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                             "{what}: completed 000 but played {} bytes where the upstream sent {} (padded); first difference at byte {}; {}",
                             p.len(),
                             sent.len(),
-                            first_difference(p, sent),
-                            around_end(i)
+                            invariants::first_difference(p, sent),
+                            attribution.around_end(i, speaks, &msgs)
                         ));
                     } else {
                         t.exact_audio += 1;
@@ -1471,12 +1115,12 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 }
                 Some(why) => f.push(format!("{what}: completed 000 but {why}")),
             }
-        } else if p.len() > sent.len() || p[..] != sent[..p.len()] {
+        } else if !invariants::is_prefix(p, sent) {
             f.push(format!(
                 "{what}: played {} bytes that are not a prefix of the {} the upstream sent; first difference at byte {}",
                 p.len(),
                 sent.len(),
-                first_difference(p, sent)
+                invariants::first_difference(p, sent)
             ));
         } else {
             t.prefix_audio += 1;

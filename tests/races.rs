@@ -6,30 +6,27 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::invariants;
 use common::*;
 use unimrcp_shim::host::{Channel, Kind, MediaClock, Recorded};
 use unimrcp_shim::upstream::{Behavior, Fault};
 
 /// After a SPEAK and a STOP raced: either the STOP stopped it (its response
-/// lists the SPEAK, and no SPEAK-COMPLETE exists) or the SPEAK completed
-/// first (one SPEAK-COMPLETE, sent before the STOP response, which lists
-/// nothing). Returns true when the STOP won.
+/// lists the SPEAK, no SPEAK-COMPLETE exists and no audio follows) or the
+/// SPEAK completed first (one SPEAK-COMPLETE, sent before the STOP response,
+/// which lists nothing). Returns true when the STOP won.
 fn one_terminal(ch: &Channel, speak: u32, stop: &Recorded) -> bool {
     let msgs = for_request(ch, speak);
-    let completes: Vec<&Recorded> = msgs.iter().filter(|m| is_speak_complete(m)).collect();
     assert_eq!(msgs.iter().filter(|m| m.kind == Kind::Response).count(), 1, "{msgs:#?}");
-    match stop.active_request_ids.as_deref() {
-        Some([id]) if *id == speak => {
-            assert!(completes.is_empty(), "SPEAK-COMPLETE after a STOP that stopped it: {msgs:#?}");
-            assert_eq!(ch.frames().audio_frames_after(stop.at + Duration::from_millis(1)), 0);
+    match invariants::one_terminal_after_stop(&msgs, speak, stop).unwrap_or_else(|e| panic!("{e}")) {
+        None => {
+            invariants::no_audio_after_stop(ch, stop).unwrap_or_else(|e| panic!("{e}"));
             true
         }
-        None => {
-            assert_eq!(completes.len(), 1, "the SPEAK completed, exactly once: {msgs:#?}");
-            assert!(completes[0].at <= stop.at, "SPEAK-COMPLETE came before the empty STOP response");
+        Some(complete) => {
+            assert!(complete.at <= stop.at, "SPEAK-COMPLETE came before the empty STOP response");
             false
         }
-        other => panic!("unexpected Active-Request-Id-List {other:?}"),
     }
 }
 
@@ -96,17 +93,10 @@ fn stop_at_the_moment_of_an_upstream_error() {
         let stop = ch.wait_response(stop_id, WAIT).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let msgs = for_request(&ch, id);
-        let completes: Vec<&Recorded> = msgs.iter().filter(|m| is_speak_complete(m)).collect();
-        match stop.active_request_ids.as_deref() {
-            Some([stopped]) => {
-                assert_eq!(*stopped, id);
-                assert!(completes.is_empty(), "round {round}: {msgs:#?}");
-            }
-            None => {
-                assert_eq!(completes.len(), 1, "round {round}: {msgs:#?}");
-                assert_eq!(completes[0].completion_cause, Some(ERROR));
-            }
-            other => panic!("{other:?}"),
+        let complete =
+            invariants::one_terminal_after_stop(&msgs, id, &stop).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if let Some(complete) = complete {
+            assert_eq!(complete.completion_cause, Some(ERROR));
         }
     }
     assert_clean(&rig.server);
@@ -147,9 +137,7 @@ fn close_in_every_state() {
         ch.close().unwrap_or_else(|e| panic!("{state}: close not answered: {e}"));
         assert!(started.elapsed() < Duration::from_secs(2), "{state}: close took {:?}", started.elapsed());
         if id != 0 {
-            let msgs = for_request(&probe, id);
-            let completes = msgs.iter().filter(|m| is_speak_complete(m)).count();
-            assert_eq!(completes, 1, "{state}: exactly one terminal message: {msgs:#?}");
+            invariants::exactly_one_complete(&probe, id).unwrap_or_else(|e| panic!("{state}: {e}"));
         }
     }
     assert!(rig.upstream.wait_until_idle(Duration::from_secs(3)), "every transfer closed");
@@ -173,8 +161,7 @@ fn engine_close_with_a_hundred_channels_speaking() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "engine close took {took:?}");
     for (ch, id) in channels.iter().zip(&ids) {
-        let msgs = for_request(ch, *id);
-        assert_eq!(msgs.iter().filter(|m| is_speak_complete(m)).count(), 1, "{msgs:#?}");
+        invariants::exactly_one_complete(ch, *id).unwrap_or_else(|e| panic!("{e}"));
     }
     let workers = worker_threads_after_join();
     assert_eq!(workers, 0, "all channel threads joined");

@@ -2,6 +2,8 @@
 //! host with the built plugin, and read what happened.
 #![allow(dead_code)]
 
+pub mod invariants;
+
 use std::time::Duration;
 
 use unimrcp_shim::host::{Channel, Kind, MediaClock, PluginLibrary, Recorded, Server, ServerConfig};
