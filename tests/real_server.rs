@@ -18,6 +18,11 @@
 //! Everything is loopback and bounded in time (about 12 s); the server is
 //! stopped (SIGTERM, then SIGKILL) by a guard even when an assertion fails,
 //! and the root is kept for inspection when the test fails.
+//!
+//! The machinery (the configuration edits, ports, the private root, the two
+//! programs, reading their logs and umc's audio) is
+//! `unimrcp_shim::realserver`; this file holds the runs and what each must
+//! lead to.
 
 use std::fs;
 use std::path::{Path, PathBuf};
