@@ -2,8 +2,11 @@
 //! it calls read_frame on every attached stream, as UniMRCP's media engine
 //! does through the bridge; streams are opened (open_rx) and closed
 //! (close_rx) on this thread too.
+//!
+//! A test can watch every read_frame call from inside that thread through a
+//! [`ReadFrameProbe`] (tests/realtime.rs counts the allocations made there).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,38 @@ pub enum MediaClock {
 /// What the host fills a frame buffer with before read_frame, so a frame
 /// flagged AUDIO but never written is recognisable.
 pub const FILL_PATTERN: u8 = 0xA5;
+
+/// Two plain functions the "MPF Scheduler" thread calls on its own stack
+/// immediately around every read_frame call of every server in the process:
+/// `enter` just before the call, `exit` just after it, with nothing of the
+/// host's own in between (the host prepares the frame before `enter` and
+/// records it after `exit`, so its allocations stay outside the window).
+/// Both run on the media thread, in the middle of a tick: they must be
+/// quick and must not block.
+///
+/// For audits of what the plugin does inside read_frame on that thread,
+/// e.g. a thread-local flag that an interposed `malloc` checks. Unset (the
+/// default) it costs one atomic load per read_frame.
+#[derive(Debug)]
+pub struct ReadFrameProbe {
+    pub enter: fn(),
+    pub exit: fn(),
+}
+
+static READ_FRAME_PROBE: AtomicPtr<ReadFrameProbe> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs `probe` for every read_frame call from now on, process-wide
+/// (None removes it). A call in progress keeps the probe it started with,
+/// so `enter` and `exit` always come in pairs from the same probe.
+pub fn set_read_frame_probe(probe: Option<&'static ReadFrameProbe>) {
+    let ptr = probe.map_or(std::ptr::null_mut(), |p| (p as *const ReadFrameProbe).cast_mut());
+    READ_FRAME_PROBE.store(ptr, Ordering::Release);
+}
+
+fn read_frame_probe() -> Option<&'static ReadFrameProbe> {
+    // SAFETY: only null or a `&'static ReadFrameProbe` is ever stored.
+    unsafe { READ_FRAME_PROBE.load(Ordering::Acquire).as_ref() }
+}
 
 /// Audio and frame flags of one channel, written by the media thread.
 pub(crate) struct ChannelMedia {
@@ -226,14 +261,20 @@ impl Scheduler {
                 codec_frame: sys::mpf_codec_frame_t { buffer: buf_ptr.cast(), size },
                 event_frame: sys::mpf_named_event_frame_t::default(),
             };
-            let started = Instant::now();
             // SAFETY: an attached stream with read_frame (checked at
-            // termination creation); the frame and its buffer are ours and
-            // live across the call.
-            let ok = unsafe {
-                let read_frame = (*(*slot.stream).vtable).read_frame.expect("source stream has read_frame");
-                read_frame(slot.stream, &mut frame)
-            } != 0;
+            // termination creation).
+            let read_frame = unsafe { (*(*slot.stream).vtable).read_frame.expect("source stream has read_frame") };
+            let probe = read_frame_probe();
+            let started = Instant::now();
+            if let Some(probe) = probe {
+                (probe.enter)();
+            }
+            // SAFETY: the stream is attached; the frame and its buffer are
+            // ours and live across the call.
+            let ok = unsafe { read_frame(slot.stream, &mut frame) } != 0;
+            if let Some(probe) = probe {
+                (probe.exit)();
+            }
             self.times.push(started.elapsed().as_nanos() as u64);
 
             let mut flags = 0u8;

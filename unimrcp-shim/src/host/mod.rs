@@ -33,7 +33,7 @@ pub use error::HostError;
 pub use exports::{anchor, EXPORTED_SYMBOLS};
 pub use headers::{COMPLETION_CAUSE_NAMES, GENERIC_NAMES, SYNTH_NAMES};
 pub use log::LogSource;
-pub use media::{MediaClock, FILL_PATTERN};
+pub use media::{set_read_frame_probe, MediaClock, ReadFrameProbe, FILL_PATTERN};
 pub use plugin::{PluginLibrary, PLUGIN_FILE_NAME, PLUGIN_PATH_ENV};
 pub use record::{
     FrameEntry, FrameLog, Kind, Lifecycle, LifecycleKind, LogLine, Recorded, FRAME_ALL_ZERO, FRAME_AUDIO,
