@@ -5,7 +5,7 @@
 //! * `upstream`: a local ElevenLabs-compatible HTTP server for tests.
 //! * `realserver`: running the plugin in a real UniMRCP install (a private
 //!   root, unimrcpserver and umc, their logs) for tests/real_server.rs.
-//! * `sys`: the Rust view of our UniMRCP ABI declarations (bindgen).
+//! * `sys`: the Rust view of the UniMRCP ABI (the `unimrcp-sys` crate).
 //!
 //! Binaries using the host must be linked with `-Wl,--export-dynamic` (see
 //! build.rs) so the plugin can resolve the exported server functions.

@@ -344,7 +344,9 @@ pub unsafe fn section_set(
         return false;
     };
     let field = sys::apt_header_field_t {
-        link: sys::apt_header_ring_t { next: std::ptr::null_mut(), prev: std::ptr::null_mut() },
+        // Linked into the ring below; the ring type is left unnamed
+        // (real headers name it differently).
+        link: Default::default(),
         name: sys::apt_str_t { buf: name_buf, length: name.len() },
         value: sys::apt_str_t { buf: value_buf, length: value.len() },
         id,

@@ -2,11 +2,12 @@
  * unimrcp-elevenlabs: our own declarations of the part of the UniMRCP 1.8
  * plugin ABI that the plugin uses, written from the public API (names,
  * signatures, layouts) and the facts in unimrcp-abi-facts.md (x86_64 sizes
- * and offsets, checked by tests/abi_layout.rs).
+ * and offsets, checked by the layout tests in unimrcp-sys/src/lib.rs).
  *
- * These headers stand in for a real install: the file names the plugin's
- * wrapper includes (apr_tables.h, apt_log.h, mrcp_synth_engine.h, ...) all
- * resolve to this one file. Set UNIMRCP_DIR to build against a real install.
+ * These headers stand in for a real install: the file names that
+ * unimrcp-sys/wrapper.h includes (apr_tables.h, apt_log.h,
+ * mrcp_synth_engine.h, ...) all resolve to this one file. Set UNIMRCP_DIR to
+ * build against a real install.
  *
  * Only what the plugin or the test host touches is declared. Structures the
  * plugin never looks inside stay opaque.
@@ -113,7 +114,9 @@ apt_bool_t apt_log_source_assign(const char *name, apt_log_source_t **log_source
 
 typedef struct apt_header_field_t apt_header_field_t;
 
-/* The field ring is a pair of pointers (APR_RING_HEAD). */
+/* The field ring is a pair of pointers (APR_RING_HEAD). Rust code never
+ * names this type: a real install spells the ring with APR_RING_ENTRY and
+ * APR_RING_HEAD, whose struct names are not ours. */
 typedef struct apt_header_ring_t {
     apt_header_field_t *next;
     apt_header_field_t *prev;

@@ -1,20 +1,32 @@
-#![allow(dead_code)]
-// Shared by the plugin's build.rs and the shim crate's build.rs (included
-// with #[path]), so both see the same Rust view of the UniMRCP ABI.
+//! The one bindgen run for the UniMRCP ABI: `wrapper.h` with our stand-in
+//! headers (include/) on the include path, or a real install's
+//! ($UNIMRCP_DIR/include plus APR's headers) when UNIMRCP_DIR is set. The
+//! plugin and the test host both use its output (see src/lib.rs).
 
 use std::env;
 use std::path::{Path, PathBuf};
 
+fn main() {
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let source = header_source_from_env(&root.join("include"));
+    if let HeaderSource::Install { unimrcp, apr } = &source {
+        println!("cargo:warning=building against UniMRCP headers in {} (APR: {})", unimrcp.display(), apr.display());
+    }
+    generate(&root.join("wrapper.h"), &source, &out.join("unimrcp_sys.rs"));
+    println!("cargo:rerun-if-changed=build.rs");
+}
+
 /// Where the C declarations come from.
-pub enum HeaderSource {
-    /// Our own declarations in unimrcp-shim/include.
+enum HeaderSource {
+    /// Our own declarations in unimrcp-sys/include.
     Shim(PathBuf),
     /// A real UniMRCP install (UNIMRCP_DIR) plus APR's headers.
     Install { unimrcp: PathBuf, apr: PathBuf },
 }
 
 impl HeaderSource {
-    pub fn include_dirs(&self) -> Vec<PathBuf> {
+    fn include_dirs(&self) -> Vec<PathBuf> {
         match self {
             HeaderSource::Shim(dir) => vec![dir.clone()],
             HeaderSource::Install { unimrcp, apr } => vec![unimrcp.clone(), apr.clone()],
@@ -24,7 +36,7 @@ impl HeaderSource {
 
 /// UNIMRCP_DIR selects a real install; its APR headers are found through
 /// APR_INCLUDE_DIR or the places UniMRCP's own build installs them.
-pub fn header_source_from_env(shim_include: &Path) -> HeaderSource {
+fn header_source_from_env(shim_include: &Path) -> HeaderSource {
     println!("cargo:rerun-if-env-changed=UNIMRCP_DIR");
     println!("cargo:rerun-if-env-changed=APR_INCLUDE_DIR");
     let Some(dir) = env::var_os("UNIMRCP_DIR").filter(|d| !d.is_empty()) else {
@@ -53,7 +65,7 @@ pub fn header_source_from_env(shim_include: &Path) -> HeaderSource {
 }
 
 /// Runs bindgen on `wrapper` and writes `out_file`.
-pub fn generate(wrapper: &Path, source: &HeaderSource, out_file: &Path) {
+fn generate(wrapper: &Path, source: &HeaderSource, out_file: &Path) {
     println!("cargo:rerun-if-changed={}", wrapper.display());
     for dir in source.include_dirs() {
         println!("cargo:rerun-if-changed={}", dir.display());
