@@ -1,5 +1,5 @@
-//! The one bindgen run for the UniMRCP ABI: `wrapper.h` with our stand-in
-//! headers (include/) on the include path, or a real install's
+//! The one bindgen run for the UniMRCP ABI: include/unimrcp_elevenlabs_abi.h
+//! with our stand-in headers (unimrcp-shim/include/) on the include path, or a real install's
 //! ($UNIMRCP_DIR/include plus APR's headers) when UNIMRCP_DIR is set. The
 //! plugin and the test host both use its output (see src/lib.rs).
 
@@ -9,17 +9,21 @@ use std::path::{Path, PathBuf};
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let source = header_source_from_env(&root.join("include"));
+    // The workspace keeps the headers where a reader looks for them: the
+    // wrapper (what the plugin and the host need, by UniMRCP header name) in
+    // include/, our stand-in declarations beside the test host.
+    let workspace = root.parent().expect("unimrcp-sys sits in the workspace");
+    let source = header_source_from_env(&workspace.join("unimrcp-shim/include"));
     if let HeaderSource::Install { unimrcp, apr } = &source {
         println!("cargo:warning=building against UniMRCP headers in {} (APR: {})", unimrcp.display(), apr.display());
     }
-    generate(&root.join("wrapper.h"), &source, &out.join("unimrcp_sys.rs"));
+    generate(&workspace.join("include/unimrcp_elevenlabs_abi.h"), &source, &out.join("unimrcp_sys.rs"));
     println!("cargo:rerun-if-changed=build.rs");
 }
 
 /// Where the C declarations come from.
 enum HeaderSource {
-    /// Our own declarations in unimrcp-sys/include.
+    /// Our own declarations in unimrcp-shim/include.
     Shim(PathBuf),
     /// A real UniMRCP install (UNIMRCP_DIR) plus APR's headers.
     Install { unimrcp: PathBuf, apr: PathBuf },

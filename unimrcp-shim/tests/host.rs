@@ -25,7 +25,7 @@ fn fake_plugin() -> PathBuf {
             .args(["-shared", "-fPIC", "-Wall", "-Werror", "-o"])
             .arg(&out)
             .arg("-I")
-            .arg(root.join("../unimrcp-sys/include"))
+            .arg(root.join("include"))
             .arg(root.join("tests/fixtures/fake_synth.c"))
             .arg("-lpthread")
             .status()

@@ -1,11 +1,11 @@
 //! Rust declarations of the part of the UniMRCP 1.8 plugin ABI that the
 //! plugin (`unimrcp-elevenlabs`) and the test host (`unimrcp-shim`) use:
-//! bindgen's output for `wrapper.h`, from one run and one allow-list
-//! (build.rs). Nothing but generated code and its layout tests.
+//! bindgen's output for the workspace's `include/unimrcp_elevenlabs_abi.h`,
+//! from one run and one allow-list (build.rs). Nothing but generated code and its layout tests.
 //!
 //! # Which headers
 //!
-//! By default bindgen reads our own declarations in `include/` (written from
+//! By default bindgen reads our own declarations in `unimrcp-shim/include/` (written from
 //! UniMRCP's public API and the measured facts, not copied). With
 //! `UNIMRCP_DIR` set it reads a real install's headers instead (APR's are
 //! found through `APR_INCLUDE_DIR` or the usual install places), so the

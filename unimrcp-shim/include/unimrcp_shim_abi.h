@@ -5,7 +5,7 @@
  * and offsets, checked by the layout tests in unimrcp-sys/src/lib.rs).
  *
  * These headers stand in for a real install: the file names that
- * unimrcp-sys/wrapper.h includes (apr_tables.h, apt_log.h,
+ * include/unimrcp_elevenlabs_abi.h includes (apr_tables.h, apt_log.h,
  * mrcp_synth_engine.h, ...) all resolve to this one file. Set UNIMRCP_DIR to
  * build against a real install.
  *
