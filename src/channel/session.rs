@@ -163,9 +163,14 @@ impl Channel {
     }
 
     fn pause_resume(&self, ch: ChannelRef, request: &Request, pause: bool) {
-        let active = self.shared.active.lock().clone();
+        // `active` is held until the response is posted: the worker claims
+        // and posts SPEAK-COMPLETE under it, so a response that lists the
+        // SPEAK always goes out before that SPEAK-COMPLETE, never after it
+        // (checking, letting go, then answering let SPEAK-COMPLETE slip in
+        // between: the client saw PAUSE act on a request already complete).
+        let active = self.shared.active.lock();
         let mut affected = Vec::new();
-        if let Some(speak) = active.filter(|s| !s.is_terminated()) {
+        if let Some(speak) = active.as_ref().filter(|s| !s.is_terminated()) {
             let mut playback = self.shared.link.playback.lock();
             if playback.generation == speak.generation {
                 match (pause, playback.state) {
@@ -184,6 +189,7 @@ impl Channel {
             marker: None,
         };
         ch.send(request.origin, &reply);
+        drop(active);
     }
 }
 
