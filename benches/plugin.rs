@@ -12,8 +12,8 @@
 //! 2. the latency the plugin adds between SPEAK and the first audible frame,
 //!    beyond the upstream's own first-byte delay, at 1, 50 and 200 channels
 //!    (8 kHz);
-//! 3. process RSS and thread count at the peak of the 200-channel run, and
-//!    the per-channel buffer in effect;
+//! 3. process RSS, thread count and open file descriptors at the peak of
+//!    the 200-channel run, and the per-channel buffer in effect;
 //! 4. the prompt cache: time to first audible frame on a hit vs a miss
 //!    (8 kHz, one channel), and the hit rate and upstream request count when
 //!    100 channels speak 10 distinct prompts for several rounds.
@@ -28,6 +28,15 @@
 //! server and upstream, and the whole run takes about a minute. Scenarios
 //! 1-3 run with the cache off; scenario 4 turns it on with a fresh
 //! temporary cache dir per part, removed afterwards.
+//!
+//! The plugin, the host and the upstream share this one process, so every
+//! plugin-to-upstream connection costs descriptors at both ends: the
+//! 200-channel run holds about 1,200 (6 per channel, see
+//! [`FDS_PER_CHANNEL`]), more than the usual soft limit on open files,
+//! 1024. Before any scenario the benchmark raises its soft `RLIMIT_NOFILE`
+//! towards [`OPEN_FILES_WANTED`] (never above the hard limit); without that,
+//! `socket()` in libcurl and `accept()` in the upstream fail with EMFILE and
+//! most SPEAKs of that run end `004`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +95,19 @@ const CACHE_AUDIO_MS: u32 = 300;
 const CACHE_CHANNELS: usize = 100;
 const CACHE_DISTINCT: usize = 10;
 const CACHE_ROUNDS: usize = 3;
+
+/// Descriptors each channel of a latency run holds at its peak, in this one
+/// process: the plugin's eventfd (its worker's waker), libcurl's multi
+/// wake-up socketpair (2) and its connection to the upstream, plus the
+/// upstream's end of that connection and the clone it keeps to shut it down
+/// (measured: 1,206 descriptors in all at 200 channels with libcurl 7.88).
+/// The real server holds only the plugin's share.
+const FDS_PER_CHANNEL: u64 = 6;
+/// Descriptors besides the channels' (stdio, the listener, the library's).
+const FDS_BASE: u64 = 64;
+/// The soft limit on open files the benchmark asks for: three times what
+/// the 200-channel run needs, so a libcurl that keeps more per handle fits.
+const OPEN_FILES_WANTED: libc::rlim_t = 4096;
 
 /// What went wrong, printed as ERROR lines; any makes the exit code non-zero.
 #[derive(Default)]
@@ -226,6 +248,64 @@ fn text_of_length(prefix: &str, audio_ms: u32) -> String {
     }
     s.truncate(chars);
     s
+}
+
+/// The limit on open files: (soft before, soft now, hard).
+struct OpenFiles {
+    before: libc::rlim_t,
+    now: libc::rlim_t,
+    hard: libc::rlim_t,
+}
+
+fn rlimit_text(v: libc::rlim_t) -> String {
+    if v == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Raises the soft limit on open files to [`OPEN_FILES_WANTED`], or to the
+/// hard limit if that is lower; a higher soft limit is kept.
+fn raise_open_files_limit() -> std::io::Result<OpenFiles> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit that we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if before != libc::RLIM_INFINITY && before < OPEN_FILES_WANTED {
+        let raised = libc::rlimit { rlim_cur: OPEN_FILES_WANTED.min(lim.rlim_max), rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads one valid rlimit; the soft limit stays
+        // within the hard one, so no privilege is needed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(OpenFiles { before, now: lim.rlim_cur, hard: lim.rlim_max })
+}
+
+/// Open descriptors of this process, by kind (`socket`, `eventfd`, …),
+/// most first.
+fn fd_kinds() -> Vec<(String, usize)> {
+    let mut map: HashMap<String, usize> = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
+        let target = std::fs::read_link(entry.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        let kind = match target.split_once(':') {
+            Some(("anon_inode", what)) => what.trim_matches(|c| c == '[' || c == ']').to_string(),
+            Some((kind, _)) if !kind.starts_with('/') => kind.to_string(),
+            _ => "file".to_string(),
+        };
+        *map.entry(kind).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
 
 fn vm_rss_kib() -> Option<u64> {
@@ -432,6 +512,9 @@ struct Peak {
     threads: usize,
     /// Thread names grouped by prefix, at the thread peak.
     groups: Vec<(String, usize)>,
+    /// Open file descriptors, and their kinds at that peak.
+    fds: usize,
+    fd_kinds: Vec<(String, usize)>,
 }
 
 fn thread_groups() -> Vec<(String, usize)> {
@@ -451,6 +534,7 @@ fn thread_groups() -> Vec<(String, usize)> {
 fn spawn_sampler(stop: Arc<AtomicBool>) -> thread::JoinHandle<Peak> {
     thread::spawn(move || {
         let mut peak = Peak::default();
+        let mut samples = 0u64;
         while !stop.load(Ordering::Relaxed) {
             peak.rss_kib = peak.rss_kib.max(vm_rss_kib().unwrap_or(0));
             let n = thread_count();
@@ -458,6 +542,15 @@ fn spawn_sampler(stop: Arc<AtomicBool>) -> thread::JoinHandle<Peak> {
                 peak.threads = n;
                 peak.groups = thread_groups();
             }
+            // Descriptors every 50 ms: connections last the whole run.
+            if samples % 5 == 0 {
+                let fds = fd_count();
+                if fds > peak.fds {
+                    peak.fds = fds;
+                    peak.fd_kinds = fd_kinds();
+                }
+            }
+            samples += 1;
             thread::sleep(Duration::from_millis(10));
         }
         peak
@@ -1025,10 +1118,31 @@ fn main() -> ExitCode {
         "engine:  max_buffer_ms={MAX_BUFFER_MS} -> per-channel buffer {BUFFER_BYTES} bytes ({:.1} KiB), first_byte_timeout_ms={TIMEOUT_MS}, stall_timeout_ms={TIMEOUT_MS}",
         BUFFER_BYTES as f64 / 1024.0
     );
+    let mut failures = Failures::default();
+    let most_channels = LATENCY_RUNS.iter().map(|&(n, _)| n).max().unwrap_or(0) as u64;
+    let fds_needed = most_channels * FDS_PER_CHANNEL + FDS_BASE;
+    let open_files = raise_open_files_limit();
+    match &open_files {
+        Ok(l) => {
+            println!(
+                "limits:  open files (RLIMIT_NOFILE) soft {} -> {}, hard {}; the {most_channels}-channel run needs about {fds_needed} ({FDS_PER_CHANNEL} per channel, both ends of each connection in this process)",
+                rlimit_text(l.before),
+                rlimit_text(l.now),
+                rlimit_text(l.hard)
+            );
+            if l.now != libc::RLIM_INFINITY && l.now < fds_needed {
+                failures.add(format!(
+                    "the limit on open files is {} (hard {}), below the about {fds_needed} descriptors the {most_channels}-channel run needs: its connections will fail with EMFILE; raise the hard limit (ulimit -Hn, limits.conf)",
+                    l.now,
+                    rlimit_text(l.hard)
+                ));
+            }
+        }
+        Err(e) => println!("limits:  open files (RLIMIT_NOFILE) unknown: {e}"),
+    }
     let baseline_rss = vm_rss_kib().unwrap_or(0);
     let baseline_threads = thread_count();
 
-    let mut failures = Failures::default();
     if let Err(e) = bench_read_frame(&plugin, &mut failures) {
         failures.add(format!("read_frame scenario: {e}"));
     }
@@ -1075,6 +1189,9 @@ fn main() -> ExitCode {
                 peak.threads,
                 groups.join(", ")
             );
+            let kinds: Vec<String> = peak.fd_kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let limit = open_files.as_ref().map_or_else(|_| "unknown".into(), |l| rlimit_text(l.now));
+            println!("  peak open file descriptors: {} (limit {limit}); by kind: {}", peak.fds, kinds.join(", "));
         }
         None => failures.add("no resource figures: the 200-channel run did not complete".into()),
     }
