@@ -30,7 +30,31 @@ pub struct Behavior {
     /// `"normalized_alignment":null` on every line, as the real service may,
     /// so a client must cope with audio that carries no timing.
     pub omit_alignment: bool,
+    /// `/stream/with-timestamps` only: how each line's alignment is shaped
+    /// (what its times count from, which field carries it).
+    pub alignment: AlignmentShape,
     pub fault: Fault,
+}
+
+/// The shapes a `/stream/with-timestamps` line's alignment can take.
+///
+/// ElevenLabs' documented example for this endpoint appends every line's
+/// `character_start_times_seconds` to one list unchanged, after checking
+/// `alignment is not None`: the times count from the start of the whole
+/// audio, and `alignment` may be `null` ([`Behavior::omit_alignment`]).
+/// The other shapes are what a client should survive anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AlignmentShape {
+    /// As the API sends it: times from the start of the response's audio,
+    /// in both `alignment` and `normalized_alignment`.
+    #[default]
+    Cumulative,
+    /// Each line's times count from the start of that line's own chunk (as
+    /// ElevenLabs' WebSocket API does).
+    ChunkRelative,
+    /// `"alignment":null`, the (cumulative) times only in
+    /// `normalized_alignment`.
+    NormalizedOnly,
 }
 
 impl Default for Behavior {
@@ -42,6 +66,7 @@ impl Default for Behavior {
             audio_ms: None,
             voice: Voice::Tones,
             omit_alignment: false,
+            alignment: AlignmentShape::Cumulative,
             fault: Fault::None,
         }
     }
@@ -88,6 +113,11 @@ impl Behavior {
         self
     }
 
+    pub fn with_alignment(mut self, shape: AlignmentShape) -> Self {
+        self.alignment = shape;
+        self
+    }
+
     pub fn with_fault(mut self, fault: Fault) -> Self {
         self.fault = fault;
         self
@@ -129,6 +159,12 @@ pub enum Fault {
     },
     /// 422 with the list-shaped (FastAPI) validation detail.
     ValidationError,
+    /// 422 with the list-shaped validation detail for one field: `loc` (as
+    /// `["body", "pronunciation_dictionary_locators", 0, ..]`), `msg`.
+    InvalidField {
+        loc: Vec<serde_json::Value>,
+        msg: String,
+    },
     /// Head and first chunk, then no bytes until the client leaves or the
     /// mock is dropped.
     StallAfterFirstChunk,
@@ -166,6 +202,26 @@ impl Fault {
 
     pub fn voice_not_found() -> Fault {
         Fault::http(404, "voice_not_found", "A voice with the voice_id provided was not found.")
+    }
+
+    /// A request naming a pronunciation dictionary the account does not
+    /// have: `404 {"detail":{"status":"pronunciation_dictionary_not_found",
+    /// "message":"... <id> ..."}}`, ElevenLabs' usual error shape naming it.
+    pub fn dictionary_not_found(id: &str) -> Fault {
+        Fault::http(
+            404,
+            "pronunciation_dictionary_not_found",
+            &format!("Pronunciation dictionary with id {id} was not found."),
+        )
+    }
+
+    /// A locator the API cannot read (a version id of another
+    /// dictionary, say): 422 with the validation list naming the field.
+    pub fn dictionary_version_invalid(index: usize) -> Fault {
+        Fault::InvalidField {
+            loc: vec!["body".into(), "pronunciation_dictionary_locators".into(), index.into(), "version_id".into()],
+            msg: "version does not belong to this pronunciation dictionary".to_string(),
+        }
     }
 
     /// Plain error status with a string detail (500, 502, 503, ...).

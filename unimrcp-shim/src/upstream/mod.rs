@@ -10,6 +10,12 @@
 //! [`Fault`]) by a rule matched on its text, so concurrent tests don't
 //! interfere.
 //!
+//! Every answer carries a `request-id` header, as ElevenLabs' do:
+//! `mock-<n>`, `n` the request's 1-based place in
+//! [`MockUpstream::requests`] ([`MockUpstream::request_id_of`]), so a test
+//! can tell which ids a later request stitched to
+//! ([`RecordedRequest::previous_request_ids`]).
+//!
 //! It also serves
 //! `POST /v1/text-to-speech/{voice_id}/stream/with-timestamps?output_format=pcm_<rate>`:
 //! the same checks, behaviour and audio, but sent as newline-delimited JSON,
@@ -58,7 +64,7 @@ mod timestamps;
 mod tests;
 
 pub use audio::{audio_ms_for_text, synth_pcm, Synth, MIN_AUDIO_MS, MS_PER_CHAR};
-pub use behavior::{Behavior, Fault, Voice};
+pub use behavior::{AlignmentShape, Behavior, Fault, Voice};
 pub use timestamps::char_start_ms;
 
 use parking_lot::{Condvar, Mutex};
@@ -128,6 +134,17 @@ impl RecordedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The `previous_request_ids` the request carried (request stitching),
+    /// in order; empty when it carried none.
+    pub fn previous_request_ids(&self) -> Vec<String> {
+        self.json
+            .as_ref()
+            .and_then(|j| j.get("previous_request_ids"))
+            .and_then(serde_json::Value::as_array)
+            .map(|ids| ids.iter().filter_map(|id| id.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     }
 
     /// First value of query parameter `name`.
@@ -262,6 +279,12 @@ impl MockUpstream {
             }
         }
         reqs.clone()
+    }
+
+    /// The `request-id` the mock sent for the request at `index` of
+    /// [`MockUpstream::requests`].
+    pub fn request_id_of(index: usize) -> String {
+        format!("mock-{}", index + 1)
     }
 
     pub fn request_count(&self) -> usize {

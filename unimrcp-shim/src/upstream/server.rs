@@ -204,6 +204,7 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
             ex.send_json(*status, &body)
         }
         Fault::ValidationError => ex.send_json(422, &missing_text()),
+        Fault::InvalidField { loc, msg } => ex.send_json(422, &validation(json!(loc), msg, "value_error")),
         Fault::JsonInsteadOfAudio => {
             let body = json!({ "audio_base64": "", "alignment": null, "normalized_alignment": null });
             ex.send_whole(200, "application/json", body.to_string().as_bytes())
@@ -507,7 +508,9 @@ impl Exchange<'_> {
                 let end = sent + pcm.len();
                 let alignment = aligner.take_until(end, end >= total);
                 let alignment = if b.omit_alignment { None } else { alignment };
-                push_body_piece(&mut out, framing, &timestamps::line(&pcm, alignment.as_ref()));
+                let chunk_start = sent as f64 / (f64::from(rate) * 2.0);
+                let line = timestamps::shaped_line(&pcm, alignment.as_ref(), b.alignment, chunk_start);
+                push_body_piece(&mut out, framing, &line);
             }
             if !out.is_empty() && !self.write_recorded(&out, &pcm, false) {
                 return Next::Gone;

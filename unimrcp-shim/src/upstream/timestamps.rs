@@ -10,6 +10,8 @@
 
 use serde_json::Value;
 
+use super::AlignmentShape;
+
 /// Where character `index` (counting Unicode scalar values) of `text` starts,
 /// in ms from the start of the response's audio, when the audio is
 /// `audio_ms` long. `index == n` gives the end of the last character
@@ -136,10 +138,35 @@ impl Alignment {
 /// One line of the body, newline included. `alignment` is sent as both
 /// `alignment` and `normalized_alignment`: the mock does no text
 /// normalization, so the two are the same.
+#[cfg(test)]
 pub(crate) fn line(pcm: &[u8], alignment: Option<&Alignment>) -> Vec<u8> {
-    let alignment = alignment.map_or_else(|| "null".to_string(), Alignment::to_json);
+    shaped_line(pcm, alignment, AlignmentShape::Cumulative, 0.0)
+}
+
+/// [`line`] in one of the [`AlignmentShape`]s; `chunk_start` is where this
+/// line's audio starts in the response, in seconds (subtracted from the
+/// times for [`AlignmentShape::ChunkRelative`]).
+pub(crate) fn shaped_line(
+    pcm: &[u8],
+    alignment: Option<&Alignment>,
+    shape: AlignmentShape,
+    chunk_start: f64,
+) -> Vec<u8> {
+    // Whole microseconds, as a service would print them (no `0.04999…`).
+    let relative = |t: &f64| ((t - chunk_start).max(0.0) * 1e6).round() / 1e6;
+    let json = |a: &Alignment| match shape {
+        AlignmentShape::ChunkRelative => Alignment {
+            chars: a.chars.clone(),
+            starts: a.starts.iter().map(relative).collect(),
+            ends: a.ends.iter().map(relative).collect(),
+        }
+        .to_json(),
+        AlignmentShape::Cumulative | AlignmentShape::NormalizedOnly => a.to_json(),
+    };
+    let normalized = alignment.map_or_else(|| "null".to_string(), json);
+    let original = if shape == AlignmentShape::NormalizedOnly { "null".to_string() } else { normalized.clone() };
     format!(
-        "{{\"audio_base64\":\"{}\",\"alignment\":{alignment},\"normalized_alignment\":{alignment}}}\n",
+        "{{\"audio_base64\":\"{}\",\"alignment\":{original},\"normalized_alignment\":{normalized}}}\n",
         base64_encode(pcm)
     )
     .into_bytes()
@@ -236,5 +263,22 @@ mod tests {
         assert_eq!(v["alignment"]["character_start_times_seconds"], serde_json::json!([0.0, 0.05]));
         assert_eq!(line(&[], None), b"{\"audio_base64\":\"\",\"alignment\":null,\"normalized_alignment\":null}\n");
         assert!(serde_json::from_slice::<Value>(MALFORMED_LINE).is_err());
+    }
+
+    #[test]
+    fn shaped_lines() {
+        // 4 chars over 200 ms at 8 kHz; the second line starts at 100 ms.
+        let mut a = Aligner::new("abcd", 8000, 200);
+        a.take_until(1600, false);
+        let rest = a.take_until(3200, true).unwrap();
+        let parse =
+            |shape| -> Value { serde_json::from_slice(&shaped_line(&[0, 0], Some(&rest), shape, 0.1)).unwrap() };
+        let v = parse(AlignmentShape::ChunkRelative);
+        assert_eq!(v["alignment"]["character_start_times_seconds"], serde_json::json!([0.0, 0.05]));
+        let v = parse(AlignmentShape::NormalizedOnly);
+        assert_eq!(v["alignment"], Value::Null);
+        assert_eq!(v["normalized_alignment"]["character_start_times_seconds"], serde_json::json!([0.1, 0.15]));
+        let v = parse(AlignmentShape::Cumulative);
+        assert_eq!(v["alignment"], v["normalized_alignment"]);
     }
 }
