@@ -50,6 +50,15 @@ impl<'p> PartMarks<'p> {
     /// inside the text the start time of the character after it; at the
     /// end (or, if the alignment never covered it, proportionally) once
     /// the request's audio is all in.
+    ///
+    /// `starts` count from the start of this request's audio, whatever the
+    /// lines said: ElevenLabs sends times from the start of the response
+    /// (its documented example for /stream/with-timestamps concatenates the
+    /// lines' times unchanged), and the decoder (tts/elevenlabs/timestamps.rs)
+    /// shifts lines whose times go backwards (chunk-relative) onto that
+    /// scale. A time past the audio received is placed there anyway (its
+    /// audio is still to come) and clamped to the request's end once all
+    /// of it is in.
     pub(super) fn place(&mut self, starts: &[f64], bytes: u64, finished: bool, into: &mut Marks) {
         while let Some((offset, name)) = self.marks.get(self.next) {
             let at = if *offset == 0 {

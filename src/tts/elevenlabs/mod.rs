@@ -145,7 +145,7 @@ impl Provider for ElevenLabs {
     }
 
     fn decoder(&self, req: &SpeechRequest) -> Option<Box<dyn BodyDecoder>> {
-        req.with_timestamps.then(|| Box::<TimestampStream>::default() as Box<dyn BodyDecoder>)
+        req.with_timestamps.then(|| Box::new(TimestampStream::new(req.sample_rate)) as Box<dyn BodyDecoder>)
     }
 
     fn is_audio(&self, ct: &str, decoded: bool) -> bool {
