@@ -20,6 +20,10 @@ pub enum Failure {
     FirstByteTimeout(Duration),
     #[error("upstream stalled: no data for stall_timeout_ms={}", .0.as_millis())]
     Stalled(Duration),
+    /// The upstream refused a pronunciation dictionary the request named
+    /// (classified by the provider): 006 lexicon-load-failure.
+    #[error("{0}")]
+    Lexicon(String),
     /// The plugin itself (a curl handle it could not set up, a panic).
     #[error("{0}")]
     Internal(String),
@@ -35,7 +39,15 @@ impl Failure {
 
     /// SPEAK-COMPLETE's cause and reason.
     pub fn completion(&self) -> Completion {
-        Completion { cause: CompletionCause::Error, reason: Some(self.to_string()) }
+        Completion { cause: self.cause(), reason: Some(self.to_string()) }
+    }
+
+    fn cause(&self) -> CompletionCause {
+        match self {
+            Failure::Lexicon(_) => CompletionCause::LexiconLoadFailure,
+            Failure::At { cause, .. } => cause.cause(),
+            _ => CompletionCause::Error,
+        }
     }
 }
 
@@ -46,7 +58,7 @@ pub enum SpeakError {
     NoStream,
     #[error("{0}")]
     Body(BodyError),
-    #[error("{}", match .0 { Refusal::Language(r) | Refusal::Value(r) => r })]
+    #[error("{}", match .0 { Refusal::Language(r) | Refusal::Value(r) | Refusal::Lexicon(r) => r })]
     Refused(Refusal),
     /// The server queues SPEAKs; a second one here is a client of the
     /// plugin breaking the protocol.
@@ -86,6 +98,7 @@ impl SpeakError {
             }
             SpeakError::Body(_) => (Answer::CompleteAtOnce, CompletionCause::ParseFailure),
             SpeakError::Refused(Refusal::Language(_)) => (Answer::CompleteAtOnce, CompletionCause::LanguageUnsupported),
+            SpeakError::Refused(Refusal::Lexicon(_)) => (Answer::CompleteAtOnce, CompletionCause::LexiconLoadFailure),
             SpeakError::Refused(Refusal::Value(_)) => {
                 (Answer::Refuse(Status::UnsupportedParamValue), CompletionCause::Error)
             }
@@ -117,5 +130,11 @@ mod tests {
         let f = Failure::FirstByteTimeout(Duration::from_millis(700)).at("part 2 of 3".into());
         assert_eq!(f.to_string(), "no response from upstream within first_byte_timeout_ms=700 (part 2 of 3)");
         assert_eq!(f.completion().cause, CompletionCause::Error);
+        let f =
+            Failure::Lexicon("upstream HTTP 404 pronunciation_dictionary_not_found".into()).at("part 2 of 2".into());
+        assert_eq!(f.completion().cause, CompletionCause::LexiconLoadFailure);
+        assert_eq!(f.to_string(), "upstream HTTP 404 pronunciation_dictionary_not_found (part 2 of 2)");
+        let (a, c) = SpeakError::Refused(Refusal::Lexicon("4 pronunciation dictionaries".into())).answer();
+        assert_eq!((a, c.cause), (Answer::CompleteAtOnce, CompletionCause::LexiconLoadFailure));
     }
 }

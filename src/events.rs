@@ -34,6 +34,10 @@ pub struct SpeakEnded<'a> {
     pub http_status: u32,
     /// Frames played as silence after playback started, with audio to come.
     pub underruns: u64,
+    /// The upstream's id of the last request (its `request-id` header),
+    /// for ElevenLabs support and request stitching; None when the audio
+    /// did not come from a request of ours.
+    pub upstream_request_id: Option<&'a str>,
     /// "000 normal", "004 error", "stopped", ...
     pub cause: &'a str,
 }
@@ -74,7 +78,7 @@ fn log_line(event: &Event<'_>) {
     let audio_ms = e.audio_bytes / bytes_per_ms.max(1);
     let ttfb = e.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
     log::info!(
-        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} cause={}",
+        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} request_id={} cause={}",
         e.channel,
         e.request_id,
         e.chars,
@@ -87,6 +91,7 @@ fn log_line(event: &Event<'_>) {
         e.audio_bytes,
         e.http_status,
         e.underruns,
+        e.upstream_request_id.unwrap_or("-"),
         e.cause
     );
 }

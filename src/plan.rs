@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::cache::Key;
-use crate::config::{self, Config, Refusal, Resolved};
+use crate::config::{self, Config, Locator, Refusal, Resolved};
 use crate::text::{split_for_requests, Script, Segment, Speech};
 use crate::tts::{Provider, SpeechRequest};
 
@@ -95,7 +95,13 @@ impl Plan {
 
 /// The plan for a parsed body under the settings its headers resolved to
 /// (`config::resolve`).
-pub fn build(script: &Script, resolved: Resolved, base: &Config) -> Result<Plan, Refusal> {
+pub fn build(script: &Script, mut resolved: Resolved, base: &Config) -> Result<Plan, Refusal> {
+    // SSML's <lexicon>s apply to the whole document and replace the
+    // dictionaries the headers or the engine chose.
+    if !script.lexicons.is_empty() {
+        let list = script.lexicons.iter().map(|uri| lexicon(uri)).collect::<Result<Vec<_>, _>>()?;
+        resolved.config.pronunciation_dictionaries = config::dictionaries(list)?;
+    }
     let mut steps = Vec::with_capacity(script.segments.len());
     for segment in &script.segments {
         steps.push(match segment {
@@ -105,6 +111,26 @@ pub fn build(script: &Script, resolved: Resolved, base: &Config) -> Result<Plan,
         });
     }
     Ok(Plan { steps, config: Arc::new(resolved.config) })
+}
+
+/// The URI scheme of an SSML `<lexicon>` naming an ElevenLabs dictionary.
+const LEXICON_SCHEME: &str = "elevenlabs:";
+
+/// `<lexicon uri="elevenlabs:ID[:VERSION]">` as a dictionary locator;
+/// nothing else can be loaded (the plugin fetches nothing).
+fn lexicon(uri: &str) -> Result<Locator, Refusal> {
+    let refuse = |why: String| Refusal::Lexicon(format!("<lexicon uri=\"{uri}\">: {why}"));
+    if uri.is_empty() {
+        return Err(Refusal::Lexicon("<lexicon> without a uri".to_owned()));
+    }
+    let has_scheme =
+        uri.len() >= LEXICON_SCHEME.len() && uri[..LEXICON_SCHEME.len()].eq_ignore_ascii_case(LEXICON_SCHEME);
+    if !has_scheme {
+        return Err(refuse(
+            "only ElevenLabs dictionaries (elevenlabs:ID or elevenlabs:ID:VERSION) are loaded".to_owned(),
+        ));
+    }
+    Locator::parse(&uri[LEXICON_SCHEME.len()..]).map_err(refuse)
 }
 
 fn utterance(speech: &Speech, resolved: &Resolved, base: &Config) -> Result<Utterance, Refusal> {
@@ -269,6 +295,7 @@ mod tests {
                 speech("Male.", Style { gender: Some(VoiceGender::Male), ..Default::default() }),
                 Segment::Mark("end".into()),
             ],
+            ..Default::default()
         };
         let plan = build(&script, &headers, &base()).unwrap();
         let says: Vec<&Utterance> =
@@ -282,14 +309,17 @@ mod tests {
         assert_eq!(says[1].gain, 1.0, "relative volume compounds on the header's");
         assert_eq!(says[2].config.voice_id, "maleVoice");
         assert!(plan.has_marks());
-        let lang = Script { segments: vec![speech("x", Style { lang: Some("xx".into()), ..Default::default() })] };
+        let lang = Script {
+            segments: vec![speech("x", Style { lang: Some("xx".into()), ..Default::default() })],
+            ..Default::default()
+        };
         assert!(matches!(build(&lang, &SpeakHeaders::default(), &base()), Err(Refusal::Language(_))));
     }
 
     #[test]
     fn an_unknown_voice_name_falls_back_to_the_enclosing_one_then_the_gender() {
         let say = |style: Style| {
-            let script = Script { segments: vec![speech("x", style)] };
+            let script = Script { segments: vec![speech("x", style)], ..Default::default() };
             let plan = build(&script, &SpeakHeaders::default(), &base()).unwrap();
             match &plan.steps[0] {
                 Step::Say(u) => u.config.voice_id.clone(),
@@ -367,5 +397,40 @@ mod tests {
         assert_eq!(parts[1].marks, vec![("Second one, ".len(), "mid".to_owned()), (second, "end".to_owned())]);
         assert!(!needs_alignment(&parts[0]));
         assert!(needs_alignment(&parts[1]));
+    }
+
+    #[test]
+    fn lexicons_replace_the_dictionaries_or_refuse_the_speak() {
+        let mut engine = base();
+        engine.pronunciation_dictionaries = vec![Locator { id: "engineDict".into(), version: None }];
+        let with = |uris: &[&str]| {
+            let mut script = crate::text::ssml::plain("Hi.");
+            script.lexicons = uris.iter().map(|u| u.to_string()).collect();
+            build(&script, &SpeakHeaders::default(), &engine)
+        };
+        let dicts = |plan: Plan| match &plan.steps[0] {
+            Step::Say(u) => u.config.pronunciation_dictionaries.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(dicts(with(&[]).unwrap()), engine.pronunciation_dictionaries);
+        assert_eq!(
+            dicts(with(&["elevenlabs:a", "ElevenLabs:b:v2"]).unwrap()),
+            vec![Locator { id: "a".into(), version: None }, Locator { id: "b".into(), version: Some("v2".into()) }]
+        );
+        for bad in [
+            &["elevenlabs:a", "elevenlabs:b", "elevenlabs:c", "elevenlabs:d"][..],
+            &["https://example.com/lex.pls"],
+            &["elevenlabs:"],
+            &["elevenlabs:a b"],
+            &[""],
+        ] {
+            assert!(matches!(with(bad), Err(Refusal::Lexicon(_))), "{bad:?}");
+        }
+        match with(&["http://x/l.pls"]) {
+            Err(Refusal::Lexicon(why)) => {
+                assert!(why.contains("http://x/l.pls") && why.contains("elevenlabs:"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -9,7 +9,8 @@
 mod resolve;
 
 pub use resolve::{
-    apply_language, clamp_gain, clamp_speed, resolve, takes_phonemes, voice_by_gender, voice_by_name, Refusal, Resolved,
+    apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, voice_by_gender, voice_by_name,
+    Refusal, Resolved,
 };
 
 use std::fmt;
@@ -53,6 +54,7 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "voice_id_neutral",
     "seed",
     "apply_text_normalization",
+    "pronunciation_dictionaries",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -120,6 +122,60 @@ pub struct Config {
     pub seed: Option<u64>,
     /// auto, on or off.
     pub apply_text_normalization: Option<String>,
+    /// Pronunciation dictionaries applied to every request, in order (at
+    /// most `MAX_DICTIONARIES`).
+    pub pronunciation_dictionaries: Vec<Locator>,
+}
+
+/// ElevenLabs applies at most this many pronunciation dictionaries to one
+/// request (`pronunciation_dictionary_locators`).
+pub const MAX_DICTIONARIES: usize = 3;
+
+/// One pronunciation dictionary: its id and, optionally, a version of it
+/// (without one ElevenLabs uses the latest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locator {
+    pub id: String,
+    pub version: Option<String>,
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            Some(v) => write!(f, "{}:{v}", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
+}
+
+impl Locator {
+    /// `ID` or `ID:VERSION`, each part letters, digits, `_` and `-` (what
+    /// ElevenLabs ids are made of), at most 64 characters.
+    pub fn parse(entry: &str) -> Result<Locator, String> {
+        let entry = entry.trim();
+        let (id, version) = match entry.split_once(':') {
+            Some((id, version)) => (id.trim(), Some(version.trim())),
+            None => (entry, None),
+        };
+        if !valid_voice_id(id) || version.is_some_and(|v| !valid_voice_id(v)) {
+            return Err(format!("'{entry}' is not a dictionary ID or ID:VERSION"));
+        }
+        Ok(Locator { id: id.to_owned(), version: version.map(str::to_owned) })
+    }
+
+    /// A comma-separated list of `ID[:VERSION]`; an empty value is an
+    /// empty list. The count is not checked here (see `MAX_DICTIONARIES`).
+    pub fn parse_list(raw: &str) -> Result<Vec<Locator>, String> {
+        if raw.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        raw.split(',').map(Locator::parse).collect()
+    }
+}
+
+/// The reason a list is refused for having too many dictionaries.
+pub fn too_many_dictionaries(n: usize) -> String {
+    format!("{n} pronunciation dictionaries, ElevenLabs takes at most {MAX_DICTIONARIES}")
 }
 
 impl fmt::Debug for Config {
@@ -146,6 +202,7 @@ impl fmt::Debug for Config {
             .field("voice_id_neutral", &self.voice_id_neutral)
             .field("seed", &self.seed)
             .field("apply_text_normalization", &self.apply_text_normalization)
+            .field("pronunciation_dictionaries", &self.pronunciation_dictionaries)
             .finish()
     }
 }
@@ -336,7 +393,14 @@ impl Config {
             Some(v) => return Err(err("apply_text_normalization", format!("'{v}' is not auto, on or off"))),
         };
 
+        let pronunciation_dictionaries = Locator::parse_list(p.get("pronunciation_dictionaries").unwrap_or(""))
+            .map_err(|e| err("pronunciation_dictionaries", e))?;
+        if pronunciation_dictionaries.len() > MAX_DICTIONARIES {
+            return Err(err("pronunciation_dictionaries", too_many_dictionaries(pronunciation_dictionaries.len())));
+        }
+
         Ok(Config {
+            pronunciation_dictionaries,
             voice_map,
             voice_id_male: gender_voice("voice_id_male")?,
             voice_id_female: gender_voice("voice_id_female")?,
@@ -508,5 +572,30 @@ mod tests {
         let mut p = base();
         p.push(("voice_idd".into(), "x".into()));
         assert_eq!(Config::unknown_params(&p), vec!["voice_idd".to_string()]);
+    }
+
+    #[test]
+    fn pronunciation_dictionaries_are_ids_with_optional_versions() {
+        let with = |v: &str| {
+            let mut p = base();
+            p.push(("pronunciation_dictionaries".into(), v.into()));
+            Config::from_params(&p, no_file)
+        };
+        assert_eq!(with("").unwrap().pronunciation_dictionaries, vec![]);
+        let c = with(" dictA , dictB:ver_2,dict-C ").unwrap();
+        assert_eq!(
+            c.pronunciation_dictionaries,
+            vec![
+                Locator { id: "dictA".into(), version: None },
+                Locator { id: "dictB".into(), version: Some("ver_2".into()) },
+                Locator { id: "dict-C".into(), version: None },
+            ]
+        );
+        assert_eq!(c.pronunciation_dictionaries[1].to_string(), "dictB:ver_2");
+        for bad in ["a,b,c,d", "a,,b", "a:b:c", "a:", ":v", "d ict", "a/b"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.param, "pronunciation_dictionaries", "{bad}");
+        }
+        assert!(with("a,b,c,d").unwrap_err().problem.contains("at most 3"));
     }
 }

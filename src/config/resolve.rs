@@ -6,7 +6,7 @@
 //! so here a header is a header; Vendor-Specific-Parameters, being the
 //! ElevenLabs-native way to say it, win over the generic MRCP headers.
 
-use super::{valid_voice_id, Config};
+use super::{too_many_dictionaries, valid_voice_id, Config, Locator, MAX_DICTIONARIES};
 use crate::mrcp::{Rate, RateLabel, SpeakHeaders, VoiceGender, Volume, VolumeLabel};
 
 /// The settings of one SPEAK.
@@ -25,6 +25,9 @@ pub enum Refusal {
     Language(String),
     /// A header value we cannot honour (409).
     Value(String),
+    /// 006 lexicon-load-failure: pronunciation dictionaries that cannot be
+    /// used (too many, or a `<lexicon>` that is not an ElevenLabs one).
+    Lexicon(String),
 }
 
 /// ElevenLabs' `speed` range.
@@ -143,6 +146,15 @@ pub fn apply_language(c: &mut Config, tag: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The dictionaries of a SPEAK, refused (006) when there are more than
+/// ElevenLabs applies.
+pub fn dictionaries(list: Vec<Locator>) -> Result<Vec<Locator>, Refusal> {
+    if list.len() > MAX_DICTIONARIES {
+        return Err(Refusal::Lexicon(too_many_dictionaries(list.len())));
+    }
+    Ok(list)
+}
+
 /// Whether `model` reads ElevenLabs `<phoneme>` tags inline (the English
 /// v1/v2 models do; the others skip the tagged word).
 pub fn takes_phonemes(model: &str) -> bool {
@@ -211,6 +223,11 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
                 _ => return Err(Refusal::Value(format!("Vendor-Specific-Parameters {name}={v}: auto, on or off"))),
             },
             "language_code" => language = Some(primary_subtag(v)).filter(|l| !l.is_empty()),
+            "pronunciation_dictionaries" => {
+                let list = Locator::parse_list(v)
+                    .map_err(|e| Refusal::Value(format!("Vendor-Specific-Parameters {name}: {e}")))?;
+                c.pronunciation_dictionaries = dictionaries(list)?;
+            }
             "volume_gain" => gain = unit(name, v, 0.0, 4.0)? as f32,
             other => log::debug!("Vendor-Specific-Parameters: '{other}' is not ours, ignored"),
         }
@@ -349,5 +366,27 @@ mod tests {
         assert_eq!(r.config.apply_text_normalization.as_deref(), Some("off"));
         assert_eq!(r.config.voice_id, "vendorVoice");
         assert!(matches!(with(|h| h.vendor = vec![("stability".into(), "7".into())]), Err(Refusal::Value(_))));
+    }
+
+    #[test]
+    fn vendor_dictionaries_replace_the_engines() {
+        let mut engine = base();
+        engine.pronunciation_dictionaries = vec![Locator { id: "engineDict".into(), version: None }];
+        let vendor = |v: &str| SpeakHeaders {
+            vendor: vec![("elevenlabs.pronunciation_dictionaries".into(), v.into())],
+            ..Default::default()
+        };
+        assert_eq!(resolve(&engine, &SpeakHeaders::default()).unwrap().config.pronunciation_dictionaries.len(), 1);
+        let r = resolve(&engine, &vendor("a:1, b")).unwrap();
+        assert_eq!(
+            r.config.pronunciation_dictionaries,
+            vec![Locator { id: "a".into(), version: Some("1".into()) }, Locator { id: "b".into(), version: None }]
+        );
+        assert_eq!(resolve(&engine, &vendor("")).unwrap().config.pronunciation_dictionaries, vec![]);
+        assert!(matches!(resolve(&engine, &vendor("a b")), Err(Refusal::Value(_))));
+        match resolve(&engine, &vendor("a,b,c,d")) {
+            Err(Refusal::Lexicon(why)) => assert!(why.contains("at most 3"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

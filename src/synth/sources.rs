@@ -104,7 +104,13 @@ impl Source {
 impl Worker {
     /// The end of a local feed, as for an upstream transfer.
     pub(super) fn fed(&mut self, job: Job, fed: Fed, source: &'static str, first_byte: Option<Duration>) {
-        let stats = Stats { audio_bytes: fed.bytes() as u64, time_to_first_byte: first_byte, http_status: 0, source };
+        let stats = Stats {
+            audio_bytes: fed.bytes() as u64,
+            time_to_first_byte: first_byte,
+            http_status: 0,
+            source,
+            request_id: None,
+        };
         match fed {
             Fed::Done(_) => self.finish_buffering(job, stats),
             Fed::Failed(reason, _) => self.fail(&job, reason, stats),

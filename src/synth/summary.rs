@@ -21,6 +21,7 @@ impl Worker {
             audio_bytes: stats.audio_bytes,
             http_status: stats.http_status,
             underruns: self.shared.link.underruns.swap(0, Ordering::Relaxed),
+            upstream_request_id: stats.request_id.as_deref(),
             cause,
         }));
     }

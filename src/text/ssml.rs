@@ -9,8 +9,9 @@
 //! * silence we make ourselves: `<break>`;
 //! * a position in the text: `<mark>`.
 //!
-//! Nothing is fetched: `<audio>` speaks its fallback content, `<lexicon>` is
-//! skipped. The tree is walked without recursion, so a deeply nested body
+//! Nothing is fetched: `<audio>` speaks its fallback content, and a
+//! `<lexicon>` only names a dictionary that ElevenLabs holds
+//! (`elevenlabs:ID[:VERSION]`, see [`Script::lexicons`]). The tree is walked without recursion, so a deeply nested body
 //! cannot exhaust the stack of the thread reading it.
 
 use crate::mrcp::VoiceGender;
@@ -20,6 +21,11 @@ use roxmltree::{Document, Node, NS_XML_URI};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Script {
     pub segments: Vec<Segment>,
+    /// The `uri` of each `<lexicon>`, as written, in document order (an
+    /// absent `uri` is an empty string). SSML 1.0 puts them directly in
+    /// `<speak>`, applying to the whole document; the plan turns them into
+    /// the SPEAK's pronunciation dictionaries or refuses them (006).
+    pub lexicons: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +114,7 @@ pub fn plain(text: &str) -> Script {
     }
     Script {
         segments: vec![Segment::Speech(Speech { text: text.to_owned(), style: Style::default(), marks: Vec::new() })],
+        lexicons: Vec::new(),
     }
 }
 
@@ -142,9 +149,11 @@ pub fn parse_in(doc: &str, phonemes: bool, lang: Option<&str>) -> Result<Script,
     if let Some(ns) = name.namespace().filter(|&ns| ns != SSML_NS) {
         return Err(format!("root element <speak> is in namespace '{ns}', not {SSML_NS}"));
     }
-    let mut reader = Reader { b: Builder::default(), phonemes, lang: lang.map(str::to_owned) };
+    let mut reader = Reader { b: Builder::default(), phonemes, lang: lang.map(str::to_owned), lexicons: Vec::new() };
     reader.walk(root)?;
-    Ok(reader.b.finish())
+    let mut script = reader.b.finish();
+    script.lexicons = reader.lexicons;
+    Ok(script)
 }
 
 /// What an element still has to do once its children have been read.
@@ -161,6 +170,8 @@ struct Reader {
     phonemes: bool,
     /// The SPEAK's language where no `xml:lang` is in scope.
     lang: Option<String>,
+    /// `<lexicon uri>`s seen.
+    lexicons: Vec<String>,
 }
 
 impl Reader {
@@ -268,7 +279,11 @@ impl Reader {
                     return Ok(None);
                 }
             }
-            "desc" | "meta" | "metadata" | "lexicon" => return Ok(None),
+            "lexicon" => {
+                self.lexicons.push(node.attribute("uri").unwrap_or("").trim().to_owned());
+                return Ok(None);
+            }
+            "desc" | "meta" | "metadata" => return Ok(None),
             // <audio> is never fetched: its content is the fallback, inline
             // like emphasis ("friends<audio ...>, enjoy</audio>.").
             "audio" | "emphasis" | "lang" | "token" | "w" | "lookup" => {}
@@ -435,7 +450,7 @@ impl Builder {
     fn finish(mut self) -> Script {
         self.close();
         self.segments.extend(self.waiting.drain(..).map(Segment::Mark));
-        Script { segments: self.segments }
+        Script { segments: self.segments, lexicons: Vec::new() }
     }
 }
 
@@ -1263,6 +1278,16 @@ mod tests {
             <emphasis level="strong">loud</emphasis> <lang xml:lang="en">and</lang> <token>tok</token> <w>word</w>
             <unknown>kept</unknown> <x:vendor xmlns:x="urn:v">too</x:vendor> <desc>hidden</desc>"#;
         assert_eq!(text(doc), "loud and tok word kept too");
+        assert_eq!(script(doc).lexicons, vec!["x.pls".to_owned()]);
+    }
+
+    #[test]
+    fn lexicons_are_collected_in_order_and_say_nothing() {
+        let s =
+            script(r#"<lexicon uri=" elevenlabs:dictA "/><lexicon uri="elevenlabs:dictB:v1"></lexicon><lexicon/>Hi"#);
+        assert_eq!(s.lexicons, vec!["elevenlabs:dictA".to_owned(), "elevenlabs:dictB:v1".to_owned(), String::new()]);
+        assert_eq!(s.text(), "Hi");
+        assert_eq!(script("Hi").lexicons, Vec::<String>::new());
     }
 
     // -- the script ----------------------------------------------------------------

@@ -60,4 +60,14 @@ pub trait Provider: Send + Sync {
     fn is_audio(&self, content_type: &str, decoded: bool) -> bool;
     /// (status, message) of an error body, as the vendor words them.
     fn error_detail(&self, body: &[u8]) -> (Option<String>, Option<String>);
+    /// Whether an error response refuses a pronunciation dictionary the
+    /// request named (the SPEAK then ends 006 lexicon-load-failure).
+    fn rejects_dictionary(&self, _status: u32, _body: &[u8]) -> bool {
+        false
+    }
+    /// The response header that carries the upstream's id of the request
+    /// (lowercase), for the summary line.
+    fn request_id_header(&self) -> Option<&'static str> {
+        None
+    }
 }

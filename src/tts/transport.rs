@@ -36,6 +36,9 @@ pub struct Collector {
     provider: Option<Arc<dyn Provider>>,
     status: u32,
     content_type: Option<String>,
+    /// The upstream's id of this request (its `request-id` header, as the
+    /// provider names it).
+    request_id: Option<String>,
     /// Decided at the first body byte: 2xx and an audio content type.
     is_audio: Option<bool>,
     error_body: Vec<u8>,
@@ -78,6 +81,7 @@ impl Collector {
             provider: None,
             status: 0,
             content_type: None,
+            request_id: None,
             is_audio: None,
             error_body: Vec::new(),
             audio_bytes: 0,
@@ -113,6 +117,7 @@ impl Collector {
         let now = Instant::now();
         self.status = 0;
         self.content_type = None;
+        self.request_id = None;
         self.is_audio = None;
         self.error_body.clear();
         self.audio_bytes = 0;
@@ -248,9 +253,21 @@ impl Handler for Collector {
             // A new status line (after 100 Continue, say) starts over.
             self.status = rest.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
             self.content_type = None;
+            self.request_id = None;
         } else if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-type") {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-type") {
                 self.content_type = Some(value.trim().to_ascii_lowercase());
+            } else if self
+                .provider
+                .as_ref()
+                .and_then(|p| p.request_id_header())
+                .is_some_and(|h| name.eq_ignore_ascii_case(h))
+            {
+                // Kept short and printable: it goes into a log line and
+                // back upstream.
+                let id: String = value.trim().chars().filter(|c| c.is_ascii_graphic()).take(128).collect();
+                self.request_id = (!id.is_empty()).then_some(id);
             }
         }
         true
@@ -515,6 +532,7 @@ impl Transfer<'_> {
             time_to_first_byte: c.first_byte.map(|t| t.duration_since(c.started)),
             http_status: c.status,
             source: "upstream",
+            request_id: c.request_id.clone(),
         };
         let outcome = match self.done.take() {
             _ if c.stale => Outcome::Stale,
@@ -539,19 +557,26 @@ impl Drop for Transfer<'_> {
 }
 
 /// Figures for the SPEAK's summary line.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub audio_bytes: u64,
     pub time_to_first_byte: Option<Duration>,
     pub http_status: u32,
     /// Where the audio came from: upstream, cache, or shared (a flight).
     pub source: &'static str,
+    /// The upstream's id of the (latest) request, from its `request-id`
+    /// header: what stitching sends back, and what ElevenLabs support asks
+    /// for.
+    pub request_id: Option<String>,
 }
 
 impl Stats {
     /// Folds in the next part of the same SPEAK: bytes add up, the first
-    /// byte is the first part's, the status the latest.
+    /// byte is the first part's, the status and request id the latest.
     pub fn add(&mut self, next: &Stats) {
+        if next.request_id.is_some() {
+            self.request_id.clone_from(&next.request_id);
+        }
         self.audio_bytes += next.audio_bytes;
         self.time_to_first_byte = self.time_to_first_byte.or(next.time_to_first_byte);
         if next.http_status != 0 {
@@ -574,6 +599,10 @@ fn judge_response(c: &Collector) -> Outcome {
         _ => (None, None),
     };
     if !(200..300).contains(&status) {
+        let lexicon = match &c.provider {
+            Some(provider) if c.is_audio == Some(false) => provider.rejects_dictionary(status, &c.error_body),
+            _ => false,
+        };
         let mut reason = format!("upstream HTTP {status}");
         if let Some(s) = detail_status {
             reason.push(' ');
@@ -582,6 +611,9 @@ fn judge_response(c: &Collector) -> Outcome {
         if let Some(m) = message {
             reason.push_str(": ");
             reason.push_str(&m);
+        }
+        if lexicon {
+            return Outcome::Failed(Failure::Lexicon(reason));
         }
         return failed(reason);
     }

@@ -29,10 +29,21 @@ struct Body<'a> {
     seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     apply_text_normalization: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pronunciation_dictionary_locators: Vec<DictionaryLocator<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_text: Option<&'a str>,
+}
+
+/// `{"pronunciation_dictionary_id": .., "version_id": ..}`; without a
+/// version ElevenLabs uses the dictionary's latest.
+#[derive(Serialize)]
+struct DictionaryLocator<'a> {
+    pronunciation_dictionary_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_id: Option<&'a str>,
 }
 
 #[derive(Serialize, Default, PartialEq)]
@@ -76,8 +87,35 @@ fn body(req: &SpeechRequest) -> Body<'_> {
         language_code: c.language_code.as_deref(),
         seed: c.seed,
         apply_text_normalization: c.apply_text_normalization.as_deref(),
+        pronunciation_dictionary_locators: c
+            .pronunciation_dictionaries
+            .iter()
+            .map(|d| DictionaryLocator { pronunciation_dictionary_id: &d.id, version_id: d.version.as_deref() })
+            .collect(),
         previous_text: req.previous_text.as_deref(),
         next_text: req.next_text.as_deref(),
+    }
+}
+
+/// Whether an error body names a pronunciation dictionary: the status or
+/// message of `{"detail":{"status","message"}}`, a plain-string detail, or
+/// the `loc` of a validation item (`body.pronunciation_dictionary_locators…`).
+fn names_dictionary(body: &[u8]) -> bool {
+    let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+        return false;
+    };
+    let mentions = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        s.contains("pronunciation_dictionar") || s.contains("pronunciation dictionar")
+    };
+    match parsed.detail {
+        Detail::Status { status, message } => {
+            status.as_deref().is_some_and(mentions) || message.as_deref().is_some_and(mentions)
+        }
+        Detail::Validation(items) => items.iter().any(|item| {
+            item.msg.as_deref().is_some_and(mentions) || item.loc.iter().any(|p| p.as_str().is_some_and(mentions))
+        }),
+        Detail::Text(s) => mentions(&s),
     }
 }
 
@@ -146,6 +184,16 @@ impl Provider for ElevenLabs {
 
     fn decoder(&self, req: &SpeechRequest) -> Option<Box<dyn BodyDecoder>> {
         req.with_timestamps.then(|| Box::new(TimestampStream::new(req.sample_rate)) as Box<dyn BodyDecoder>)
+    }
+
+    fn rejects_dictionary(&self, status: u32, body: &[u8]) -> bool {
+        (400..500).contains(&status) && names_dictionary(body)
+    }
+
+    fn request_id_header(&self) -> Option<&'static str> {
+        // Each answer names its generation in the `request-id` header;
+        // support asks for that id.
+        Some("request-id")
     }
 
     fn is_audio(&self, ct: &str, decoded: bool) -> bool {
@@ -275,5 +323,41 @@ mod tests {
         assert_eq!(ElevenLabs.error_detail(body), (None, Some("body.text: field required".into())));
         assert_eq!(ElevenLabs.error_detail(b"<html>oops</html>"), (None, None));
         assert_eq!(ElevenLabs.error_detail(br#"{"detail":"plain words"}"#), (None, Some("plain words".into())));
+    }
+
+    #[test]
+    fn dictionaries_are_locators_in_order_with_versions_only_when_given() {
+        let mut c = config();
+        let v: Value = serde_json::from_str(&ElevenLabs.body(&request(c.clone(), "x"))).unwrap();
+        assert!(v.get("pronunciation_dictionary_locators").is_none());
+        c.pronunciation_dictionaries = vec![
+            crate::config::Locator { id: "dictA".into(), version: Some("v7".into()) },
+            crate::config::Locator { id: "dictB".into(), version: None },
+        ];
+        let with = request(c, "x");
+        let v: Value = serde_json::from_str(&ElevenLabs.body(&with)).unwrap();
+        assert_eq!(
+            v["pronunciation_dictionary_locators"],
+            serde_json::json!([
+                {"pronunciation_dictionary_id": "dictA", "version_id": "v7"},
+                {"pronunciation_dictionary_id": "dictB"}
+            ])
+        );
+        assert_ne!(ElevenLabs.identity(&with), ElevenLabs.identity(&request(config(), "x")));
+    }
+
+    #[test]
+    fn dictionary_rejections_are_told_from_other_errors() {
+        let not_found = br#"{"detail":{"status":"pronunciation_dictionary_not_found","message":"Pronunciation dictionary dictX was not found."}}"#;
+        assert!(ElevenLabs.rejects_dictionary(404, not_found));
+        assert!(ElevenLabs.rejects_dictionary(400, br#"{"detail":{"status":"invalid_request","message":"Pronunciation dictionary version v9 does not exist"}}"#));
+        let invalid = br#"{"detail":[{"loc":["body","pronunciation_dictionary_locators",0,"version_id"],"msg":"str type expected","type":"type_error.str"}]}"#;
+        assert!(ElevenLabs.rejects_dictionary(422, invalid));
+        assert!(!ElevenLabs.rejects_dictionary(500, not_found), "a server error is not the dictionary's fault");
+        assert!(!ElevenLabs.rejects_dictionary(
+            404,
+            br#"{"detail":{"status":"voice_not_found","message":"A voice with the voice_id provided was not found."}}"#
+        ));
+        assert!(!ElevenLabs.rejects_dictionary(400, b"<html>"));
     }
 }
