@@ -228,11 +228,34 @@ pub fn requests(u: &Utterance, sample_rate: u32) -> Vec<(Part, SpeechRequest)> {
             sample_rate,
             previous_text: i.checked_sub(1).map(|p| context_tail(&parts[p].text).to_owned()),
             next_text: parts.get(i + 1).map(|n| context_head(&n.text).to_owned()),
+            previous_request_ids: Vec::new(),
             gain: u.gain,
             with_timestamps: needs_alignment(part),
         })
         .collect();
     parts.into_iter().zip(requests).collect()
+}
+
+/// ElevenLabs takes at most this many `previous_request_ids`.
+const MAX_STITCHED: usize = 3;
+
+/// Request stitching: a part sent after others of the same utterance names
+/// the upstream's ids of those parts (`previous_request_ids`, at most 3, in
+/// the order they were generated, the most recent last), so that the voice
+/// carries on from the audio actually generated rather than from its text.
+/// ElevenLabs ignores `previous_text` when it gets both, so the body then
+/// carries no `previous_text` (`next_text` stays: the next parts do not
+/// exist yet). Only on models that take the ids (not `eleven_v3`), and only
+/// when the part just before has an id: a part whose audio did not come
+/// from a request of ours (a cache entry, or an upstream that sent no
+/// `request-id`) has none, and this part keeps its text fields.
+/// `before`: the ids of the utterance's earlier parts, in order.
+pub fn stitch(request: &mut SpeechRequest, before: &[Option<String>]) {
+    if !config::takes_request_ids(&request.config.model_id) {
+        return;
+    }
+    let known: Vec<String> = before.iter().rev().map_while(Clone::clone).take(MAX_STITCHED).collect();
+    request.previous_request_ids = known.into_iter().rev().collect();
 }
 
 /// Whether a part needs character alignment: a mark strictly inside it.
@@ -348,6 +371,7 @@ mod tests {
             sample_rate: 8000,
             previous_text: None,
             next_text: None,
+            previous_request_ids: Vec::new(),
             gain: 1.0,
             with_timestamps: false,
         };
@@ -432,5 +456,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn stitching_names_the_parts_before_most_recent_last() {
+        let u = Utterance {
+            text: "First sentence is here. Second one is here too. Third.".into(),
+            config: Arc::new(base()),
+            gain: 1.0,
+            marks: vec![],
+        };
+        let mut req = requests(&u, 8000).remove(1).1;
+        let ids = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        stitch(&mut req, &ids(&["r1", "r2", "r3", "r4"]));
+        assert_eq!(req.previous_request_ids, vec!["r2", "r3", "r4"]);
+        stitch(&mut req, &[Some("r1".into()), None, Some("r3".into())]);
+        assert_eq!(req.previous_request_ids, vec!["r3"], "only the run of known ids just before");
+        stitch(&mut req, &[Some("r1".into()), None]);
+        assert!(req.previous_request_ids.is_empty(), "after a part without an id: the text fields");
+        let mut c = base();
+        c.model_id = "eleven_v3".into();
+        req.config = Arc::new(c);
+        stitch(&mut req, &ids(&["r1"]));
+        assert!(req.previous_request_ids.is_empty(), "eleven_v3 takes no request ids");
     }
 }

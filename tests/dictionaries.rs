@@ -1,6 +1,6 @@
 //! Pronunciation dictionaries (engine param, vendor parameter, SSML
-//! `<lexicon>`), their refusals (006), the upstream's request id in the
-//! summary line, and speech markers placed right whatever shape the
+//! `<lexicon>`), their refusals (006), request stitching across the parts
+//! of a long SPEAK, and speech markers placed right whatever shape the
 //! timestamp stream's alignment takes.
 
 mod common;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use unimrcp_shim::host::{Channel, Kind, MediaClock, PluginLibrary, Recorded, Request, Server, ServerConfig};
-use unimrcp_shim::upstream::{char_start_ms, AlignmentShape, Behavior, Fault, RecordedRequest};
+use unimrcp_shim::upstream::{char_start_ms, AlignmentShape, Behavior, Fault, MockUpstream, RecordedRequest};
 
 const LEXICON_LOAD_FAILURE: u32 = 6;
 const SPEECH_MARKER: usize = 0;
@@ -248,6 +248,76 @@ fn speaks_that_differ_only_in_their_dictionaries_never_share_a_cache_entry() {
     assert_eq!(rig.upstream.request_count(), 4, "repeats come from the cache");
     drop(rig);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Five sentences of 34 characters: five parts under max_request_chars=40.
+const LONG: &str = "Sentence number one is right here. Sentence number two is right here. \
+Sentence number three is here now. Sentence number four is right here. Sentence number five is right here.";
+
+fn parts_of(upstream: &MockUpstream, n: usize) -> Vec<RecordedRequest> {
+    let reqs = upstream.wait_for_requests(n, WAIT);
+    assert_eq!(reqs.len(), n, "{:#?}", reqs.iter().map(|r| r.text.clone()).collect::<Vec<_>>());
+    reqs
+}
+
+#[test]
+fn each_part_names_the_request_ids_of_the_parts_before_it() {
+    let rig = rig(&[("max_request_chars", "40")]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.send(Request::speak(LONG));
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(NORMAL));
+    let parts = parts_of(&rig.upstream, 5);
+    let ids = |idx: &[usize]| idx.iter().map(|&i| MockUpstream::request_id_of(i)).collect::<Vec<_>>();
+    assert_eq!(parts[0].previous_request_ids(), Vec::<String>::new());
+    assert_eq!(parts[1].previous_request_ids(), ids(&[0]));
+    assert_eq!(parts[2].previous_request_ids(), ids(&[0, 1]));
+    assert_eq!(parts[3].previous_request_ids(), ids(&[0, 1, 2]));
+    assert_eq!(parts[4].previous_request_ids(), ids(&[1, 2, 3]), "at most 3, the most recent last");
+    // The whole body of a stitched part: ids instead of previous_text
+    // (ElevenLabs ignores the text next to them), next_text kept.
+    assert_eq!(
+        body(&parts[1]),
+        json!({
+            "text": "Sentence number two is right here.",
+            "model_id": "eleven_flash_v2_5",
+            "next_text": "Sentence number three is here now.",
+            "previous_request_ids": ["mock-1"]
+        })
+    );
+    assert_eq!(
+        body(&parts[0]),
+        json!({
+            "text": "Sentence number one is right here.",
+            "model_id": "eleven_flash_v2_5",
+            "next_text": "Sentence number two is right here."
+        })
+    );
+    // The summary line names the last request's id, before its cause.
+    assert_eq!(wait_for_log(&rig.server, &format!("SPEAK {id} done"), 1), 1);
+    let logs = rig.server.logs();
+    let line = logs.iter().find(|l| l.text.contains(&format!("SPEAK {id} done"))).unwrap();
+    assert!(line.text.ends_with(" request_id=mock-5 cause=000 normal"), "{}", line.text);
+    assert_clean(&rig.server);
+}
+
+#[test]
+fn eleven_v3_parts_keep_their_text_fields() {
+    let rig = rig(&[("max_request_chars", "40"), ("model_id", "eleven_v3")]);
+    let ch = rig.server.open_channel(8000).unwrap();
+    speak_ok(&ch, Request::speak(LONG));
+    let parts = parts_of(&rig.upstream, 5);
+    assert!(parts.iter().all(|p| p.previous_request_ids().is_empty()));
+    assert_eq!(
+        body(&parts[1]),
+        json!({
+            "text": "Sentence number two is right here.",
+            "model_id": "eleven_v3",
+            "previous_text": "Sentence number one is right here.",
+            "next_text": "Sentence number three is here now."
+        })
+    );
+    assert_clean(&rig.server);
 }
 
 #[test]

@@ -235,7 +235,13 @@ fn text_over_the_request_limit_is_sent_in_parts_and_played_seamlessly() {
     let json1 = reqs[1].json.as_ref().unwrap();
     assert!(json0.get("previous_text").is_none());
     assert_eq!(json0["next_text"], parts[1]);
-    assert_eq!(json1["previous_text"], parts[0]);
+    // Stitched: the first part's request id instead of its text (see
+    // tests/dictionaries.rs for the rules).
+    assert_eq!(
+        json1["previous_request_ids"],
+        serde_json::json!([unimrcp_shim::upstream::MockUpstream::request_id_of(0)])
+    );
+    assert!(json1.get("previous_text").is_none());
     assert!(json1.get("next_text").is_none());
     // Back to back: the parts' bytes concatenated, padded only at the end.
     let all: Vec<u8> = reqs.iter().flat_map(|r| r.audio_sent.clone()).collect();

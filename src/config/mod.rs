@@ -9,8 +9,8 @@
 mod resolve;
 
 pub use resolve::{
-    apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, voice_by_gender, voice_by_name,
-    Refusal, Resolved,
+    apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, takes_request_ids, voice_by_gender,
+    voice_by_name, Refusal, Resolved,
 };
 
 use std::fmt;

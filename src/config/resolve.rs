@@ -155,6 +155,12 @@ pub fn dictionaries(list: Vec<Locator>) -> Result<Vec<Locator>, Refusal> {
     Ok(list)
 }
 
+/// Whether `model` takes `previous_request_ids` (request stitching):
+/// ElevenLabs documents it for every model but `eleven_v3`.
+pub fn takes_request_ids(model: &str) -> bool {
+    !model.starts_with("eleven_v3")
+}
+
 /// Whether `model` reads ElevenLabs `<phoneme>` tags inline (the English
 /// v1/v2 models do; the others skip the tagged word).
 pub fn takes_phonemes(model: &str) -> bool {
@@ -388,5 +394,6 @@ mod tests {
             Err(Refusal::Lexicon(why)) => assert!(why.contains("at most 3"), "{why}"),
             other => panic!("{other:?}"),
         }
+        assert!(takes_request_ids("eleven_multilingual_v2") && !takes_request_ids("eleven_v3"));
     }
 }

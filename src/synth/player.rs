@@ -123,11 +123,16 @@ impl Worker {
             said += 1;
             let requests = plan::requests(utterance, job.sample_rate);
             let n = requests.len();
-            for (i, (part, request)) in requests.iter().enumerate() {
+            // The upstream's id of each part sent so far (request stitching).
+            let mut ids: Vec<Option<String>> = Vec::with_capacity(n);
+            for (i, (part, planned)) in requests.iter().enumerate() {
+                let mut request = planned.clone();
+                plan::stitch(&mut request, &ids);
                 let mut marks = PartMarks::new(total.audio_bytes, part, job.sample_rate);
-                let (result, stats, back) = self.transfer(transport, request, job, tee, &mut marks);
+                let (result, stats, back) = self.transfer(transport, &request, job, tee, &mut marks);
                 tee = back;
                 total.add(&stats);
+                ids.push(stats.request_id);
                 match result {
                     Part::Done => {}
                     // Say which request failed when there were several.

@@ -185,7 +185,11 @@ fn warm(
     };
     let mut tee = Tee { flight: Some(Arc::clone(&flight)), writer: writer.map(Box::new), skip: 0 };
     let mut result = Ok(());
-    for (_, request) in plan::requests(&utterance, rate) {
+    // Stitched as a SPEAK's parts are (player.rs), so that the entry sounds
+    // as a call would have heard it.
+    let mut ids: Vec<Option<String>> = Vec::new();
+    for (_, mut request) in plan::requests(&utterance, rate) {
+        plan::stitch(&mut request, &ids);
         let mut transfer = match transport.start(provider, &request, Box::new(Discard), tee) {
             Ok(t) => t,
             Err((why, back)) => {
@@ -208,7 +212,8 @@ fn warm(
             transfer.wait(waker.fd(), now);
             waker.drain();
         }
-        let (outcome, _, back) = transfer.finish();
+        let (outcome, stats, back) = transfer.finish();
+        ids.push(stats.request_id);
         tee = back;
         match (expired, outcome) {
             (Some(why), _) | (None, Outcome::Failed(why)) => {

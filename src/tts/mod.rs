@@ -28,6 +28,11 @@ pub struct SpeechRequest {
     /// in parts), so the voice carries on naturally across the seam.
     pub previous_text: Option<String>,
     pub next_text: Option<String>,
+    /// The upstream's ids of the parts sent before this one (at most 3,
+    /// most recent last), when the model takes them (request stitching).
+    /// Known only once those parts were answered, so they are set by the
+    /// worker (`plan::stitch`), never part of the plan or the cache key.
+    pub previous_request_ids: Vec<String>,
     /// Linear gain for the samples (Prosody-Volume); 1.0 passes them as sent.
     pub gain: f32,
     /// Ask for character alignment: the request has `<mark>`s inside its
@@ -66,7 +71,7 @@ pub trait Provider: Send + Sync {
         false
     }
     /// The response header that carries the upstream's id of the request
-    /// (lowercase), for the summary line.
+    /// (lowercase), for stitching and the summary line.
     fn request_id_header(&self) -> Option<&'static str> {
         None
     }

@@ -35,6 +35,8 @@ struct Body<'a> {
     previous_text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    previous_request_ids: &'a [String],
 }
 
 /// `{"pronunciation_dictionary_id": .., "version_id": ..}`; without a
@@ -92,8 +94,12 @@ fn body(req: &SpeechRequest) -> Body<'_> {
             .iter()
             .map(|d| DictionaryLocator { pronunciation_dictionary_id: &d.id, version_id: d.version.as_deref() })
             .collect(),
-        previous_text: req.previous_text.as_deref(),
+        // ElevenLabs ignores previous_text when previous_request_ids are
+        // given ("In case both previous_text and previous_request_ids is
+        // send, previous_text will be ignored"): send one or the other.
+        previous_text: if req.previous_request_ids.is_empty() { req.previous_text.as_deref() } else { None },
         next_text: req.next_text.as_deref(),
+        previous_request_ids: &req.previous_request_ids,
     }
 }
 
@@ -175,10 +181,17 @@ impl Provider for ElevenLabs {
 
     fn identity(&self, req: &SpeechRequest) -> Vec<u8> {
         // The endpoint (voice, timestamps, output format) and the body: not
-        // the host, which does not change the audio, nor the key.
+        // the host, which does not change the audio, nor the key. The body
+        // as planned: stitching ids name earlier parts of the same SPEAK,
+        // which the key already covers, and differ on every synthesis.
         let mut out = Self::path(req).into_bytes();
         out.push(b'\n');
-        out.extend_from_slice(self.body(req).as_bytes());
+        let body = if req.previous_request_ids.is_empty() {
+            self.body(req)
+        } else {
+            self.body(&SpeechRequest { previous_request_ids: Vec::new(), ..req.clone() })
+        };
+        out.extend_from_slice(body.as_bytes());
         out
     }
 
@@ -192,7 +205,7 @@ impl Provider for ElevenLabs {
 
     fn request_id_header(&self) -> Option<&'static str> {
         // Each answer names its generation in the `request-id` header;
-        // support asks for that id.
+        // that id is what `previous_request_ids` takes.
         Some("request-id")
     }
 
@@ -265,6 +278,7 @@ mod tests {
             sample_rate: 8000,
             previous_text: None,
             next_text: None,
+            previous_request_ids: Vec::new(),
             gain: 1.0,
             with_timestamps: false,
         }
@@ -344,6 +358,20 @@ mod tests {
             ])
         );
         assert_ne!(ElevenLabs.identity(&with), ElevenLabs.identity(&request(config(), "x")));
+    }
+
+    #[test]
+    fn request_ids_replace_previous_text_and_stay_out_of_the_key() {
+        let mut r = request(config(), "x");
+        r.previous_text = Some("before".into());
+        r.next_text = Some("after".into());
+        let planned = ElevenLabs.identity(&r);
+        r.previous_request_ids = vec!["id1".into(), "id2".into()];
+        let v: Value = serde_json::from_str(&ElevenLabs.body(&r)).unwrap();
+        assert_eq!(v["previous_request_ids"], serde_json::json!(["id1", "id2"]));
+        assert!(v.get("previous_text").is_none(), "ignored by ElevenLabs next to the ids");
+        assert_eq!(v["next_text"], "after");
+        assert_eq!(ElevenLabs.identity(&r), planned);
     }
 
     #[test]
