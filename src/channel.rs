@@ -382,9 +382,14 @@ impl Channel {
     }
 
     fn pause_resume(&self, ch: ChannelRef, request: Message, pause: bool) {
-        let active = self.shared.active.lock().clone();
+        // `active` is held until the response is posted: the worker claims
+        // and posts SPEAK-COMPLETE under it, so a response that lists the
+        // SPEAK always goes out before that SPEAK-COMPLETE, never after it
+        // (checking, letting go, then answering let SPEAK-COMPLETE slip in
+        // between: the client saw PAUSE act on a request already complete).
+        let active = self.shared.active.lock();
         let mut affected = Vec::new();
-        if let Some(speak) = active.filter(|s| !s.is_terminated()) {
+        if let Some(speak) = active.as_ref().filter(|s| !s.is_terminated()) {
             let mut playback = self.shared.playback.lock();
             if playback.generation == speak.generation {
                 match (pause, playback.state) {
@@ -396,6 +401,7 @@ impl Channel {
             }
         }
         respond(ch, request, sys::MRCP_STATUS_CODE_SUCCESS, sys::MRCP_REQUEST_STATE_COMPLETE, None, &affected);
+        drop(active);
     }
 }
 
