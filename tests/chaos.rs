@@ -937,7 +937,7 @@ fn upstream_missed_timeout(reason: &str, reqs: &[&RecordedRequest], sent: Instan
     let Some((last, earlier)) = reqs.split_last() else { return false };
     if reason.starts_with(FIRST_BYTE) {
         let after = earlier.last().and_then(|r| r.writes.last()).map_or(sent, |w| w.began);
-        return last.first_byte_at.is_none_or(|t| t >= after + UPSTREAM_TIMEOUT);
+        return !matches!(last.first_byte_at, Some(t) if t < after + UPSTREAM_TIMEOUT);
     }
     if reason.starts_with(STALLED) {
         let tail = !last.completed
