@@ -1082,6 +1082,9 @@ fn every_write_is_recorded_with_when_it_began_and_returned() {
     let mut c = Client::connect(&m);
     c.send(&speak("whole response"));
     assert!(c.response().complete);
+    // (The client can read the last bytes before the write that sent them
+    // has returned and been recorded: wait for the exchange to end.)
+    assert!(m.wait_until_idle(LONG));
     let q = &m.wait_for_requests(1, LONG)[0];
     assert!(q.writes.len() > 1, "{:?}", q.writes);
     assert!(q.writes[0].began >= q.first_byte_at.unwrap());
@@ -1093,7 +1096,13 @@ fn every_write_is_recorded_with_when_it_began_and_returned() {
     let mut s = Client::connect(&m);
     s.send(&speak("stall here"));
     s.head();
-    let q = &m.wait_for_requests(2, LONG)[1];
+    let deadline = Instant::now() + LONG;
+    while !m.requests().get(1).is_some_and(|q| q.last_write_end().is_some()) {
+        assert!(Instant::now() < deadline, "the first write never returned");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s.silent_for(Duration::from_millis(100)));
+    let q = &m.requests()[1];
     assert_eq!(q.writes.len(), 1);
     assert!(!q.write_pending());
     // A client that does not read: the write blocks, and shows as pending.
