@@ -1097,7 +1097,7 @@ fn every_write_is_recorded_with_when_it_began_and_returned() {
     s.send(&speak("stall here"));
     s.head();
     let deadline = Instant::now() + LONG;
-    while !m.requests().get(1).is_some_and(|q| q.last_write_end().is_some()) {
+    while m.requests().get(1).and_then(RecordedRequest::last_write_end).is_none() {
         assert!(Instant::now() < deadline, "the first write never returned");
         thread::sleep(Duration::from_millis(5));
     }
