@@ -260,7 +260,9 @@ fn least_recently_used_entries_are_evicted_over_the_bound() {
 #[test]
 fn old_entries_are_not_served_and_cache_control_is_honoured() {
     let dir = TempDir::new("age");
-    let rig = cached_rig(&dir, &[("cache_max_age_s", "2")]);
+    // The entry must still be young when "max-age=3600" asks for it, three
+    // SPEAKs later: 5 s leaves room for a loaded machine (2 s did not).
+    let rig = cached_rig(&dir, &[("cache_max_age_s", "5")]);
     let ch = rig.server.open_channel(8000).unwrap();
     speak_ok(&ch, "Aged.");
     speak_ok(&ch, "Aged.");
@@ -278,7 +280,7 @@ fn old_entries_are_not_served_and_cache_control_is_honoured() {
     std::thread::sleep(Duration::from_millis(1200));
     with_cc("max-age=0");
     assert_eq!(rig.upstream.request_count(), 3, "max-age=0 wants a fresh one");
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_millis(5100));
     speak_ok(&ch, "Aged.");
     assert_eq!(rig.upstream.request_count(), 4, "older than cache_max_age_s: synthesized again");
 }

@@ -141,6 +141,10 @@ struct FaultSpec {
 }
 
 const FIRST_BYTE: &str = "no response from upstream within first_byte_timeout_ms=400";
+/// The plugin's first_byte_timeout_ms and stall_timeout_ms in this test.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(400);
+/// Completion-Reason of a stall (`stall_timeout_ms`).
+const STALLED: &str = "upstream stalled: no data for stall_timeout_ms=400";
 
 const FAULTS: [FaultSpec; 19] = [
     FaultSpec { name: "none, fast", weight: 20, reason: None },
@@ -159,11 +163,7 @@ const FAULTS: [FaultSpec; 19] = [
     FaultSpec { name: "HTTP 500", weight: 3, reason: Some("upstream HTTP 500") },
     FaultSpec { name: "HTTP 503 (+200 ms)", weight: 3, reason: Some("upstream HTTP 503") },
     FaultSpec { name: "HTTP 422 validation", weight: 3, reason: Some("upstream HTTP 422") },
-    FaultSpec {
-        name: "stall after first chunk",
-        weight: 3,
-        reason: Some("upstream stalled: no data for stall_timeout_ms=400"),
-    },
+    FaultSpec { name: "stall after first chunk", weight: 3, reason: Some(STALLED) },
     FaultSpec { name: "cut after 1001 bytes", weight: 3, reason: Some("upstream stream cut short") },
     FaultSpec { name: "cut after 2999 bytes, real time", weight: 3, reason: Some("upstream stream cut short") },
     FaultSpec { name: "JSON instead of audio", weight: 3, reason: Some("instead of audio") },
@@ -886,6 +886,36 @@ fn reason_for(fault: usize, with_timestamps: bool) -> Option<&'static str> {
     }
 }
 
+/// Whether the test upstream itself missed the plugin's timeout named in
+/// `reason` for the last request of a SPEAK, by its own record: then that
+/// timeout is the right answer, whatever the fault meant to inject. On a
+/// loaded machine the upstream's thread can be scheduled late enough for
+/// it (a clean "first byte +150 ms" answering after 400 ms). The checks
+/// only excuse what the plugin could not have seen otherwise, so a plugin
+/// that times out a timely upstream still fails:
+/// * first byte: the plugin sent the request after `after` (the SPEAK, or
+///   the previous request's last write, which it read before sending this
+///   one), so a first byte written before `after` + the timeout was in its
+///   socket in time;
+/// * stall: the plugin reads what is in its socket before it checks the
+///   clock, so a stall needs a pause of the timeout between the upstream's
+///   writes, or after its last one (not a write blocked because the plugin
+///   was not reading: that is backpressure, which must not count).
+fn upstream_missed_timeout(reason: &str, reqs: &[&RecordedRequest], sent: Instant, end_at: Instant) -> bool {
+    let Some((last, earlier)) = reqs.split_last() else { return false };
+    if reason.starts_with(FIRST_BYTE) {
+        let after = earlier.last().and_then(|r| r.writes.last()).map_or(sent, |w| w.began);
+        return !matches!(last.first_byte_at, Some(t) if t < after + UPSTREAM_TIMEOUT);
+    }
+    if reason.starts_with(STALLED) {
+        let tail = !last.completed
+            && !last.write_pending()
+            && last.last_write_end().is_some_and(|t| end_at >= t + UPSTREAM_TIMEOUT);
+        return tail || last.longest_pause_between_writes() >= UPSTREAM_TIMEOUT;
+    }
+    false
+}
+
 /// Every invariant for one closed channel (the rules themselves are in
 /// tests/common/invariants.rs). Returns its failures.
 fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t: &mut Tally) -> Vec<String> {
@@ -1049,10 +1079,13 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         };
         // Which endpoint each text went to.
         let mut first_with_timestamps = None;
+        // Its upstream requests, in the order it made them.
+        let mut said: Vec<&RecordedRequest> = Vec::new();
         for piece in &doc.pieces {
             let Piece::Say { token, inner_marks, .. } = piece else { continue };
             first_with_timestamps.get_or_insert(*inner_marks);
             let reqs = upstream.get(token).map_or(&[][..], |v| v.as_slice());
+            said.extend(reqs);
             if reqs.len() > 1 {
                 f.push(format!("{what}: {} upstream requests for the one short text {token}", reqs.len()));
             }
@@ -1069,7 +1102,7 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
         }
         let sent = &expected[i];
         let p = &played[i];
-        let (_, end) = s.end.as_ref().expect("checked");
+        let (end_at, end) = s.end.as_ref().expect("checked");
         let mut exact = false;
         let outcome = match end {
             End::Complete { cause: Some(NORMAL), .. } => {
@@ -1084,14 +1117,20 @@ fn verify(inst: &Instance, upstream: &HashMap<String, Vec<&RecordedRequest>>, t:
                 if CLOSE_REASONS.iter().any(|c| reason.starts_with(c)) {
                     "004 error: channel closed".to_string()
                 } else {
-                    match reason_for(fault, first_with_timestamps.unwrap_or(false)) {
-                        None => f.push(format!("{what}: a clean upstream, yet 004 with reason {reason:?}")),
-                        Some(want) if !reason.contains(want) => {
-                            f.push(format!("{what}: Completion-Reason {reason:?} does not name the fault ({want:?})"))
+                    let want = reason_for(fault, first_with_timestamps.unwrap_or(false));
+                    if want.is_some_and(|w| reason.contains(w)) {
+                        "004 error: upstream fault".to_string()
+                    } else if upstream_missed_timeout(reason, &said, s.sent, *end_at) {
+                        "004 error: the loaded upstream missed a timeout".to_string()
+                    } else {
+                        match want {
+                            None => f.push(format!("{what}: a clean upstream, yet 004 with reason {reason:?}")),
+                            Some(want) => f.push(format!(
+                                "{what}: Completion-Reason {reason:?} does not name the fault ({want:?})"
+                            )),
                         }
-                        Some(_) => {}
+                        "004 error: upstream fault".to_string()
                     }
-                    "004 error: upstream fault".to_string()
                 }
             }
             End::Stopped { by, .. } => format!("stopped by {by}"),
@@ -1203,8 +1242,8 @@ fn chaos() {
         params(
             &upstream,
             &[
-                ("first_byte_timeout_ms", "400"),
-                ("stall_timeout_ms", "400"),
+                ("first_byte_timeout_ms", &UPSTREAM_TIMEOUT.as_millis().to_string()),
+                ("stall_timeout_ms", &UPSTREAM_TIMEOUT.as_millis().to_string()),
                 ("connect_timeout_ms", "500"),
                 ("max_buffer_ms", "500"),
             ],

@@ -263,8 +263,13 @@ fn a_failing_part_fails_the_speak_naming_the_part() {
 
 #[test]
 fn prebuffer_holds_a_jitter_reserve_before_the_first_frame() {
+    // The upstream delivers at 0.8x real time: 1 s of audio takes 1.25 s,
+    // a deficit the 300 ms reserve covers (125 ms still in hand at the end)
+    // and playing from the first bytes does not.
+    const SPEED: f64 = 0.8;
+    const CHUNK: usize = 801;
     let rig = rig_with_clock(&[("prebuffer_ms", "300")], MediaClock::RealTime);
-    rig.upstream.set_default(Behavior::realtime().with_audio_ms(1000).with_chunk_bytes(801));
+    rig.upstream.set_default(Behavior::default().with_speed(SPEED).with_audio_ms(1000).with_chunk_bytes(CHUNK));
     let ch = rig.server.open_channel(8000).unwrap();
     let id = ch.speak("Reserve first.");
     let done = expect_in_progress_then_complete(&ch, id);
@@ -272,14 +277,36 @@ fn prebuffer_holds_a_jitter_reserve_before_the_first_frame() {
     let req = request_for(&rig.upstream, "Reserve first.");
     let frames = ch.frames();
     let first = frames.at(&frames.first_audible().unwrap());
-    // Real-time delivery: 300 ms of audio arrive ~300 ms after the first byte.
-    assert!(first.duration_since(req.first_byte_at.unwrap()) >= Duration::from_millis(250));
+    // 300 ms of audio arrive 375 ms after the first byte.
+    let first_byte = req.first_byte_at.unwrap();
+    assert!(first.duration_since(first_byte) >= Duration::from_millis(300));
     assert_eq!(ch.audio(), padded(&req.audio_sent, 160));
-    // With the reserve in hand, real-time delivery never runs dry.
+    // With the reserve in hand, the slow delivery never runs dry. Not held
+    // against the plugin: a silent frame whose bytes the upstream wrote more
+    // than 50 ms late against its own schedule (its thread ran late on a
+    // loaded machine, eating the reserve's margin), and a lone silent frame, a tick that
+    // found the buffer locked by the worker (by design one silent frame, no
+    // audio lost), while rare. Without the reserve, chunks arriving late
+    // leave one or two silent frames each, dozens in all.
+    let due = |k: usize| first_byte + Duration::from_secs_f64((k * CHUNK) as f64 / (16000.0 * SPEED));
+    let upstream_late = |k: usize| req.writes.get(k).map_or(true, |w| w.began > due(k) + Duration::from_millis(50));
     let first_index = frames.frames.iter().position(|f| f.is_audio()).unwrap();
     let last_index = frames.frames.iter().rposition(|f| f.is_audio()).unwrap();
-    let gaps = frames.frames[first_index..=last_index].iter().filter(|f| !f.is_audio()).count();
-    assert_eq!(gaps, 0, "no silent frame once playing");
+    let (mut played, mut run, mut lone, mut dry) = (0, 0, 0, Vec::new());
+    for f in &frames.frames[first_index..=last_index] {
+        if f.is_audio() {
+            lone += usize::from(run == 1);
+            run = 0;
+            played += 160;
+        } else if !upstream_late((played + 159) / CHUNK) {
+            run += 1;
+            if run == 2 {
+                dry.push(f.tick);
+            }
+        }
+    }
+    assert!(dry.is_empty(), "ran dry (2+ silent frames, the upstream on time) at ticks {dry:?}");
+    assert!(lone <= 2, "{lone} lone silent frames, the upstream on time");
 }
 
 #[test]

@@ -327,9 +327,9 @@ fn backpressure_on_decoded_and_scaled_audio_loses_nothing() {
     let names: Vec<String> = markers(&ch, id).iter().map(marker_name).collect();
     assert_eq!(names, ["middle", "after"]);
 
-    // The same through the plain stream (no marks), scaled only.
-    // Counted before the SPEAK: its first frames may play before this
-    // thread runs again.
+    // The same through the plain stream (no marks), scaled only. (The
+    // length is taken before the SPEAK: on the fast clock its first frames
+    // can play before this thread runs again.)
     let before = ch.audio_len();
     let id = ch.send(Request::speak_ssml(&format!(r#"<speak><prosody volume="+6dB">{text} Again.</prosody></speak>"#)));
     assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));

@@ -181,7 +181,7 @@ impl Scheduler {
                         if now > next + p {
                             self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.tick();
+                        self.tick(Some(next));
                         next += p;
                         // After a long stall (debugger, overloaded machine)
                         // start afresh rather than firing a burst of ticks.
@@ -201,7 +201,7 @@ impl Scheduler {
                     let _ = reply.send(self.detach(stream.get()));
                 }
                 MediaCmd::Tick { reply } => {
-                    let n = self.tick();
+                    let n = self.tick(None);
                     let _ = reply.send(n);
                 }
                 MediaCmd::Stop => break,
@@ -244,12 +244,14 @@ impl Scheduler {
         true
     }
 
-    /// One media tick: read_frame for every stream, recorded.
-    fn tick(&mut self) -> u64 {
+    /// One media tick: read_frame for every stream, recorded. `due` is the
+    /// clock's deadline for it (None: a manual tick, due now).
+    fn tick(&mut self, due: Option<Instant>) -> u64 {
         let tick_lock = self.tick_lock.clone();
         let _tick = tick_lock.lock();
         let tick = self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         let at_nanos = self.epoch.elapsed().as_nanos() as u64;
+        let due_nanos = due.map_or(at_nanos, |d| d.saturating_duration_since(self.epoch).as_nanos() as u64);
         self.times.clear();
         for slot in &mut self.slots {
             let size = slot.buffer.len();
@@ -303,7 +305,7 @@ impl Scheduler {
                 }
                 log.audio.extend_from_slice(&slot.buffer);
             }
-            log.frames.push(FrameEntry { tick, at_nanos, flags });
+            log.frames.push(FrameEntry { tick, at_nanos, due_nanos, flags });
         }
         if !self.times.is_empty() {
             self.stats.read_nanos.lock().extend_from_slice(&self.times);

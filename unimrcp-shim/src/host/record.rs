@@ -128,6 +128,10 @@ pub struct FrameEntry {
     pub tick: u64,
     /// When the tick started, in nanoseconds since `FrameLog::epoch`.
     pub at_nanos: u64,
+    /// When the clock meant it to start (its deadline), in nanoseconds since
+    /// `FrameLog::epoch`; `at_nanos` for a manual tick. A tick never starts
+    /// before it is due; how late it starts is up to the OS scheduler.
+    pub due_nanos: u64,
     /// FRAME_* bits.
     pub flags: u8,
 }

@@ -127,6 +127,41 @@ pub struct RecordedRequest {
     pub completed: bool,
     /// Response status; 0 until a response head has been written.
     pub status: u16,
+    /// Every write of the response, in order: when it began and when it
+    /// returned (`ended` is None while it is blocked, or if it failed). The
+    /// time between one write returning and the next beginning is the
+    /// mock's own pause, or time it was not scheduled: a loaded machine can
+    /// make it miss a client's timeout. Time spent blocked in a write (the
+    /// client not reading) is not in those gaps.
+    pub writes: Vec<WriteSpan>,
+}
+
+/// One write of a response (see [`RecordedRequest::writes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteSpan {
+    pub began: Instant,
+    pub ended: Option<Instant>,
+}
+
+impl RecordedRequest {
+    /// When the last write that went through returned.
+    pub fn last_write_end(&self) -> Option<Instant> {
+        self.writes.iter().rev().find_map(|w| w.ended)
+    }
+
+    /// The longest time from one write's return to the next one's start.
+    pub fn longest_pause_between_writes(&self) -> Duration {
+        self.writes
+            .windows(2)
+            .filter_map(|w| Some(w[1].began.saturating_duration_since(w[0].ended?)))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// True while a write is blocked (or ended by a failure).
+    pub fn write_pending(&self) -> bool {
+        self.writes.last().is_some_and(|w| w.ended.is_none())
+    }
 }
 
 impl RecordedRequest {

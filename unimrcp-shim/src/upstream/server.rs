@@ -8,7 +8,7 @@ use super::http::{
     LAST_CHUNK,
 };
 use super::timestamps::{self, Aligner, MALFORMED_LINE};
-use super::{pcm_format_rate, RecordedRequest, Shared, PCM_FORMATS};
+use super::{pcm_format_rate, RecordedRequest, Shared, WriteSpan, PCM_FORMATS};
 use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
@@ -242,6 +242,7 @@ fn record(connection_id: u64, req: &Request, received_at: Instant) -> RecordedRe
         audio_sent: Vec::new(),
         completed: false,
         status: 0,
+        writes: Vec::new(),
     }
 }
 
@@ -343,13 +344,21 @@ impl Exchange<'_> {
     /// has read these bytes always finds them recorded; a failed write is
     /// rolled back (the client cannot have read all of it).
     fn write_recorded(&mut self, bytes: &[u8], audio: &[u8], completes: bool) -> bool {
+        let began = Instant::now();
         let before = self.shared.update(self.idx, |r| {
             let before = r.audio_sent.len();
             r.audio_sent.extend_from_slice(audio);
             r.completed |= completes;
+            r.writes.push(WriteSpan { began, ended: None });
             before
         });
         if self.write(bytes) {
+            let ended = Instant::now();
+            self.shared.update(self.idx, |r| {
+                if let Some(w) = r.writes.last_mut() {
+                    w.ended = Some(ended);
+                }
+            });
             return true;
         }
         self.shared.update(self.idx, |r| {

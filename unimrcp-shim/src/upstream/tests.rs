@@ -1072,3 +1072,47 @@ fn espeak_voice_speaks_both_endpoints_with_real_alignment() {
     let peak = r.body.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs()).max().unwrap();
     assert!(peak > 3000, "peak {peak}");
 }
+
+#[test]
+fn every_write_is_recorded_with_when_it_began_and_returned() {
+    let m = mock();
+    m.when_text_contains("stall", Behavior::fault(Fault::StallAfterFirstChunk));
+    m.when_text_contains("flood", Behavior::default().with_audio_ms(600_000));
+    // A whole response: writes in order, each returned, none before the head.
+    let mut c = Client::connect(&m);
+    c.send(&speak("whole response"));
+    assert!(c.response().complete);
+    // (The client can read the last bytes before the write that sent them
+    // has returned and been recorded: wait for the exchange to end.)
+    assert!(m.wait_until_idle(LONG));
+    let q = &m.wait_for_requests(1, LONG)[0];
+    assert!(q.writes.len() > 1, "{:?}", q.writes);
+    assert!(q.writes[0].began >= q.first_byte_at.unwrap());
+    assert!(q.writes.iter().all(|w| w.ended.is_some_and(|e| e >= w.began)));
+    assert!(q.writes.windows(2).all(|w| w[1].began >= w[0].ended.unwrap()));
+    assert!(!q.write_pending());
+    assert_eq!(q.last_write_end(), q.writes.last().unwrap().ended);
+    // A stall: the head with the first chunk, then nothing.
+    let mut s = Client::connect(&m);
+    s.send(&speak("stall here"));
+    s.head();
+    let deadline = Instant::now() + LONG;
+    while m.requests().get(1).and_then(RecordedRequest::last_write_end).is_none() {
+        assert!(Instant::now() < deadline, "the first write never returned");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s.silent_for(Duration::from_millis(100)));
+    let q = &m.requests()[1];
+    assert_eq!(q.writes.len(), 1);
+    assert!(!q.write_pending());
+    // A client that does not read: the write blocks, and shows as pending.
+    let mut f = Client::connect(&m);
+    f.send(&speak("flood me"));
+    let deadline = Instant::now() + LONG;
+    while !m.requests().get(2).is_some_and(RecordedRequest::write_pending) {
+        assert!(Instant::now() < deadline, "the write never blocked");
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop((c, s, f));
+    assert!(m.wait_until_idle(LONG));
+}
