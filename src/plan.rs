@@ -365,16 +365,7 @@ mod tests {
     #[test]
     fn plain_speaks_key_like_their_requests_and_scripts_apart() {
         let plain = build(&crate::text::ssml::plain("Hello."), &SpeakHeaders::default(), &base()).unwrap();
-        let request = SpeechRequest {
-            config: Arc::new(base()),
-            text: "Hello.".into(),
-            sample_rate: 8000,
-            previous_text: None,
-            next_text: None,
-            previous_request_ids: Vec::new(),
-            gain: 1.0,
-            with_timestamps: false,
-        };
+        let request = SpeechRequest::plain(Arc::new(base()), "Hello.", 8000);
         let alone = Key::of_requests(&[ElevenLabs.identity(&request)]);
         assert_eq!(plain.cache_key(8000, &ElevenLabs), alone);
         assert_ne!(plain.cache_key(16000, &ElevenLabs), alone);

@@ -40,6 +40,23 @@ pub struct SpeechRequest {
     pub with_timestamps: bool,
 }
 
+impl SpeechRequest {
+    /// One whole text at unit gain, no neighbours: what unit tests build.
+    #[cfg(test)]
+    pub fn plain(config: Arc<Config>, text: &str, sample_rate: u32) -> SpeechRequest {
+        SpeechRequest {
+            config,
+            text: text.into(),
+            sample_rate,
+            previous_text: None,
+            next_text: None,
+            previous_request_ids: Vec::new(),
+            gain: 1.0,
+            with_timestamps: false,
+        }
+    }
+}
+
 /// Reads a response body that is not raw PCM (e.g. JSON lines carrying
 /// base64 audio and alignment).
 pub trait BodyDecoder: Send {

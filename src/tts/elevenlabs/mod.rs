@@ -272,16 +272,7 @@ mod tests {
     }
 
     fn request(c: Config, text: &str) -> SpeechRequest {
-        SpeechRequest {
-            config: Arc::new(c),
-            text: text.into(),
-            sample_rate: 8000,
-            previous_text: None,
-            next_text: None,
-            previous_request_ids: Vec::new(),
-            gain: 1.0,
-            with_timestamps: false,
-        }
+        SpeechRequest::plain(Arc::new(c), text, 8000)
     }
 
     #[test]
