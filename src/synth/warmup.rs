@@ -206,8 +206,15 @@ fn warm(
                 break;
             }
             if let Some(why) = transfer.expired(now) {
-                expired = Some(why);
-                break;
+                // As in player.rs: what has arrived counts before the clock.
+                if transfer.step() {
+                    break;
+                }
+                if transfer.expired(Instant::now()).is_some() {
+                    expired = Some(why);
+                    break;
+                }
+                continue;
             }
             transfer.wait(waker.fd(), now);
             waker.drain();
