@@ -6,8 +6,12 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Behavior {
     /// Pause between reading the whole request and writing the response
-    /// head (with the first chunk). Applies to fault responses too, except
-    /// [`Fault::HangBeforeHeaders`], which never answers.
+    /// head (with the first chunk); for a request that waited in the plan's
+    /// queue ([`super::MockUpstream::set_plan_queue`]), counted from its
+    /// admission. Applies to fault responses too, except
+    /// [`Fault::HangBeforeHeaders`], which never answers, and faults forced
+    /// by [`super::MockUpstream::fail_next`] or
+    /// [`super::MockUpstream::set_failing`], which are sent at once.
     pub first_byte_delay: Duration,
     /// PCM bytes per HTTP chunk; the last chunk may be shorter. Odd sizes are
     /// allowed on purpose (they split samples across chunks). `0` sends all
@@ -185,14 +189,21 @@ pub enum Fault {
     MalformedTimestampLine,
 }
 
+/// `detail.status` and `detail.message` of the 429 for the concurrency
+/// limit.
+pub(crate) const TOO_MANY_CONCURRENT: (&str, &str) =
+    ("too_many_concurrent_requests", "Too many concurrent requests for your subscription tier.");
+
 impl Fault {
     pub fn http(status: u16, detail_status: &str, message: &str) -> Fault {
         Fault::Http { status, detail_status: Some(detail_status.to_string()), message: message.to_string() }
     }
 
-    /// 429 as sent when the account's concurrency limit is reached.
+    /// 429 as sent when the account's concurrency limit is reached (what
+    /// [`super::MockUpstream::set_plan_limit`] answers).
     pub fn too_many_concurrent_requests() -> Fault {
-        Fault::http(429, "too_many_concurrent_requests", "Too many concurrent requests for your subscription tier.")
+        let (status, message) = TOO_MANY_CONCURRENT;
+        Fault::http(429, status, message)
     }
 
     /// 429 as sent when ElevenLabs itself is overloaded.

@@ -443,6 +443,32 @@ pub enum Waited {
     Gone,
 }
 
+/// Poll events that mean the peer closed its sending side.
+#[cfg(target_os = "linux")]
+const HANGUP_EVENTS: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(target_os = "linux"))]
+const HANGUP_EVENTS: libc::c_short = 0;
+
+/// Whether the client has closed, reset or half-closed the connection, by
+/// a look that does not wait (as [`wait_on_client`] judges it; bytes of a
+/// pipelined request are not a hang-up).
+pub fn client_left(stream: &TcpStream) -> bool {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN | HANGUP_EVENTS, revents: 0 };
+    // SAFETY: one valid pollfd on a descriptor `stream` keeps open.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+        return false;
+    }
+    if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL | HANGUP_EVENTS) != 0 {
+        return true;
+    }
+    let mut one = [0u8; 1];
+    // Readable, so the peek does not block.
+    match stream.peek(&mut one) {
+        Ok(n) => n == 0,
+        Err(e) => !(is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted),
+    }
+}
+
 /// Sleeps until `deadline` while watching the socket, so a client that
 /// hangs up during a delay, a pacing gap or a stall is noticed at once
 /// rather than at the next write.
@@ -451,11 +477,6 @@ pub enum Waited {
 /// client that half-closes its sending side is assumed to have left.
 pub fn wait_on_client(stream: &TcpStream, stop: &AtomicBool, deadline: Instant) -> Waited {
     const SLICE: Duration = Duration::from_millis(50);
-    #[cfg(target_os = "linux")]
-    const HANGUP_EVENTS: libc::c_short = libc::POLLRDHUP;
-    #[cfg(not(target_os = "linux"))]
-    const HANGUP_EVENTS: libc::c_short = 0;
-
     loop {
         if stop.load(Ordering::SeqCst) {
             return Waited::Gone;

@@ -16,6 +16,34 @@
 //! can tell which ids a later request stitched to
 //! ([`RecordedRequest::previous_request_ids`]).
 //!
+//! The account behind the key can have a concurrency limit, as ElevenLabs
+//! plans do ([`MockUpstream::set_plan_limit`]): a text-to-speech request
+//! that passed the checks below is admitted while fewer than the limit are
+//! in progress (from being read until its response is fully written or
+//! abandoned, [`RecordedRequest::ended_at`]); past it the request waits in a
+//! short first-come-first-served queue ([`MockUpstream::set_plan_queue`],
+//! bounded by the hold limit and the mock's stop), and past that it is
+//! answered at once `429 {"detail":{"status":"too_many_concurrent_requests",
+//! "message":..}}` ([`Fault::too_many_concurrent_requests`]), which does not
+//! count as in progress. [`MockUpstream::max_concurrent`] and
+//! [`MockUpstream::plan_refusals`] say how it went.
+//!
+//! Once the key is accepted, responses carry the account's headers, as
+//! ElevenLabs' do: `current-concurrent-requests` (admitted requests in
+//! progress, this one included if admitted) and
+//! `maximum-concurrent-requests` while a limit is set, and `x-region` while
+//! one is set ([`MockUpstream::set_region`]). A 200 carries
+//! `character-cost`, the characters billed: the `text`'s Unicode scalar
+//! values (and, as before, the same count in `x-character-count`).
+//!
+//! Failures beyond the per-text rules, for retry and outage tests:
+//! [`MockUpstream::fail_next`] gives the next `n` admitted requests a fault
+//! (say [`Fault::system_busy`]) and then lets them through;
+//! [`MockUpstream::set_failing`] gives every admitted request one until
+//! cleared; [`MockUpstream::set_refuse_connections`] resets (TCP RST) new
+//! connections before reading anything, and kept-alive ones at their next
+//! request, so a client sees "connection reset" or "empty reply".
+//!
 //! It also serves
 //! `POST /v1/text-to-speech/{voice_id}/stream/with-timestamps?output_format=pcm_<rate>`:
 //! the same checks, behaviour and audio, but sent as newline-delimited JSON,
@@ -28,8 +56,10 @@
 //! to the requested rate ([`resample`]) and aligned from its word events.
 //!
 //! Order of checks for each request: route (404/405), then `xi-api-key`
-//! (401), then `output_format` and body validation (422), and only then the
-//! behaviour rules. A missing `output_format` is a 422 too: the real service
+//! (401), then `output_format` and body validation (422), then admission
+//! under the plan limit (queue or 429), then a forced fault
+//! ([`MockUpstream::fail_next`], then [`MockUpstream::set_failing`]), and
+//! only then the behaviour rules. A missing `output_format` is a 422 too: the real service
 //! would default to MP3, which the mock cannot produce, so a plugin that
 //! forgets it should fail loudly.
 //!
@@ -56,6 +86,7 @@ mod audio;
 mod behavior;
 pub mod espeak;
 mod http;
+mod plan;
 pub mod resample;
 mod server;
 mod timestamps;
@@ -134,6 +165,13 @@ pub struct RecordedRequest {
     /// make it miss a client's timeout. Time spent blocked in a write (the
     /// client not reading) is not in those gaps.
     pub writes: Vec<WriteSpan>,
+    /// When the mock considered the request finished: its response fully
+    /// written, or the exchange abandoned (the client hung up, a fault cut
+    /// or held it, the mock stopped). An admitted request's plan slot is
+    /// freed just after ([`MockUpstream::set_plan_limit`]), so a request
+    /// admitted into it starts after this. `None` while it is still being
+    /// answered (or queued).
+    pub ended_at: Option<Instant>,
 }
 
 /// One write of a response (see [`RecordedRequest::writes`]).
@@ -198,6 +236,15 @@ pub(crate) struct Shared {
     requests_changed: Condvar,
     connections: AtomicU64,
     active: AtomicUsize,
+    /// The account's concurrency limit and its queue.
+    plan: plan::Plan,
+    region: Mutex<Option<String>>,
+    /// Requests still to fail with the fault ([`MockUpstream::fail_next`]).
+    fail_next: Mutex<Option<(usize, Fault)>>,
+    fail_next_served: AtomicUsize,
+    failing: Mutex<Option<Fault>>,
+    refuse: AtomicBool,
+    refused: AtomicUsize,
     /// Clones of live sockets, so drop can shut them down and wake any
     /// thread blocked on them.
     live: Mutex<HashMap<u64, TcpStream>>,
@@ -218,6 +265,28 @@ impl Shared {
 
     fn update<R>(&self, idx: usize, f: impl FnOnce(&mut RecordedRequest) -> R) -> Option<R> {
         self.requests.lock().get_mut(idx).map(f)
+    }
+
+    fn refusing(&self) -> bool {
+        self.refuse.load(Ordering::SeqCst)
+    }
+
+    /// The fault forced on an admitted request, if any: one of
+    /// [`MockUpstream::fail_next`]'s (used up), else
+    /// [`MockUpstream::set_failing`]'s.
+    fn forced_fault(&self) -> Option<Fault> {
+        let mut next = self.fail_next.lock();
+        if let Some((left, fault)) = next.as_mut() {
+            let fault = fault.clone();
+            *left -= 1;
+            if *left == 0 {
+                *next = None;
+            }
+            self.fail_next_served.fetch_add(1, Ordering::SeqCst);
+            return Some(fault);
+        }
+        drop(next);
+        self.failing.lock().clone()
     }
 }
 
@@ -255,6 +324,13 @@ impl MockUpstream {
             requests_changed: Condvar::new(),
             connections: AtomicU64::new(0),
             active: AtomicUsize::new(0),
+            plan: plan::Plan::default(),
+            region: Mutex::new(None),
+            fail_next: Mutex::new(None),
+            fail_next_served: AtomicUsize::new(0),
+            failing: Mutex::new(None),
+            refuse: AtomicBool::new(false),
+            refused: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
         });
@@ -326,17 +402,110 @@ impl MockUpstream {
         self.shared.requests.lock().len()
     }
 
-    /// TCP connections accepted so far.
+    /// TCP connections accepted and served so far (not counting those
+    /// reset at once by [`MockUpstream::set_refuse_connections`]).
     pub fn connection_count(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst) as usize
     }
 
     /// Requests currently being answered: from the moment a request has
     /// been read until its response is fully written or abandoned. Includes
-    /// first-byte delays, stalls and hangs. A client that hangs up is
+    /// first-byte delays, stalls and hangs, requests waiting in the plan's
+    /// queue and those answered without admission (401, 422, 429). A client that hangs up is
     /// noticed within about 50 ms.
     pub fn active_streams(&self) -> usize {
         self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// The account's concurrency limit: at most `limit` admitted
+    /// text-to-speech requests in progress at once, the rest queued
+    /// ([`MockUpstream::set_plan_queue`]) or answered 429
+    /// `too_many_concurrent_requests`. `None` (the default) admits every
+    /// request at once. Takes effect for requests not yet admitted; a raised
+    /// limit (or `None`) lets queued requests in.
+    pub fn set_plan_limit(&self, limit: Option<usize>) {
+        self.shared.plan.set_limit(limit);
+    }
+
+    /// How many requests over the limit may wait for a slot, first come
+    /// first served (default 0: refused at once). Requests already waiting
+    /// keep their place if the depth shrinks.
+    pub fn set_plan_queue(&self, depth: usize) {
+        self.shared.plan.set_queue_depth(depth);
+    }
+
+    /// The most admitted text-to-speech requests in progress at once since
+    /// the start or [`MockUpstream::reset_max_concurrent`]. Counted with or
+    /// without a plan limit; requests answered before admission (401, 422,
+    /// a plan 429) and queued requests are not in it.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.plan.max_concurrent()
+    }
+
+    /// Admitted text-to-speech requests in progress now (what
+    /// `current-concurrent-requests` reports).
+    pub fn concurrent_requests(&self) -> usize {
+        self.shared.plan.in_progress()
+    }
+
+    /// Restarts [`MockUpstream::max_concurrent`] from the admitted requests
+    /// in progress now.
+    pub fn reset_max_concurrent(&self) {
+        self.shared.plan.reset_max_concurrent();
+    }
+
+    /// 429s sent because of the plan limit: the queue was full, or a
+    /// request waited in it past the hold limit.
+    pub fn plan_refusals(&self) -> usize {
+        self.shared.plan.refusals()
+    }
+
+    /// Requests waiting in the plan's queue right now.
+    pub fn plan_queued(&self) -> usize {
+        self.shared.plan.waiting()
+    }
+
+    /// Sends `x-region: <region>` on text-to-speech responses while set.
+    pub fn set_region(&self, region: Option<&str>) {
+        *self.shared.region.lock() = region.map(str::to_string);
+    }
+
+    /// The next `n` admitted text-to-speech requests get `fault` (at once:
+    /// their rule's `first_byte_delay` is ignored, its chunking and pacing
+    /// kept), then the rules apply again. Replaces what is left of an
+    /// earlier call; `n == 0` cancels it. Takes precedence over
+    /// [`MockUpstream::set_failing`].
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        *self.shared.fail_next.lock() = (n > 0).then_some((n, fault));
+    }
+
+    /// Requests that got a [`MockUpstream::fail_next`] fault so far.
+    pub fn fault_next_served(&self) -> usize {
+        self.shared.fail_next_served.load(Ordering::SeqCst)
+    }
+
+    /// How many [`MockUpstream::fail_next`] faults are still to be served.
+    pub fn fail_next_remaining(&self) -> usize {
+        self.shared.fail_next.lock().as_ref().map_or(0, |(n, _)| *n)
+    }
+
+    /// While `Some`, every admitted text-to-speech request gets `fault`, as
+    /// [`MockUpstream::fail_next`] gives it: "the upstream fails everything".
+    pub fn set_failing(&self, fault: Option<Fault>) {
+        *self.shared.failing.lock() = fault;
+    }
+
+    /// While on, new connections are accepted and at once reset (RST,
+    /// nothing read or written), and a kept-alive connection is reset when
+    /// its next request has arrived (that request is not recorded). Both
+    /// count in [`MockUpstream::refused_connections`].
+    pub fn set_refuse_connections(&self, on: bool) {
+        self.shared.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections reset by [`MockUpstream::set_refuse_connections`].
+    pub fn refused_connections(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
     }
 
     /// Waits until [`MockUpstream::active_streams`] is 0; false on timeout.

@@ -1,12 +1,13 @@
 //! Accepting connections and answering requests.
 
 use super::audio::{audio_ms_for_text, Synth};
-use super::behavior::{Behavior, Fault, Voice};
+use super::behavior::{Behavior, Fault, Voice, TOO_MANY_CONCURRENT};
 use super::espeak;
 use super::http::{
-    self, close_gracefully, push_body_piece, response_head, wait_on_client, Conn, Framing, ReadError, Request, Waited,
-    LAST_CHUNK,
+    self, client_left, close_gracefully, push_body_piece, response_head, wait_on_client, Conn, Framing, ReadError,
+    Request, Waited, LAST_CHUNK,
 };
+use super::plan::{Admission, Slot};
 use super::timestamps::{self, Aligner, MALFORMED_LINE};
 use super::{pcm_format_rate, RecordedRequest, Shared, WriteSpan, PCM_FORMATS};
 use serde_json::{json, Value};
@@ -42,6 +43,7 @@ pub(crate) fn spawn_acceptor(shared: Arc<Shared>, listener: TcpListener) -> io::
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     while !shared.stopping() {
         match listener.accept() {
+            Ok((stream, _)) if shared.refusing() => reset(shared, &stream),
             Ok((stream, _)) => spawn_connection(shared, stream),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -53,6 +55,24 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             Err(_) => thread::sleep(Duration::from_millis(10)),
         }
     }
+}
+
+/// Makes the close of `stream`'s last descriptor send RST rather than FIN
+/// (`SO_LINGER` 0), and counts the refusal.
+fn reset(shared: &Shared, stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a descriptor `stream` keeps open, with a
+    // pointer to a live linger struct and its exact size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    shared.refused.fetch_add(1, Ordering::SeqCst);
 }
 
 fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
@@ -106,6 +126,12 @@ fn serve_connection(shared: &Shared, connection_id: u64, stream: TcpStream) {
     let mut conn = Conn::new(stream, Arc::clone(&shared.stop));
     loop {
         let next = match conn.read_request(Instant::now() + IDLE_TIMEOUT) {
+            Ok(_) if shared.refusing() => {
+                // The registered clone closes last (the thread's cleanup),
+                // and that close sends the RST.
+                reset(shared, &conn.stream);
+                return;
+            }
             Ok(req) => handle_request(shared, &mut conn, connection_id, req),
             Err(ReadError::Closed | ReadError::Gone) => Next::Gone,
             Err(ReadError::Bad(status, why)) => {
@@ -167,20 +193,61 @@ fn tts_route(path: &str) -> Option<(String, Endpoint)> {
     (!voice.is_empty()).then(|| (http::percent_decode(voice, false), endpoint))
 }
 
+/// Sets [`RecordedRequest::ended_at`] when the exchange ends, however it
+/// ends, and only then frees its plan slot: a request admitted into that
+/// slot always starts after `ended_at`.
+struct EndGuard<'a> {
+    shared: &'a Shared,
+    idx: usize,
+    /// Dropped (freed) after `drop` has run.
+    slot: Option<Slot<'a>>,
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.shared.update(self.idx, |r| r.ended_at = Some(now));
+    }
+}
+
 fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Request) -> Next {
     let received_at = Instant::now();
     // Counted before it is recorded, so a test that sees the record also
-    // sees it active.
+    // sees it active. Guards drop in reverse order: `ended_at` is set, the
+    // plan slot freed, and then the request stops counting as active.
     let _active = ActiveGuard::new(shared);
     let idx = shared.record(record(connection_id, &req, received_at));
-    let mut ex = Exchange { shared, conn, idx, close: req.wants_close(), http10: req.http10 };
+    let mut end = EndGuard { shared, idx, slot: None };
+    let mut ex =
+        Exchange { shared, conn, idx, close: req.wants_close(), http10: req.http10, account: false, cost: None };
     let speak = match check(&shared.api_key, &req) {
         Ok(speak) => speak,
-        Err((status, body)) => return ex.send_json(status, &body),
+        Err((status, body)) => {
+            // Past the key check the account is known (422).
+            ex.account = !matches!(status, 401 | 404 | 405);
+            return ex.send_json(status, &body);
+        }
     };
+    ex.account = true;
+
+    let hold_until = received_at + HOLD_LIMIT;
+    end.slot = match shared.plan.admit(hold_until, || shared.stopping() || client_left(&ex.conn.stream)) {
+        Admission::Admitted(slot) => Some(slot),
+        Admission::Refused => {
+            let (status, message) = TOO_MANY_CONCURRENT;
+            return ex.send_json(429, &detail(status, message));
+        }
+        Admission::Gone => return Next::Gone,
+    };
+    let admitted_at = Instant::now();
+    ex.cost = Some(speak.text.chars().count());
 
     let behavior = shared.rules.lock().pick(&speak.text, &speak.voice_id);
-    let first_byte_due = received_at.checked_add(behavior.first_byte_delay).unwrap_or(received_at + HOLD_LIMIT);
+    let behavior = match shared.forced_fault() {
+        Some(fault) => behavior.with_fault(fault).with_first_byte_delay(Duration::ZERO),
+        None => behavior,
+    };
+    let first_byte_due = admitted_at.checked_add(behavior.first_byte_delay).unwrap_or(admitted_at + HOLD_LIMIT);
     let hang = behavior.fault == Fault::HangBeforeHeaders;
     if !hang && ex.wait_until(first_byte_due) == Waited::Gone {
         return Next::Gone;
@@ -243,6 +310,7 @@ fn record(connection_id: u64, req: &Request, received_at: Instant) -> RecordedRe
         completed: false,
         status: 0,
         writes: Vec::new(),
+        ended_at: None,
     }
 }
 
@@ -310,11 +378,30 @@ struct Exchange<'a> {
     idx: usize,
     close: bool,
     http10: bool,
+    /// The API key was accepted: the response carries the account's
+    /// headers (concurrency, region).
+    account: bool,
+    /// Characters billed (`character-cost` on a 200): set once admitted.
+    cost: Option<usize>,
 }
 
 impl Exchange<'_> {
-    fn extra_headers(&self) -> Vec<(&'static str, String)> {
-        vec![("request-id", format!("mock-{}", self.idx + 1))]
+    /// Headers every response of this exchange with `status` carries.
+    fn extra_headers(&self, status: u16) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("request-id", format!("mock-{}", self.idx + 1))];
+        if self.account {
+            if let Some(limit) = self.shared.plan.limit() {
+                headers.push(("current-concurrent-requests", self.shared.plan.in_progress().to_string()));
+                headers.push(("maximum-concurrent-requests", limit.to_string()));
+            }
+            if let Some(region) = self.shared.region.lock().clone() {
+                headers.push(("x-region", region));
+            }
+        }
+        if let (200, Some(cost)) = (status, self.cost) {
+            headers.push(("character-cost", cost.to_string()));
+        }
+        headers
     }
 
     fn after_response(&self) -> Next {
@@ -379,7 +466,7 @@ impl Exchange<'_> {
     /// A complete response with a Content-Length body.
     fn send_whole(&mut self, status: u16, content_type: &str, body: &[u8]) -> Next {
         let mut out =
-            response_head(status, content_type, Framing::Length(body.len()), self.close, &self.extra_headers());
+            response_head(status, content_type, Framing::Length(body.len()), self.close, &self.extra_headers(status));
         out.extend_from_slice(body);
         self.mark_head(status, Instant::now());
         if !self.write_recorded(&out, &[], true) {
@@ -404,7 +491,7 @@ impl Exchange<'_> {
             n => n,
         };
         let framing = if self.http10 { Framing::UntilClose } else { Framing::Chunked };
-        let mut headers = self.extra_headers();
+        let mut headers = self.extra_headers(200);
         headers.push(("x-character-count", text.chars().count().to_string()));
         let mut out = response_head(200, "audio/pcm", framing, self.close, &headers);
 
@@ -495,7 +582,7 @@ impl Exchange<'_> {
             _ => total,
         };
         let framing = if self.http10 { Framing::UntilClose } else { Framing::Chunked };
-        let mut headers = self.extra_headers();
+        let mut headers = self.extra_headers(200);
         headers.push(("x-character-count", text.chars().count().to_string()));
         let mut out = response_head(200, "application/json", framing, self.close, &headers);
 

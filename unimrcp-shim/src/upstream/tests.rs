@@ -1116,3 +1116,319 @@ fn every_write_is_recorded_with_when_it_began_and_returned() {
     drop((c, s, f));
     assert!(m.wait_until_idle(LONG));
 }
+
+// --- Account: concurrency plan, billing and region headers, forced faults ---
+
+/// Polls `cond` until it holds; panics after [`LONG`].
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The first request with `text`.
+fn request_for(m: &MockUpstream, text: &str) -> RecordedRequest {
+    m.requests().into_iter().find(|q| q.text.as_deref() == Some(text)).expect("no such request")
+}
+
+/// Two clients each holding a slot: their requests stall after the first
+/// chunk until they hang up.
+fn hold_two_slots(m: &MockUpstream) -> (Client, Client) {
+    m.when_text_contains("hold", Behavior::fault(Fault::StallAfterFirstChunk));
+    let mut a = Client::connect(m);
+    a.send(&speak("hold a"));
+    let mut b = Client::connect(m);
+    b.send(&speak("hold b"));
+    for c in [&mut a, &mut b] {
+        let (status, headers) = c.head();
+        assert_eq!(status, 200);
+        // With a limit: this one, and maybe the other.
+        if let Some((_, current)) = headers.iter().find(|(n, _)| n == "current-concurrent-requests") {
+            assert!(current == "1" || current == "2", "{current}");
+        }
+    }
+    assert_eq!(m.max_concurrent(), 2);
+    (a, b)
+}
+
+#[test]
+fn plan_limit_refuses_past_it_with_429_and_headers() {
+    let m = mock();
+    m.set_plan_limit(Some(2));
+    let (a, b) = hold_two_slots(&m);
+    let mut c = Client::connect(&m);
+    c.send(&speak("third caller"));
+    let r = c.response();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["detail"]["status"], "too_many_concurrent_requests");
+    assert!(r.json()["detail"]["message"].is_string());
+    assert_eq!(r.header("current-concurrent-requests"), Some("2"));
+    assert_eq!(r.header("maximum-concurrent-requests"), Some("2"));
+    assert_eq!(r.header("character-cost"), None);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    assert_eq!(m.plan_refusals(), 1);
+    assert_eq!((m.max_concurrent(), m.concurrent_requests()), (2, 2), "a refusal is not in progress");
+    // Errors before the account is known carry no account headers.
+    c.send(&tts_request("v", "pcm_16000", Some("wrong"), r#"{"text":"x"}"#, ""));
+    let r = c.response();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("maximum-concurrent-requests"), None);
+    // A freed slot serves again, on the same connection.
+    drop(a);
+    eventually("a's slot to free", || m.concurrent_requests() == 1);
+    assert!(request_for(&m, "hold a").ended_at.is_some());
+    c.send(&speak("fourth caller"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, expected("fourth caller", 16000));
+    assert_eq!(r.header("current-concurrent-requests"), Some("2"));
+    assert_eq!(r.header("maximum-concurrent-requests"), Some("2"));
+    drop(b);
+    assert!(m.wait_until_idle(LONG));
+    assert_eq!((m.max_concurrent(), m.plan_refusals()), (2, 1));
+    m.reset_max_concurrent();
+    assert_eq!(m.max_concurrent(), 0);
+    // No limit: no concurrency headers, nothing refused.
+    m.set_plan_limit(None);
+    let (a, b) = hold_two_slots(&m);
+    c.send(&speak("no limit"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("current-concurrent-requests"), None);
+    assert_eq!(r.header("maximum-concurrent-requests"), None);
+    assert_eq!(m.max_concurrent(), 3);
+    drop((a, b));
+    assert!(m.wait_until_idle(LONG));
+}
+
+#[test]
+fn plan_queue_holds_a_request_until_a_slot_frees() {
+    let m = mock();
+    m.set_plan_limit(Some(2));
+    m.set_plan_queue(1);
+    let (a, b) = hold_two_slots(&m);
+    let mut c = Client::connect(&m);
+    c.send(&speak("queued caller"));
+    eventually("the third to queue", || m.plan_queued() == 1);
+    assert!(c.silent_for(Duration::from_millis(100)));
+    // The queue is full: the fourth is refused at once.
+    let mut d = Client::connect(&m);
+    d.send(&speak("fourth caller"));
+    let r = d.response();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["detail"]["status"], "too_many_concurrent_requests");
+    assert_eq!(m.plan_refusals(), 1);
+    // A slot frees: the queued request is admitted and served in full.
+    drop(a);
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, expected("queued caller", 16000));
+    assert_eq!(r.header("character-cost"), Some("13"));
+    assert_eq!(r.header("maximum-concurrent-requests"), Some("2"));
+    let (held, queued) = (request_for(&m, "hold a"), request_for(&m, "queued caller"));
+    assert!(queued.first_byte_at.unwrap() >= held.ended_at.unwrap());
+    assert_eq!(m.max_concurrent(), 2);
+    drop(b);
+    assert!(m.wait_until_idle(LONG));
+    // A client that leaves while queued gives up its place.
+    let (a, b) = hold_two_slots(&m);
+    let mut e = Client::connect(&m);
+    e.send(&speak("leaves the queue"));
+    eventually("e to queue", || m.plan_queued() == 1);
+    drop(e);
+    eventually("e to leave the queue", || m.plan_queued() == 0);
+    assert_eq!(m.plan_refusals(), 1);
+    drop((a, b));
+    assert!(m.wait_until_idle(LONG));
+    assert!(m.requests().iter().all(|q| q.ended_at.is_some()));
+}
+
+#[test]
+fn plan_limit_is_checked_after_key_and_validation_and_faults_still_apply() {
+    let m = mock();
+    m.set_plan_limit(Some(0));
+    m.set_region(Some("us-east-1"));
+    let mut c = Client::connect(&m);
+    c.send(&tts_request("v", "pcm_16000", Some(KEY), "{}", ""));
+    let r = c.response();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.header("maximum-concurrent-requests"), Some("0"));
+    assert_eq!(r.header("x-region"), Some("us-east-1"));
+    c.send(&speak("nothing fits"));
+    assert_eq!(c.response().status, 429);
+    assert_eq!((m.plan_refusals(), m.max_concurrent()), (1, 0));
+    m.set_plan_limit(Some(1));
+    m.when_text_contains("[busy]", Behavior::fault(Fault::system_busy()));
+    c.send(&speak("x [busy]"));
+    let r = c.response();
+    assert_eq!((r.status, r.json()["detail"]["status"].clone()), (429, "system_busy".into()));
+    assert_eq!(r.header("current-concurrent-requests"), Some("1"));
+    assert_eq!(r.header("character-cost"), None);
+    assert_eq!((m.plan_refusals(), m.max_concurrent()), (1, 1));
+}
+
+#[test]
+fn character_cost_and_region_headers() {
+    let m = mock();
+    m.when_text_contains("json", Behavior::fault(Fault::JsonInsteadOfAudio));
+    let mut c = Client::connect(&m);
+    let text = "Héllo, wörld! 👋";
+    c.send(&speak(text));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("character-cost"), Some(text.chars().count().to_string().as_str()));
+    assert_eq!(r.header("character-cost"), Some("15"));
+    assert_eq!(r.header("x-region"), None);
+    m.set_region(Some("eu-west-1"));
+    c.send(&timestamps_request("twelve chars", "pcm_16000"));
+    let r = c.response();
+    assert_eq!(r.header("character-cost"), Some("12"));
+    assert_eq!(r.header("x-region"), Some("eu-west-1"));
+    c.send(&speak("json"));
+    let r = c.response();
+    assert_eq!((r.status, r.header("character-cost")), (200, Some("4")));
+    // Errors carry the region but no cost; an unknown key neither.
+    c.send(&tts_request("v", "pcm_16000", Some(KEY), r#"{"text":5}"#, ""));
+    let r = c.response();
+    assert_eq!((r.status, r.header("x-region"), r.header("character-cost")), (422, Some("eu-west-1"), None));
+    c.send(&tts_request("v", "pcm_16000", None, r#"{"text":"x"}"#, ""));
+    assert_eq!(c.response().header("x-region"), None);
+    m.set_region(None);
+    c.send(&speak("gone again"));
+    let r = c.response();
+    assert_eq!(r.header("x-region"), None);
+    assert!(r.header("request-id").is_some());
+}
+
+#[test]
+fn fail_next_fails_exactly_n_then_rules_apply() {
+    let m = mock();
+    m.fail_next(2, Fault::system_busy());
+    assert_eq!(m.fail_next_remaining(), 2);
+    let mut c = Client::connect(&m);
+    // Requests that fail validation do not use one up.
+    c.send(&tts_request("v", "pcm_16000", Some(KEY), "{}", ""));
+    assert_eq!(c.response().status, 422);
+    for i in 0..2 {
+        c.send(&speak("retry me"));
+        let r = c.response();
+        assert_eq!(r.status, 429, "attempt {i}");
+        assert_eq!(r.json()["detail"]["status"], "system_busy");
+    }
+    assert_eq!((m.fault_next_served(), m.fail_next_remaining()), (2, 0));
+    c.send(&speak("retry me"));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, expected("retry me", 16000));
+    assert_eq!(m.fault_next_served(), 2);
+    // The rule's first-byte delay is skipped for the forced fault.
+    m.when_text_contains("slow", Behavior::default().with_first_byte_delay(Duration::from_secs(60)));
+    m.fail_next(1, Fault::server_error(503));
+    let t0 = Instant::now();
+    c.send(&speak("slow"));
+    assert_eq!(c.response().status, 503);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert_eq!(m.fault_next_served(), 3);
+    // n = 0 cancels.
+    m.fail_next(3, Fault::server_error(500));
+    m.fail_next(0, Fault::server_error(500));
+    c.send(&speak("fine"));
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn set_failing_fails_everything_until_cleared() {
+    let m = mock();
+    m.set_plan_limit(Some(4));
+    m.set_failing(Some(Fault::server_error(503)));
+    let mut c = Client::connect(&m);
+    for text in ["one", "two", "three"] {
+        c.send(&speak(text));
+        let r = c.response();
+        assert_eq!(r.status, 503, "{text}");
+        assert_eq!(r.header("maximum-concurrent-requests"), Some("4"));
+    }
+    assert_eq!(m.max_concurrent(), 1, "failed requests are admitted");
+    // fail_next takes precedence while it lasts.
+    m.fail_next(1, Fault::system_busy());
+    c.send(&speak("four"));
+    assert_eq!(c.response().status, 429);
+    c.send(&speak("five"));
+    assert_eq!(c.response().status, 503);
+    m.set_failing(None);
+    c.send(&speak("six"));
+    assert_eq!(c.response().body, expected("six", 16000));
+    assert_eq!(m.plan_refusals(), 0);
+}
+
+/// True if the connection fails (reset or closed) without a byte of
+/// response.
+fn refused(stream: &mut TcpStream) -> bool {
+    let _ = stream.write_all(&speak("are you there"));
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !http::is_timeout(&e),
+    }
+}
+
+#[test]
+fn refuse_connections_resets_new_and_kept_alive_connections() {
+    let m = mock();
+    let mut kept = Client::connect(&m);
+    kept.send(&speak("before"));
+    assert_eq!(kept.response().status, 200);
+    m.set_refuse_connections(true);
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(m.addr()).unwrap();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        assert!(refused(&mut s));
+    }
+    eventually("three refusals", || m.refused_connections() == 3);
+    // The kept-alive connection is reset at its next request.
+    assert!(refused(&mut kept.stream));
+    eventually("the kept-alive refusal", || m.refused_connections() == 4);
+    assert_eq!(m.request_count(), 1, "refused requests are not recorded");
+    assert_eq!(m.connection_count(), 1);
+    m.set_refuse_connections(false);
+    let mut c = Client::connect(&m);
+    c.send(&speak("after"));
+    assert_eq!(c.response().body, expected("after", 16000));
+    assert_eq!((m.refused_connections(), m.connection_count()), (4, 2));
+    assert!(m.wait_until_idle(LONG));
+}
+
+#[test]
+fn refused_connection_is_a_reset_not_a_close() {
+    let m = mock();
+    m.set_refuse_connections(true);
+    let mut s = TcpStream::connect(m.addr()).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    eventually("the refusal", || m.refused_connections() == 1);
+    let mut buf = [0u8; 16];
+    let got = s.read(&mut buf);
+    assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset), "expected a reset, got {got:?}");
+}
+
+#[test]
+fn drop_is_prompt_with_a_queued_request() {
+    let m = mock();
+    m.set_plan_limit(Some(1));
+    m.set_plan_queue(4);
+    m.set_default(Behavior::fault(Fault::HangBeforeHeaders));
+    let mut held = Client::connect(&m);
+    held.send(&speak("held"));
+    let mut queued = Client::connect(&m);
+    queued.send(&speak("queued"));
+    eventually("the second to queue", || m.plan_queued() == 1);
+    assert_eq!(m.active_streams(), 2);
+    let t0 = Instant::now();
+    drop(m);
+    assert!(t0.elapsed() < Duration::from_secs(4), "drop took {:?}", t0.elapsed());
+    assert!(held.closed_by_server());
+    assert!(queued.closed_by_server());
+}
