@@ -14,6 +14,7 @@ use crate::channel::{Channel, EngineShared};
 use crate::config::{self, Config, Refusal};
 use crate::ffi::{self, ChannelRef, EngineRef};
 use crate::synth::{self, warmup::Warmup, Command, WorkerHandle};
+use crate::tts::capacity::Capacity;
 use crate::tts::elevenlabs::ElevenLabs;
 use crate::tts::Provider;
 
@@ -22,6 +23,8 @@ pub struct Engine {
     shared: Arc<EngineShared>,
     /// Set by a successful open.
     config: Mutex<Option<Arc<Config>>>,
+    /// The account's slots and the upstream's circuits, from open on.
+    capacity: Mutex<Option<Arc<Capacity>>>,
     provider: Arc<dyn Provider>,
     /// The cache warm-up thread, while it runs.
     warmup: Mutex<Option<Warmup>>,
@@ -35,6 +38,7 @@ impl Engine {
         Engine {
             shared: Arc::new(EngineShared::default()),
             config: Mutex::new(None),
+            capacity: Mutex::new(None),
             provider: Arc::new(ElevenLabs),
             warmup: Mutex::new(None),
             closer: Mutex::new(None),
@@ -72,9 +76,15 @@ impl ffi::Engine for Engine {
             log::info!("cache: {} (max {} MiB, max age {:?})", c.dir.display(), c.max_bytes / (1024 * 1024), c.max_age);
         }
         let config = Arc::new(config);
+        let capacity = Capacity::new(&config);
         if let (Some(cache), Some(file)) = (&cache, &config.cache_warmup_file) {
-            *self.warmup.lock() =
-                Warmup::start(file.clone(), Arc::clone(&config), Arc::clone(cache), Arc::clone(&self.provider));
+            *self.warmup.lock() = Warmup::start(
+                file.clone(),
+                Arc::clone(&config),
+                Arc::clone(cache),
+                Arc::clone(&self.provider),
+                Arc::clone(&capacity),
+            );
         }
         *self.shared.cache.lock() = cache;
         if let Some(lang) = &config.language_code {
@@ -92,6 +102,17 @@ impl ffi::Engine for Engine {
             config.max_buffer_ms,
             curl::Version::get().version()
         );
+        log::info!(
+            "upstream capacity: max_concurrent_requests={} queue_timeout_ms={} max_retries={} circuit_failure_threshold={} circuit_open_ms={} fallback_base_url={} max_speak_chars={}",
+            config.max_concurrent_requests.map_or_else(|| "learned".to_owned(), |n| n.to_string()),
+            config.queue_timeout.as_millis(),
+            config.max_retries,
+            config.circuit_failure_threshold,
+            config.circuit_open.as_millis(),
+            config.fallback_base_url.as_deref().unwrap_or("-"),
+            config.max_speak_chars
+        );
+        *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
     }
@@ -101,6 +122,21 @@ impl ffi::Engine for Engine {
             self.shared.workers.lock().iter().filter_map(|slot| slot.lock().take()).collect();
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let cache = self.shared.cache.lock().take();
+        if let Some(capacity) = self.capacity.lock().as_ref() {
+            let f = capacity.limiter.figures();
+            let circuits: Vec<String> = capacity
+                .endpoints()
+                .iter()
+                .map(|e| format!("{} {:?} after {} changes", e.base_url, e.breaker.state(), e.breaker.transitions()))
+                .collect();
+            log::info!(
+                "upstream capacity at close: limit {} slots, peak {} in use, {} concurrency 429s; circuits: {}",
+                f.limit,
+                f.peak_in_use,
+                f.rejections,
+                circuits.join(", ")
+            );
+        }
         let warmup = self.warmup.lock().take();
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
@@ -136,11 +172,13 @@ impl ffi::Engine for Engine {
     }
 
     fn new_channel(&self) -> Option<Channel> {
-        let Some(config) = self.config.lock().clone() else {
+        let config = self.config.lock().clone();
+        let capacity = self.capacity.lock().clone();
+        let (Some(config), Some(capacity)) = (config, capacity) else {
             log::error!("create_channel before a successful engine open");
             return None;
         };
-        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider))
+        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider), capacity)
             .map_err(|e| log::error!("create_channel: cannot create the wake-up fd: {e}"))
             .ok()
     }

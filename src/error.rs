@@ -30,6 +30,24 @@ pub enum Failure {
     /// Which request of several failed.
     #[error("{cause} ({at})")]
     At { cause: Box<Failure>, at: String },
+    /// No slot of the account's concurrency came free in time.
+    #[error("upstream busy: waited {} ms for one of {slots} slots", .waited.as_millis())]
+    Busy { waited: Duration, slots: usize },
+    /// The upstream's circuit is open (and the fallback's, if any).
+    #[error("upstream unavailable (circuit open since {since}, last error {last_error})")]
+    Unavailable { since: String, last_error: String },
+    /// What the upstream said, after how many tries, and the id of the last
+    /// request (what ElevenLabs support asks for).
+    #[error("{cause} ({})", tries_and_id(*.tries, .request_id.as_deref()))]
+    Tried { cause: Box<Failure>, tries: u32, request_id: Option<String> },
+}
+
+fn tries_and_id(tries: u32, request_id: Option<&str>) -> String {
+    match (tries, request_id) {
+        (0 | 1, Some(id)) => format!("request-id {id}"),
+        (n, Some(id)) => format!("{n} tries, request-id {id}"),
+        (n, None) => format!("{n} tries"),
+    }
 }
 
 impl Failure {
@@ -38,6 +56,15 @@ impl Failure {
     }
 
     /// SPEAK-COMPLETE's cause and reason.
+    /// Notes the tries made and the last request id, when there is
+    /// something to say (several tries, or an id to quote).
+    pub fn tried(self, tries: u32, request_id: Option<String>) -> Failure {
+        if tries <= 1 && request_id.is_none() {
+            return self;
+        }
+        Failure::Tried { cause: Box::new(self), tries, request_id }
+    }
+
     pub fn completion(&self) -> Completion {
         Completion { cause: self.cause(), reason: Some(self.to_string()) }
     }
@@ -45,7 +72,7 @@ impl Failure {
     fn cause(&self) -> CompletionCause {
         match self {
             Failure::Lexicon(_) => CompletionCause::LexiconLoadFailure,
-            Failure::At { cause, .. } => cause.cause(),
+            Failure::At { cause, .. } | Failure::Tried { cause, .. } => cause.cause(),
             _ => CompletionCause::Error,
         }
     }
@@ -64,6 +91,10 @@ pub enum SpeakError {
     /// plugin breaking the protocol.
     #[error("another SPEAK is in progress")]
     Busy,
+    /// The cost guard: more characters than `max_speak_chars` would go
+    /// upstream.
+    #[error("SPEAK would send {chars} characters upstream, max_speak_chars={max}")]
+    TooLong { chars: usize, max: usize },
 }
 
 impl From<BodyError> for SpeakError {
@@ -103,6 +134,7 @@ impl SpeakError {
                 (Answer::Refuse(Status::UnsupportedParamValue), CompletionCause::Error)
             }
             SpeakError::Busy => (Answer::Refuse(Status::MethodNotValid), CompletionCause::Error),
+            SpeakError::TooLong { .. } => (Answer::CompleteAtOnce, CompletionCause::Error),
         };
         (answer, Completion { cause, reason: Some(self.to_string()) })
     }
@@ -134,6 +166,22 @@ mod tests {
             Failure::Lexicon("upstream HTTP 404 pronunciation_dictionary_not_found".into()).at("part 2 of 2".into());
         assert_eq!(f.completion().cause, CompletionCause::LexiconLoadFailure);
         assert_eq!(f.to_string(), "upstream HTTP 404 pronunciation_dictionary_not_found (part 2 of 2)");
+        let f = Failure::Upstream("upstream HTTP 503: down".into()).tried(3, Some("req-9".into()));
+        assert_eq!(f.to_string(), "upstream HTTP 503: down (3 tries, request-id req-9)");
+        let f = Failure::Upstream("upstream HTTP 500".into()).tried(1, None);
+        assert_eq!(f.to_string(), "upstream HTTP 500", "nothing to add");
+        let f = Failure::Stalled(Duration::from_millis(500)).tried(1, Some("mock-1".into()));
+        assert_eq!(f.to_string(), "upstream stalled: no data for stall_timeout_ms=500 (request-id mock-1)");
+        let f = Failure::Busy { waited: Duration::from_millis(8000), slots: 5 };
+        assert_eq!(f.to_string(), "upstream busy: waited 8000 ms for one of 5 slots");
+        let f = Failure::Unavailable { since: "2026-12-01T17:30:05Z".into(), last_error: "upstream HTTP 503".into() };
+        assert_eq!(
+            f.to_string(),
+            "upstream unavailable (circuit open since 2026-12-01T17:30:05Z, last error upstream HTTP 503)"
+        );
+        let (a, c) = SpeakError::TooLong { chars: 200_000, max: 5000 }.answer();
+        assert_eq!((a, c.cause), (Answer::CompleteAtOnce, CompletionCause::Error));
+        assert_eq!(c.reason.as_deref(), Some("SPEAK would send 200000 characters upstream, max_speak_chars=5000"));
         let (a, c) = SpeakError::Refused(Refusal::Lexicon("4 pronunciation dictionaries".into())).answer();
         assert_eq!((a, c.cause), (Answer::CompleteAtOnce, CompletionCause::LexiconLoadFailure));
     }

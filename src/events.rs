@@ -38,6 +38,14 @@ pub struct SpeakEnded<'a> {
     /// for ElevenLabs support and request stitching; None when the audio
     /// did not come from a request of ours.
     pub upstream_request_id: Option<&'a str>,
+    /// Characters the upstream billed (`character-cost`), when it said.
+    pub characters_billed: Option<u64>,
+    /// The region that served the last request (`x-region`), when it said.
+    pub region: Option<&'a str>,
+    /// Upstream requests sent for this SPEAK (parts and tries).
+    pub tries: u32,
+    /// Time spent queued for an upstream slot.
+    pub queue_wait: Duration,
     /// "000 normal", "004 error", "stopped", ...
     pub cause: &'a str,
 }
@@ -78,7 +86,7 @@ fn log_line(event: &Event<'_>) {
     let audio_ms = e.audio_bytes / bytes_per_ms.max(1);
     let ttfb = e.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
     log::info!(
-        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} request_id={} cause={}",
+        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} chars_billed={} region={} tries={} queue_ms={} request_id={} cause={}",
         e.channel,
         e.request_id,
         e.chars,
@@ -91,6 +99,10 @@ fn log_line(event: &Event<'_>) {
         e.audio_bytes,
         e.http_status,
         e.underruns,
+        e.characters_billed.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        e.region.unwrap_or("-"),
+        e.tries,
+        e.queue_wait.as_millis(),
         e.upstream_request_id.unwrap_or("-"),
         e.cause
     );

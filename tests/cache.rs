@@ -123,7 +123,9 @@ fn a_hit_is_ready_at_the_next_media_tick() {
 #[test]
 fn failed_stopped_or_cut_synthesis_never_becomes_an_entry() {
     let dir = TempDir::new("failed");
-    let rig = cached_rig(&dir, &[("stall_timeout_ms", "500")]);
+    // One try each and no circuit: this is about what the cache keeps.
+    let params = [("stall_timeout_ms", "500"), ("max_retries", "0"), ("circuit_failure_threshold", "0")];
+    let rig = cached_rig(&dir, &params);
     rig.upstream.when_text_contains("error", Behavior::fault(Fault::server_error(500)));
     rig.upstream.when_text_contains("cut", Behavior::fault(Fault::CutAfterBytes(4001)).with_audio_ms(3000));
     rig.upstream.when_text_contains("stall", Behavior::fault(Fault::StallAfterFirstChunk).with_audio_ms(3000));

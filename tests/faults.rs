@@ -29,28 +29,50 @@ fn reason(m: &unimrcp_shim::host::Recorded) -> &str {
 
 #[test]
 fn http_errors_name_status_and_detail() {
-    let rig = rig(&[]);
+    // No circuit here: this is about what each answer is called, and how
+    // often it is tried (default max_retries=2). A concurrency 429 on every
+    // try waits in the queue until queue_timeout_ms.
+    let rig = rig(&[("circuit_failure_threshold", "0"), ("queue_timeout_ms", "1500")]);
     let cases = [
         (
             "unauthorized",
             Fault::http(401, "invalid_api_key", "Invalid API key"),
             "upstream HTTP 401 invalid_api_key: Invalid API key",
+            Some(1),
         ),
-        ("novoice", Fault::voice_not_found(), "upstream HTTP 404 voice_not_found"),
-        ("busy", Fault::too_many_concurrent_requests(), "upstream HTTP 429 too_many_concurrent_requests"),
-        ("system", Fault::system_busy(), "upstream HTTP 429 system_busy"),
-        ("invalid", Fault::ValidationError, "upstream HTTP 422"),
-        ("crash", Fault::server_error(500), "upstream HTTP 500"),
-        ("unavailable", Fault::server_error(503), "upstream HTTP 503"),
-        ("json", Fault::JsonInsteadOfAudio, "instead of audio"),
-        ("html", Fault::WrongContentType, "sent text/html"),
+        ("novoice", Fault::voice_not_found(), "upstream HTTP 404 voice_not_found", Some(1)),
+        ("busy", Fault::too_many_concurrent_requests(), "upstream HTTP 429 too_many_concurrent_requests", None),
+        ("system", Fault::system_busy(), "upstream HTTP 429 system_busy", Some(3)),
+        ("invalid", Fault::ValidationError, "upstream HTTP 422", Some(1)),
+        ("crash", Fault::server_error(500), "upstream HTTP 500", Some(3)),
+        ("unavailable", Fault::server_error(503), "upstream HTTP 503", Some(3)),
+        ("json", Fault::JsonInsteadOfAudio, "instead of audio", Some(1)),
+        ("html", Fault::WrongContentType, "sent text/html", Some(1)),
     ];
-    for (needle, fault, _) in &cases {
+    for (needle, fault, _, _) in &cases {
         rig.upstream.when_text_contains(needle, Behavior::fault(fault.clone()));
     }
-    for (needle, _, expected) in &cases {
+    for (needle, _, expected, tries) in &cases {
+        let before = rig.upstream.request_count();
         let (done, _) = failing_speak(&rig, &format!("fault {needle}"));
-        assert!(reason(&done).contains(expected), "{needle}: {:?} lacks {expected:?}", reason(&done));
+        let sent = rig.upstream.request_count() - before;
+        let reason = reason(&done);
+        assert!(reason.contains(expected), "{needle}: {reason:?} lacks {expected:?}");
+        // The last request's id, to quote to support, and the tries made.
+        let last = MockUpstream::request_id_of(rig.upstream.request_count() - 1);
+        match tries {
+            Some(1) => assert!(reason.ends_with(&format!(" (request-id {last})")), "{needle}: {reason}"),
+            Some(n) => {
+                assert_eq!(sent, *n, "{needle}: tried {n} times");
+                assert!(reason.ends_with(&format!(" ({n} tries, request-id {last})")), "{needle}: {reason}");
+            }
+            // Put back in the queue after each 429 until the queue's
+            // time ran out: several tries, then the upstream's answer.
+            None => {
+                assert!(sent >= 2, "{needle}: requeued, sent {sent}");
+                assert!(reason.ends_with(&format!(" ({sent} tries, request-id {last})")), "{needle}: {reason}");
+            }
+        }
     }
     assert_clean(&rig.server);
 }
@@ -116,7 +138,9 @@ fn stall_mid_stream() {
     let rig = rig(&[("stall_timeout_ms", "500")]);
     rig.upstream.set_default(Behavior::fault(Fault::StallAfterFirstChunk).with_audio_ms(10_000));
     let (done, took) = failing_speak(&rig, "Stalls after one chunk.");
-    assert_eq!(reason(&done), "upstream stalled: no data for stall_timeout_ms=500");
+    // Audio had reached the buffer: not retried; the id is there to quote.
+    assert_eq!(reason(&done), "upstream stalled: no data for stall_timeout_ms=500 (request-id mock-1)");
+    assert_eq!(rig.upstream.request_count(), 1);
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(rig.upstream.wait_until_idle(Duration::from_secs(5)), "the stalled transfer was closed");
 }

@@ -22,6 +22,7 @@ use crate::ffi::{self, ChannelRef};
 use crate::media::{buffer_capacity, buffer_limit, Playback, SAMPLE_RATES};
 use crate::mrcp::{Completion, Origin, Request};
 use crate::synth::{self, send_complete, Command, Shared, WorkerHandle};
+use crate::tts::capacity::Capacity;
 use crate::tts::Provider;
 
 /// A worker's slot: the channel's handle on it until close takes it.
@@ -48,6 +49,7 @@ pub struct Channel {
     engine: Arc<EngineShared>,
     config: Arc<Config>,
     provider: Arc<dyn Provider>,
+    capacity: Arc<Capacity>,
     /// The worker, until channel close (or engine close) takes it.
     pub worker: WorkerSlot,
     /// A worker told to shut down, joined in destroy.
@@ -59,9 +61,18 @@ impl Channel {
         engine: Arc<EngineShared>,
         config: Arc<Config>,
         provider: Arc<dyn Provider>,
+        capacity: Arc<Capacity>,
     ) -> std::io::Result<Channel> {
         let shared = Arc::new(Shared::new(buffer_capacity(config.max_buffer_ms))?);
-        Ok(Channel { shared, engine, config, provider, worker: Arc::new(Mutex::new(None)), stopping: Mutex::new(None) })
+        Ok(Channel {
+            shared,
+            engine,
+            config,
+            provider,
+            capacity,
+            worker: Arc::new(Mutex::new(None)),
+            stopping: Mutex::new(None),
+        })
     }
 
     fn send_to_worker(&self, command: Command) -> bool {

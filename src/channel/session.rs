@@ -83,6 +83,7 @@ impl Channel {
             sample_rate: rate,
             config,
             provider: Arc::clone(&self.provider),
+            capacity: Arc::clone(&self.capacity),
             cache: self.engine.cache.lock().clone(),
             policy: Policy::from_header(request.cache_control.as_deref()),
         };
@@ -105,7 +106,14 @@ impl Channel {
         let phonemes = config::takes_phonemes(&resolved.config.model_id);
         let language = headers.speech_language.as_deref();
         let script = script_from_body(request.content_type.as_deref(), &request.body, phonemes, language)?;
-        Ok((rate, plan::build(&script, resolved, &self.config)?))
+        let plan = plan::build(&script, resolved, &self.config)?;
+        // The cost guard: checked before anything is sent, on what would be
+        // sent (after SSML expansion: say-as, sub).
+        let (chars, max) = (plan.chars(), self.config.max_speak_chars);
+        if max > 0 && chars > max {
+            return Err(SpeakError::TooLong { chars, max });
+        }
+        Ok((rate, plan))
     }
 
     /// A SPEAK refused before anything went upstream: a final error

@@ -22,6 +22,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 8000;
 pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_MAX_BUFFER_MS: u64 = 4000;
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+pub const DEFAULT_CIRCUIT_FAILURE_THRESHOLD: u32 = 5;
+pub const DEFAULT_CIRCUIT_OPEN_MS: u64 = 10_000;
+pub const DEFAULT_MAX_SPEAK_CHARS: usize = 5000;
 
 /// Every param we understand, for the unknown-param warning.
 pub const KNOWN_PARAMS: &[&str] = &[
@@ -55,6 +59,13 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "seed",
     "apply_text_normalization",
     "pronunciation_dictionaries",
+    "max_concurrent_requests",
+    "queue_timeout_ms",
+    "max_retries",
+    "circuit_failure_threshold",
+    "circuit_open_ms",
+    "fallback_base_url",
+    "max_speak_chars",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -119,12 +130,26 @@ pub struct Config {
     pub voice_id_male: Option<String>,
     pub voice_id_female: Option<String>,
     pub voice_id_neutral: Option<String>,
-    pub seed: Option<u64>,
+    /// ElevenLabs takes 0..=4294967295.
+    pub seed: Option<u32>,
     /// auto, on or off.
     pub apply_text_normalization: Option<String>,
     /// Pronunciation dictionaries applied to every request, in order (at
     /// most `MAX_DICTIONARIES`).
     pub pronunciation_dictionaries: Vec<Locator>,
+    /// The account's concurrency (None: learned from the upstream).
+    pub max_concurrent_requests: Option<usize>,
+    /// Longest a request waits in the queue for a slot.
+    pub queue_timeout: Duration,
+    /// Retries of a request that failed before any audio.
+    pub max_retries: u32,
+    /// Consecutive failures that open the circuit (0: never).
+    pub circuit_failure_threshold: u32,
+    pub circuit_open: Duration,
+    /// Used while the primary's circuit is open.
+    pub fallback_base_url: Option<String>,
+    /// Characters one SPEAK may send upstream (0: no cap).
+    pub max_speak_chars: usize,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -203,6 +228,13 @@ impl fmt::Debug for Config {
             .field("seed", &self.seed)
             .field("apply_text_normalization", &self.apply_text_normalization)
             .field("pronunciation_dictionaries", &self.pronunciation_dictionaries)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("circuit_failure_threshold", &self.circuit_failure_threshold)
+            .field("circuit_open", &self.circuit_open)
+            .field("fallback_base_url", &self.fallback_base_url)
+            .field("max_speak_chars", &self.max_speak_chars)
             .finish()
     }
 }
@@ -268,6 +300,18 @@ impl<'a> Params<'a> {
     }
 }
 
+/// An http(s) base URL, without a trailing slash.
+fn http_url(param: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let url = raw.trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || url.len() <= "https://".len()
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(err(param, format!("'{url}' is not an http(s) URL")));
+    }
+    Ok(url)
+}
+
 /// Voice ids go into the URL path: allow only what ElevenLabs ids are made of.
 pub fn valid_voice_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -302,13 +346,11 @@ impl Config {
             return Err(err("api_key", "contains spaces or control characters"));
         }
 
-        let base_url = p.get("base_url").unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-            || base_url.len() <= "https://".len()
-            || base_url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(err("base_url", format!("'{base_url}' is not an http(s) URL")));
-        }
+        let base_url = http_url("base_url", p.get("base_url").unwrap_or(DEFAULT_BASE_URL))?;
+        let fallback_base_url = match p.get("fallback_base_url") {
+            None | Some("") => None,
+            Some(url) => Some(http_url("fallback_base_url", url)?),
+        };
 
         let voice_id = p.get("voice_id").unwrap_or("").to_owned();
         if voice_id.is_empty() {
@@ -384,7 +426,10 @@ impl Config {
         };
         let seed = match p.get("seed") {
             None | Some("") => None,
-            Some(raw) => Some(raw.parse::<u64>().map_err(|_| err("seed", format!("'{raw}' is not a whole number")))?),
+            Some(raw) => Some(
+                raw.parse::<u32>()
+                    .map_err(|_| err("seed", format!("'{raw}' is not a whole number in 0..=4294967295")))?,
+            ),
         };
         let apply_text_normalization = match p.get("apply_text_normalization").map(str::to_ascii_lowercase) {
             None => None,
@@ -399,7 +444,25 @@ impl Config {
             return Err(err("pronunciation_dictionaries", too_many_dictionaries(pronunciation_dictionaries.len())));
         }
 
+        let first_byte_timeout_ms = p.millis("first_byte_timeout_ms", DEFAULT_FIRST_BYTE_TIMEOUT_MS, 1, 120_000)?;
+        let max_concurrent_requests = match p.get("max_concurrent_requests") {
+            None | Some("") => None,
+            Some(_) => Some(p.millis("max_concurrent_requests", 0, 1, 10_000)? as usize),
+        };
+
         Ok(Config {
+            max_concurrent_requests,
+            queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
+            max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,
+            circuit_failure_threshold: p.millis(
+                "circuit_failure_threshold",
+                u64::from(DEFAULT_CIRCUIT_FAILURE_THRESHOLD),
+                0,
+                1000,
+            )? as u32,
+            circuit_open: Duration::from_millis(p.millis("circuit_open_ms", DEFAULT_CIRCUIT_OPEN_MS, 1, 3_600_000)?),
+            fallback_base_url,
+            max_speak_chars: p.millis("max_speak_chars", DEFAULT_MAX_SPEAK_CHARS as u64, 0, 10_000_000)? as usize,
             pronunciation_dictionaries,
             voice_map,
             voice_id_male: gender_voice("voice_id_male")?,
@@ -422,12 +485,7 @@ impl Config {
                 1,
                 120_000,
             )?),
-            first_byte_timeout: Duration::from_millis(p.millis(
-                "first_byte_timeout_ms",
-                DEFAULT_FIRST_BYTE_TIMEOUT_MS,
-                1,
-                120_000,
-            )?),
+            first_byte_timeout: Duration::from_millis(first_byte_timeout_ms),
             stall_timeout: Duration::from_millis(p.millis("stall_timeout_ms", DEFAULT_STALL_TIMEOUT_MS, 1, 120_000)?),
             max_buffer_ms: p.millis("max_buffer_ms", DEFAULT_MAX_BUFFER_MS, 200, 60_000)?,
             prebuffer_ms: p.millis("prebuffer_ms", 0, 0, 2_000)?,

@@ -221,7 +221,9 @@ pub fn resolve(base: &Config, h: &SpeakHeaders) -> Result<Resolved, Refusal> {
             }
             "seed" => {
                 c.seed = Some(v.parse().map_err(|_| {
-                    Refusal::Value(format!("Vendor-Specific-Parameters {name}={v} is not a whole number"))
+                    Refusal::Value(format!(
+                        "Vendor-Specific-Parameters {name}={v} is not a whole number in 0..=4294967295"
+                    ))
                 })?)
             }
             "apply_text_normalization" | "text_normalization" => match v.to_ascii_lowercase().as_str() {

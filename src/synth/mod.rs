@@ -32,6 +32,7 @@ use crate::ffi::panic::describe;
 use crate::ffi::ChannelRef;
 use crate::mrcp::Completion;
 use crate::plan::Plan;
+use crate::tts::capacity::Capacity;
 use crate::tts::{Provider, Stats, Transport};
 
 use marks::Marks;
@@ -55,6 +56,8 @@ pub struct Job {
     pub config: Arc<Config>,
     /// Who synthesizes (engine-wide).
     pub provider: Arc<dyn Provider>,
+    /// The account's slots and the upstream's circuits (engine-wide).
+    pub capacity: Arc<Capacity>,
     /// The engine's prompt cache, if on.
     pub cache: Option<Arc<Cache>>,
     /// What the SPEAK's Cache-Control allows.

@@ -13,7 +13,19 @@ use crate::cache::{FlightEnd, Lookup, Tee};
 use crate::error::Failure;
 use crate::media::{PlaybackSink, Push, NO_CUE};
 use crate::plan::{self, Step};
-use crate::tts::{Outcome, SpeechRequest, Stats, Transport};
+use crate::tts::capacity::{retry, Health, Next, Permit, Ticket};
+use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble};
+
+/// Longest sleep while queued for a slot (a grant, a command or the
+/// backoff's end wakes it sooner; this only bounds a missed wake-up).
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How the wait for an upstream slot ended.
+enum Slot {
+    Granted(Permit),
+    Interrupted,
+    TimedOut,
+}
 
 /// How one upstream request of a SPEAK ended.
 enum Part {
@@ -188,22 +200,175 @@ impl Worker {
         (Part::Done, pushed)
     }
 
-    /// One upstream request, run to its end while commands keep being
-    /// served (a STOP must not wait for the network).
+    /// One upstream request of the SPEAK: routed past the circuit
+    /// breakers, queued for one of the account's slots, sent, and tried
+    /// again while that is worth it (see tts/capacity). The slot is given
+    /// back the moment the transfer ends.
     fn transfer(
+        &mut self,
+        transport: &mut Transport,
+        request: &SpeechRequest,
+        job: &Job,
+        mut tee: Tee,
+        marks: &mut PartMarks<'_>,
+    ) -> (Part, Stats, Tee) {
+        let capacity = &job.capacity;
+        let queued_at = Instant::now();
+        let queue_deadline = queued_at + capacity.queue_timeout;
+        // Retries share the first byte's budget, counted from the first
+        // time a slot was granted.
+        let mut budget: Option<Instant> = None;
+        let (mut tries, mut retries, mut requeues) = (0u32, 0u32, 0u32);
+        let mut again: Option<Instant> = None; // a retry's backoff
+        let mut last: Option<(Failure, Stats)> = None;
+        let mut queue_wait = std::time::Duration::ZERO;
+        loop {
+            let pass = match capacity.route() {
+                Ok(pass) => pass,
+                Err(refused) => {
+                    // The circuit opened under our retries: say what the
+                    // upstream last said to us.
+                    let (failure, stats) = match last {
+                        Some((failure, stats)) => (failure, stats),
+                        None => (refused, Stats::default()),
+                    };
+                    let id = stats.request_id.clone();
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                }
+            };
+            let ticket = capacity.limiter.enqueue(Arc::clone(&self.shared.link.waker), tries > 0, again);
+            let queued = Instant::now();
+            let slot = self.wait_for_slot(job, ticket, queue_deadline);
+            queue_wait += queued.elapsed();
+            let permit = match slot {
+                Slot::Granted(permit) => permit,
+                Slot::Interrupted => {
+                    let stats = last.map(|(_, s)| s).unwrap_or_default();
+                    return (Part::Interrupted, stats, tee);
+                }
+                Slot::TimedOut => {
+                    let busy = Failure::Busy { waited: queued_at.elapsed(), slots: capacity.limiter.figures().limit };
+                    let (failure, stats) = match last {
+                        // Retrying a failure, the queue never came free:
+                        // the failure is the news.
+                        Some((failure, stats)) => (failure, stats),
+                        None => (busy, Stats { queue_wait, ..Stats::default() }),
+                    };
+                    let id = stats.request_id.clone();
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                }
+            };
+            let deadline = *budget.get_or_insert_with(|| Instant::now() + job.config.first_byte_timeout);
+            if let Some((failure, stats)) = last.take() {
+                if Instant::now() >= deadline {
+                    // The queue ate what was left of the budget.
+                    let id = stats.request_id.clone();
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                }
+            }
+            tries += 1;
+            let (part, mut stats, back) = self.attempt(transport, request, job, tee, marks, pass.base_url(), deadline);
+            tee = back;
+            stats.tries = tries;
+            stats.queue_wait = queue_wait;
+            if pass.is_fallback() {
+                stats.source = "fallback";
+            }
+            if let Some(max) = stats.max_concurrency {
+                capacity.limiter.advertise(max);
+            }
+            let failure = match part {
+                Part::Done => {
+                    pass.report(Health::Up, "");
+                    permit.succeeded();
+                    return (Part::Done, stats, tee);
+                }
+                // A probe that was stopped says nothing (Pass's drop).
+                Part::Interrupted => return (Part::Interrupted, stats, tee),
+                Part::Failed(failure) => failure,
+            };
+            let (next, health) = retry::judge(stats.trouble.as_ref());
+            pass.report(health, &failure.to_string());
+            // Audio of this attempt reached the buffer or the cache copy: a
+            // caller must never hear a phrase twice.
+            let heard = stats.received > 0;
+            let now = Instant::now();
+            match next {
+                Next::Requeue if !heard => {
+                    permit.rejected();
+                    requeues += 1;
+                    again = Some(now + retry::requeue_delay(requeues));
+                }
+                Next::Retry if !heard && retries < capacity.max_retries => {
+                    drop(permit);
+                    let wait = retry::backoff(retries + 1);
+                    if now + wait >= deadline {
+                        let id = stats.request_id.clone();
+                        return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                    }
+                    retries += 1;
+                    again = Some(now + wait);
+                    log::info!(
+                        "[{}] SPEAK {}: try {tries} failed ({failure}); retrying in {} ms",
+                        self.id(),
+                        job.speak.request_id,
+                        wait.as_millis()
+                    );
+                }
+                _ => {
+                    drop(permit);
+                    let id = stats.request_id.clone();
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                }
+            }
+            last = Some((failure, stats));
+        }
+    }
+
+    /// Waits in the engine's queue for an upstream slot, serving commands
+    /// (a STOP takes the SPEAK out of the queue at once: dropping the
+    /// ticket leaves it).
+    fn wait_for_slot(&mut self, job: &Job, mut ticket: Ticket, deadline: Instant) -> Slot {
+        loop {
+            if let Some(permit) = ticket.take() {
+                return Slot::Granted(permit);
+            }
+            if self.serve_commands(job) {
+                return Slot::Interrupted;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Granted at the last moment still counts.
+                return ticket.take().map_or(Slot::TimedOut, Slot::Granted);
+            }
+            let mut wait = deadline - now;
+            if let Some(hint) = ticket.wait_hint(now) {
+                wait = wait.min(hint);
+            }
+            self.shared.link.waker.wait(Some(wait.min(SLOT_WAIT)));
+        }
+    }
+
+    /// One attempt at one upstream request, run to its end while commands
+    /// keep being served (a STOP must not wait for the network).
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
         &mut self,
         transport: &mut Transport,
         request: &SpeechRequest,
         job: &Job,
         tee: Tee,
         marks: &mut PartMarks<'_>,
+        base_url: &str,
+        first_byte_by: Instant,
     ) -> (Part, Stats, Tee) {
         let generation = job.speak.generation;
         let sink = Box::new(PlaybackSink { link: Arc::clone(&self.shared.link), generation });
-        let mut transfer = match transport.start(&job.provider, request, sink, tee) {
+        let mut transfer = match transport.start(&job.provider, base_url, request, sink, tee) {
             Ok(t) => t,
             Err((reason, tee)) => return (Part::Failed(reason), Stats::default(), tee),
         };
+        transfer.first_byte_by(first_byte_by);
         let mut expired: Option<Failure> = None;
         let mut interrupted = false;
         loop {
@@ -233,9 +398,12 @@ impl Worker {
             transfer.wait(self.shared.link.waker.fd(), now);
             self.shared.link.waker.drain();
         }
-        let (outcome, stats, tee) = transfer.finish();
+        let (outcome, mut stats, tee) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
             return (Part::Interrupted, stats, tee);
+        }
+        if expired.is_some() {
+            stats.trouble = Some(Trouble::Timeout);
         }
         let part = match (expired, outcome) {
             (Some(reason), _) | (None, Outcome::Failed(reason)) => Part::Failed(reason),

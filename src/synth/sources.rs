@@ -109,7 +109,7 @@ impl Worker {
             time_to_first_byte: first_byte,
             http_status: 0,
             source,
-            request_id: None,
+            ..Stats::default()
         };
         match fed {
             Fed::Done(_) => self.finish_buffering(job, stats),

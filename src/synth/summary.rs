@@ -22,6 +22,10 @@ impl Worker {
             http_status: stats.http_status,
             underruns: self.shared.link.underruns.swap(0, Ordering::Relaxed),
             upstream_request_id: stats.request_id.as_deref(),
+            characters_billed: stats.characters,
+            region: stats.region.as_deref(),
+            tries: stats.tries,
+            queue_wait: stats.queue_wait,
             cause,
         }));
     }

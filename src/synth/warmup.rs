@@ -14,13 +14,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cache::{Cache, FlightEnd, Lookup, Tee};
 use crate::config::{valid_voice_id, Config};
 use crate::error::Failure;
 use crate::media::{Discard, Waker};
 use crate::plan;
+use crate::tts::capacity::{retry, Capacity, Health, Next, Permit};
 use crate::tts::{Outcome, Provider, Transport};
 
 /// One line of the warm-up file.
@@ -70,7 +71,13 @@ pub struct Warmup {
 
 impl Warmup {
     /// Starts warming `path` in the background.
-    pub fn start(path: String, config: Arc<Config>, cache: Arc<Cache>, provider: Arc<dyn Provider>) -> Option<Warmup> {
+    pub fn start(
+        path: String,
+        config: Arc<Config>,
+        cache: Arc<Cache>,
+        provider: Arc<dyn Provider>,
+        capacity: Arc<Capacity>,
+    ) -> Option<Warmup> {
         let waker = match Waker::new() {
             Ok(w) => Arc::new(w),
             Err(e) => {
@@ -82,7 +89,7 @@ impl Warmup {
         let (stop2, waker2) = (Arc::clone(&stop), Arc::clone(&waker));
         let thread = std::thread::Builder::new()
             .name("elevenlabs-warm".into())
-            .spawn(move || run(&path, &config, &cache, &provider, &waker2, &stop2))
+            .spawn(move || run(&path, &config, &cache, &provider, &capacity, &waker2, &stop2))
             .map_err(|e| log::error!("cache warm-up: cannot start its thread: {e}"))
             .ok()?;
         Some(Warmup { stop, waker, thread })
@@ -101,6 +108,7 @@ fn run(
     config: &Config,
     cache: &Arc<Cache>,
     provider: &Arc<dyn Provider>,
+    capacity: &Arc<Capacity>,
     waker: &Arc<Waker>,
     stop: &AtomicBool,
 ) {
@@ -130,7 +138,7 @@ fn run(
                 log::info!("cache warm-up stopped");
                 return;
             }
-            match warm(&mut transport, prompt, rate, config, cache, provider, waker, stop) {
+            match warm(&mut transport, prompt, rate, config, cache, provider, capacity, waker, stop) {
                 Warmed::Made => made += 1,
                 Warmed::Present => present += 1,
                 Warmed::Failed(why) => {
@@ -160,6 +168,7 @@ fn warm(
     engine: &Config,
     cache: &Arc<Cache>,
     provider: &Arc<dyn Provider>,
+    capacity: &Arc<Capacity>,
     waker: &Arc<Waker>,
     stop: &AtomicBool,
 ) -> Warmed {
@@ -190,7 +199,21 @@ fn warm(
     let mut ids: Vec<Option<String>> = Vec::new();
     for (_, mut request) in plan::requests(&utterance, rate) {
         plan::stitch(&mut request, &ids);
-        let mut transfer = match transport.start(provider, &request, Box::new(Discard), tee) {
+        // The warm-up spends the account's slots like a call does (it
+        // waits its turn; it is not retried: the next engine open warms
+        // what it missed).
+        let pass = match capacity.route() {
+            Ok(pass) => pass,
+            Err(why) => {
+                result = Err(why);
+                break;
+            }
+        };
+        let Some(permit) = wait_for_slot(capacity, waker, stop) else {
+            result = Err(Failure::Internal("engine closing".to_owned()));
+            break;
+        };
+        let mut transfer = match transport.start(provider, pass.base_url(), &request, Box::new(Discard), tee) {
             Ok(t) => t,
             Err((why, back)) => {
                 tee = back;
@@ -220,6 +243,23 @@ fn warm(
             waker.drain();
         }
         let (outcome, stats, back) = transfer.finish();
+        if let Some(max) = stats.max_concurrency {
+            capacity.limiter.advertise(max);
+        }
+        match (&expired, &outcome) {
+            (None, Outcome::Complete) => {
+                pass.report(Health::Up, "");
+                permit.succeeded();
+            }
+            (None, Outcome::Failed(why)) => {
+                let (next, health) = retry::judge(stats.trouble.as_ref());
+                pass.report(health, &why.to_string());
+                if next == Next::Requeue {
+                    permit.rejected();
+                }
+            }
+            _ => {}
+        }
         ids.push(stats.request_id);
         tee = back;
         match (expired, outcome) {
@@ -248,6 +288,21 @@ fn warm(
     match result {
         Ok(()) => Warmed::Made,
         Err(why) => Warmed::Failed(why.to_string()),
+    }
+}
+
+/// The warm-up's turn in the engine's queue; None when the engine closes
+/// first.
+fn wait_for_slot(capacity: &Arc<Capacity>, waker: &Arc<Waker>, stop: &AtomicBool) -> Option<Permit> {
+    let mut ticket = capacity.limiter.enqueue(Arc::clone(waker), false, None);
+    loop {
+        if let Some(permit) = ticket.take() {
+            return Some(permit);
+        }
+        if stop.load(Ordering::Acquire) {
+            return None;
+        }
+        waker.wait(Some(Duration::from_millis(100)));
     }
 }
 

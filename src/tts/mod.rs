@@ -9,6 +9,7 @@
 //! (its serialized body and output format), so it cannot drift from what
 //! is sent.
 
+pub mod capacity;
 pub mod elevenlabs;
 mod transport;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-pub use transport::{Outcome, Stats, Transport};
+pub use transport::{Outcome, Stats, Transport, Trouble};
 
 /// One upstream request: a part of a SPEAK's text in one voice and style.
 #[derive(Clone, Debug)]
@@ -69,7 +70,9 @@ pub trait BodyDecoder: Send {
 
 /// A TTS vendor's HTTP API.
 pub trait Provider: Send + Sync {
-    fn url(&self, req: &SpeechRequest) -> String;
+    /// The request's URL at `base` (the primary base URL, or the fallback
+    /// while the primary's circuit is open).
+    fn url(&self, base: &str, req: &SpeechRequest) -> String;
     /// Request headers, secrets included (never logged).
     fn headers(&self, req: &SpeechRequest) -> Vec<String>;
     fn body(&self, req: &SpeechRequest) -> String;
@@ -92,4 +95,19 @@ pub trait Provider: Send + Sync {
     fn request_id_header(&self) -> Option<&'static str> {
         None
     }
+    /// What a response header tells about the account or the request.
+    fn read_header(&self, _name: &str, _value: &str) -> Option<Told> {
+        None
+    }
+}
+
+/// What the upstream tells in a response header, beside the audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Told {
+    /// Characters billed for the request.
+    Characters(u64),
+    /// The region that served it.
+    Region(String),
+    /// The account's concurrency limit.
+    MaxConcurrency(usize),
 }

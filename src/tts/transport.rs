@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use curl::easy::{Easy2, Handler, List, WriteError};
 use curl::multi::{Easy2Handle, Multi, WaitFd};
 
-use super::{BodyDecoder, Provider, SpeechRequest};
+use super::{BodyDecoder, Provider, SpeechRequest, Told};
 use crate::cache::Tee;
 use crate::config::Config;
 use crate::error::Failure;
@@ -39,6 +39,14 @@ pub struct Collector {
     /// The upstream's id of this request (its `request-id` header, as the
     /// provider names it).
     request_id: Option<String>,
+    /// What the response headers told beside the audio (`character-cost`,
+    /// `x-region`, `maximum-concurrent-requests`).
+    characters: Option<u64>,
+    region: Option<String>,
+    max_concurrency: Option<usize>,
+    /// The first byte must arrive by then (the SPEAK's first-byte budget,
+    /// which retries share).
+    first_byte_deadline: Instant,
     /// Decided at the first body byte: 2xx and an audio content type.
     is_audio: Option<bool>,
     error_body: Vec<u8>,
@@ -82,6 +90,10 @@ impl Collector {
             status: 0,
             content_type: None,
             request_id: None,
+            characters: None,
+            region: None,
+            max_concurrency: None,
+            first_byte_deadline: now,
             is_audio: None,
             error_body: Vec::new(),
             audio_bytes: 0,
@@ -118,6 +130,10 @@ impl Collector {
         self.status = 0;
         self.content_type = None;
         self.request_id = None;
+        self.characters = None;
+        self.region = None;
+        self.max_concurrency = None;
+        self.first_byte_deadline = now + req.config.first_byte_timeout;
         self.is_audio = None;
         self.error_body.clear();
         self.audio_bytes = 0;
@@ -254,6 +270,9 @@ impl Handler for Collector {
             self.status = rest.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
             self.content_type = None;
             self.request_id = None;
+            self.characters = None;
+            self.region = None;
+            self.max_concurrency = None;
         } else if let Some((name, value)) = line.split_once(':') {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-type") {
@@ -268,6 +287,12 @@ impl Handler for Collector {
                 // back upstream.
                 let id: String = value.trim().chars().filter(|c| c.is_ascii_graphic()).take(128).collect();
                 self.request_id = (!id.is_empty()).then_some(id);
+            } else if let Some(told) = self.provider.as_ref().and_then(|p| p.read_header(name, value)) {
+                match told {
+                    Told::Characters(n) => self.characters = Some(n),
+                    Told::Region(r) => self.region = Some(r),
+                    Told::MaxConcurrency(n) => self.max_concurrency = Some(n),
+                }
             }
         }
         true
@@ -354,10 +379,12 @@ impl Transport {
         Ok(Transport { multi: Multi::new(), idle: Some(easy) })
     }
 
-    /// Starts the request; its audio flows into `sink` (and `tee`).
+    /// Starts the request at `base_url`; its audio flows into `sink` (and
+    /// `tee`).
     pub fn start<'t>(
         &'t mut self,
         provider: &Arc<dyn Provider>,
+        base_url: &str,
         req: &'t SpeechRequest,
         sink: Box<dyn AudioSink>,
         tee: Tee,
@@ -369,7 +396,7 @@ impl Transport {
         easy.get_mut().tee = tee;
         let config = &*req.config;
         let setup = (|| -> Result<(), curl::Error> {
-            easy.url(&provider.url(req))?;
+            easy.url(&provider.url(base_url, req))?;
             let mut headers = List::new();
             for header in provider.headers(req) {
                 headers.append(&header)?;
@@ -438,6 +465,13 @@ impl Transfer<'_> {
         c.ready == 0 || c.stale || c.decode_error.is_some()
     }
 
+    /// Moves the first-byte deadline earlier (a retry gets what is left of
+    /// the budget, not a new one).
+    pub fn first_byte_by(&mut self, deadline: Instant) {
+        let c = self.handle.as_mut().expect("transfer in progress").get_mut();
+        c.first_byte_deadline = c.first_byte_deadline.min(deadline);
+    }
+
     /// Start times (seconds) of the characters aligned so far, and the
     /// bytes of this request already in the buffer.
     pub fn progress(&self) -> (&[f64], u64) {
@@ -478,9 +512,7 @@ impl Transfer<'_> {
     pub fn expired(&self, now: Instant) -> Option<Failure> {
         let c = self.collector();
         match c.first_byte {
-            None if now.duration_since(c.started) >= self.config.first_byte_timeout => {
-                Some(Failure::FirstByteTimeout(self.config.first_byte_timeout))
-            }
+            None if now >= c.first_byte_deadline => Some(Failure::FirstByteTimeout(self.config.first_byte_timeout)),
             Some(_) if c.paused_for == 0 && now.duration_since(c.last_byte) >= self.config.stall_timeout => {
                 Some(Failure::Stalled(self.config.stall_timeout))
             }
@@ -492,7 +524,7 @@ impl Transfer<'_> {
     pub fn wait(&self, wake_fd: i32, now: Instant) {
         let c = self.collector();
         let deadline = match c.first_byte {
-            None => c.started + self.config.first_byte_timeout,
+            None => c.first_byte_deadline,
             Some(_) => c.last_byte + self.config.stall_timeout,
         };
         let mut timeout = deadline.saturating_duration_since(now).min(MAX_WAIT);
@@ -527,19 +559,29 @@ impl Transfer<'_> {
         // The sink holds the channel's buffer: not kept past the transfer.
         easy.get_mut().sink = Box::new(Discard);
         let c = easy.get_ref();
-        let stats = Stats {
+        let mut stats = Stats {
             audio_bytes: c.audio_bytes,
             time_to_first_byte: c.first_byte.map(|t| t.duration_since(c.started)),
             http_status: c.status,
             source: "upstream",
             request_id: c.request_id.clone(),
+            characters: c.characters,
+            region: c.region.clone(),
+            max_concurrency: c.max_concurrency,
+            received: c.received,
+            trouble: None,
+            queue_wait: Duration::ZERO,
+            tries: 0,
         };
         let outcome = match self.done.take() {
             _ if c.stale => Outcome::Stale,
-            _ if c.decode_error.is_some() => judge_response(c),
+            _ if c.decode_error.is_some() => judge_response(c, &mut stats.trouble),
             None => Outcome::Stale, // aborted by us before it finished
-            Some(Err(e)) => Outcome::Failed(Failure::Upstream(describe_curl_error(&e, self.config))),
-            Some(Ok(())) => judge_response(c),
+            Some(Err(e)) => {
+                stats.trouble = Some(curl_trouble(&e));
+                Outcome::Failed(Failure::Upstream(describe_curl_error(&e, self.config)))
+            }
+            Some(Ok(())) => judge_response(c, &mut stats.trouble),
         };
         self.transport.idle = Some(easy);
         (outcome, stats, tee)
@@ -568,6 +610,36 @@ pub struct Stats {
     /// header: what stitching sends back, and what ElevenLabs support asks
     /// for.
     pub request_id: Option<String>,
+    /// Characters billed (`character-cost`), summed over the parts.
+    pub characters: Option<u64>,
+    /// The region that served the latest request (`x-region`).
+    pub region: Option<String>,
+    /// The account's limit, as the latest response said.
+    pub max_concurrency: Option<usize>,
+    /// PCM bytes the response carried (whether or not they were played):
+    /// nonzero means a retry could replay audio.
+    pub received: u64,
+    /// What went wrong, for the retry policy and the circuit breaker.
+    pub trouble: Option<Trouble>,
+    /// Time spent queued for an upstream slot, summed over the parts.
+    pub queue_wait: Duration,
+    /// Upstream requests sent (tries, parts), summed.
+    pub tries: u32,
+}
+
+/// What went wrong with a request, as the capacity layer needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trouble {
+    /// No connection (refused, unresolvable, TLS failure).
+    Connect,
+    /// A connect timeout, no first byte in time, or a stall.
+    Timeout,
+    /// The stream ended early or the connection broke.
+    CutShort,
+    /// An error status, with the vendor's `detail.status`.
+    Status { code: u32, detail: Option<String> },
+    /// 2xx but not audio, a broken stream, or no audio at all.
+    Content,
 }
 
 impl Stats {
@@ -577,6 +649,17 @@ impl Stats {
         if next.request_id.is_some() {
             self.request_id.clone_from(&next.request_id);
         }
+        if let Some(n) = next.characters {
+            self.characters = Some(self.characters.unwrap_or(0) + n);
+        }
+        if next.region.is_some() {
+            self.region.clone_from(&next.region);
+        }
+        if next.trouble.is_some() {
+            self.trouble.clone_from(&next.trouble);
+        }
+        self.queue_wait += next.queue_wait;
+        self.tries += next.tries;
         self.audio_bytes += next.audio_bytes;
         self.time_to_first_byte = self.time_to_first_byte.or(next.time_to_first_byte);
         if next.http_status != 0 {
@@ -588,9 +671,10 @@ impl Stats {
     }
 }
 
-fn judge_response(c: &Collector) -> Outcome {
+fn judge_response(c: &Collector, trouble: &mut Option<Trouble>) -> Outcome {
     let status = c.status;
     let failed = |reason: String| Outcome::Failed(Failure::Upstream(reason));
+    *trouble = Some(Trouble::Content);
     if let Some(e) = &c.decode_error {
         return failed(format!("upstream HTTP {status} sent a broken timestamp stream: {e}"));
     }
@@ -599,6 +683,7 @@ fn judge_response(c: &Collector) -> Outcome {
         _ => (None, None),
     };
     if !(200..300).contains(&status) {
+        *trouble = Some(Trouble::Status { code: status, detail: detail_status.clone() });
         let lexicon = match &c.provider {
             Some(provider) if c.is_audio == Some(false) => provider.rejects_dictionary(status, &c.error_body),
             _ => false,
@@ -629,7 +714,25 @@ fn judge_response(c: &Collector) -> Outcome {
     if c.received == 0 {
         return failed(format!("upstream HTTP {status} sent no audio"));
     }
+    *trouble = None;
     Outcome::Complete
+}
+
+fn curl_trouble(e: &curl::Error) -> Trouble {
+    if e.is_operation_timedout() {
+        Trouble::Timeout
+    } else if e.is_couldnt_resolve_host()
+        || e.is_couldnt_connect()
+        || e.is_ssl_connect_error()
+        || e.is_peer_failed_verification()
+        || e.is_ssl_certproblem()
+        || e.is_ssl_cipher()
+        || e.is_ssl_cacert()
+    {
+        Trouble::Connect
+    } else {
+        Trouble::CutShort
+    }
 }
 
 fn describe_curl_error(e: &curl::Error, config: &Config) -> String {

@@ -8,7 +8,7 @@ mod timestamps;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BodyDecoder, Provider, SpeechRequest};
+use super::{BodyDecoder, Provider, SpeechRequest, Told};
 use crate::config::VoiceSettings;
 
 pub use timestamps::TimestampStream;
@@ -26,7 +26,7 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     language_code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
+    seed: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     apply_text_normalization: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -161,8 +161,8 @@ impl ElevenLabs {
 }
 
 impl Provider for ElevenLabs {
-    fn url(&self, req: &SpeechRequest) -> String {
-        format!("{}{}", req.config.base_url, Self::path(req))
+    fn url(&self, base: &str, req: &SpeechRequest) -> String {
+        format!("{base}{}", Self::path(req))
     }
 
     fn headers(&self, req: &SpeechRequest) -> Vec<String> {
@@ -207,6 +207,23 @@ impl Provider for ElevenLabs {
         // Each answer names its generation in the `request-id` header;
         // that id is what `previous_request_ids` takes.
         Some("request-id")
+    }
+
+    fn read_header(&self, name: &str, value: &str) -> Option<Told> {
+        // Documented response headers: what the request cost, and where
+        // the account stands against its concurrency limit.
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("character-cost") {
+            value.parse().ok().map(Told::Characters)
+        } else if name.eq_ignore_ascii_case("maximum-concurrent-requests") {
+            value.parse().ok().map(Told::MaxConcurrency)
+        } else if name.eq_ignore_ascii_case("x-region") {
+            // Printable and short: it goes into a log line.
+            let region: String = value.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+            (!region.is_empty()).then_some(Told::Region(region))
+        } else {
+            None
+        }
     }
 
     fn is_audio(&self, ct: &str, decoded: bool) -> bool {
@@ -276,13 +293,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_the_headers_tell() {
+        assert_eq!(ElevenLabs.read_header("Character-Cost", " 42"), Some(Told::Characters(42)));
+        assert_eq!(ElevenLabs.read_header("maximum-concurrent-requests", "15"), Some(Told::MaxConcurrency(15)));
+        assert_eq!(ElevenLabs.read_header("x-region", "us-central1"), Some(Told::Region("us-central1".into())));
+        assert_eq!(ElevenLabs.read_header("character-cost", "lots"), None);
+        assert_eq!(ElevenLabs.read_header("current-concurrent-requests", "3"), None);
+    }
+
+    #[test]
     fn url_names_voice_and_rate() {
         let mut r = request(config(), "hi");
-        assert_eq!(ElevenLabs.url(&r), "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000");
+        assert_eq!(
+            ElevenLabs.url(&r.config.base_url, &r),
+            "http://127.0.0.1:1/v1/text-to-speech/voice1/stream?output_format=pcm_8000"
+        );
         r.with_timestamps = true;
         assert_eq!(
-            ElevenLabs.url(&r),
+            ElevenLabs.url(&r.config.base_url, &r),
             "http://127.0.0.1:1/v1/text-to-speech/voice1/stream/with-timestamps?output_format=pcm_8000"
+        );
+        assert_eq!(
+            ElevenLabs.url("https://api.eu.residency.elevenlabs.io", &r),
+            "https://api.eu.residency.elevenlabs.io/v1/text-to-speech/voice1/stream/with-timestamps?output_format=pcm_8000"
         );
     }
 

@@ -194,19 +194,18 @@ fn tts_route(path: &str) -> Option<(String, Endpoint)> {
 }
 
 /// Sets [`RecordedRequest::ended_at`] when the exchange ends, however it
-/// ends, and only then frees its plan slot: a request admitted into that
-/// slot always starts after `ended_at`.
+/// ends, unless the exchange already did (see [`Exchange::end`]).
 struct EndGuard<'a> {
     shared: &'a Shared,
     idx: usize,
-    /// Dropped (freed) after `drop` has run.
-    slot: Option<Slot<'a>>,
 }
 
 impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
         let now = Instant::now();
-        self.shared.update(self.idx, |r| r.ended_at = Some(now));
+        self.shared.update(self.idx, |r| {
+            r.ended_at.get_or_insert(now);
+        });
     }
 }
 
@@ -217,9 +216,17 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
     // plan slot freed, and then the request stops counting as active.
     let _active = ActiveGuard::new(shared);
     let idx = shared.record(record(connection_id, &req, received_at));
-    let mut end = EndGuard { shared, idx, slot: None };
-    let mut ex =
-        Exchange { shared, conn, idx, close: req.wants_close(), http10: req.http10, account: false, cost: None };
+    let _end = EndGuard { shared, idx };
+    let mut ex = Exchange {
+        shared,
+        conn,
+        idx,
+        close: req.wants_close(),
+        http10: req.http10,
+        account: false,
+        cost: None,
+        slot: None,
+    };
     let speak = match check(&shared.api_key, &req) {
         Ok(speak) => speak,
         Err((status, body)) => {
@@ -231,7 +238,7 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
     ex.account = true;
 
     let hold_until = received_at + HOLD_LIMIT;
-    end.slot = match shared.plan.admit(hold_until, || shared.stopping() || client_left(&ex.conn.stream)) {
+    ex.slot = match shared.plan.admit(hold_until, || shared.stopping() || client_left(&ex.conn.stream)) {
         Admission::Admitted(slot) => Some(slot),
         Admission::Refused => {
             let (status, message) = TOO_MANY_CONCURRENT;
@@ -383,6 +390,14 @@ struct Exchange<'a> {
     account: bool,
     /// Characters billed (`character-cost` on a 200): set once admitted.
     cost: Option<usize>,
+    /// The plan slot this request holds, once admitted.
+    slot: Option<Slot<'a>>,
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 impl Exchange<'_> {
@@ -430,7 +445,24 @@ impl Exchange<'_> {
     /// response. The record is updated *before* the write, so a client that
     /// has read these bytes always finds them recorded; a failed write is
     /// rolled back (the client cannot have read all of it).
+    /// The request is over for the account: `ended_at` is set and then its
+    /// plan slot freed. Called before the response's last write, as the
+    /// service's own count drops when generation ends: a client that has
+    /// read the whole response can never find its slot still taken.
+    fn end(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let now = Instant::now();
+            self.shared.update(self.idx, |r| {
+                r.ended_at.get_or_insert(now);
+            });
+            drop(slot);
+        }
+    }
+
     fn write_recorded(&mut self, bytes: &[u8], audio: &[u8], completes: bool) -> bool {
+        if completes {
+            self.end();
+        }
         let began = Instant::now();
         let before = self.shared.update(self.idx, |r| {
             let before = r.audio_sent.len();
