@@ -656,4 +656,52 @@ mod tests {
         }
         assert!(with("a,b,c,d").unwrap_err().problem.contains("at most 3"));
     }
+
+    #[test]
+    fn seed_takes_the_apis_range() {
+        let with = |v: &str| Config::from_params(&params(&[("api_key", "k"), ("voice_id", "v"), ("seed", v)]), no_file);
+        assert_eq!(with("0").unwrap().seed, Some(0));
+        assert_eq!(with("4294967295").unwrap().seed, Some(u32::MAX));
+        for bad in ["4294967296", "-1", "18446744073709551615", "x"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.param, "seed", "{bad}");
+            assert!(e.problem.contains("0..=4294967295"), "{bad}: {}", e.problem);
+        }
+    }
+
+    #[test]
+    fn capacity_params_have_their_defaults_and_bounds() {
+        let base = [("api_key", "k"), ("voice_id", "v")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut p = base.to_vec();
+            p.extend_from_slice(extra);
+            Config::from_params(&params(&p), no_file)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.max_concurrent_requests, None, "learned");
+        assert_eq!(c.queue_timeout, c.first_byte_timeout, "the first-byte budget");
+        assert_eq!((c.max_retries, c.circuit_failure_threshold), (2, 5));
+        assert_eq!(c.circuit_open, Duration::from_millis(10_000));
+        assert_eq!((c.fallback_base_url.as_deref(), c.max_speak_chars), (None, 5000));
+        let c = with(&[
+            ("max_concurrent_requests", "15"),
+            ("first_byte_timeout_ms", "3000"),
+            ("max_retries", "0"),
+            ("circuit_failure_threshold", "0"),
+            ("fallback_base_url", "https://api.eu.residency.elevenlabs.io/"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_concurrent_requests, Some(15));
+        assert_eq!(c.queue_timeout, Duration::from_millis(3000));
+        assert_eq!(c.fallback_base_url.as_deref(), Some("https://api.eu.residency.elevenlabs.io"));
+        for (name, bad) in [
+            ("max_concurrent_requests", "0"),
+            ("max_retries", "11"),
+            ("circuit_open_ms", "0"),
+            ("fallback_base_url", "ftp://x"),
+            ("max_speak_chars", "-5"),
+        ] {
+            assert_eq!(with(&[(name, bad)]).unwrap_err().param, name, "{name}={bad}");
+        }
+    }
 }

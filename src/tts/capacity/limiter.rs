@@ -200,10 +200,17 @@ impl Limiter {
             }
             s.advertised = Some(max);
             let ceiling = self.ceiling(&s);
+            let before = s.limit;
             if self.configured.is_none() && s.epoch == 0 {
                 s.limit = ceiling;
             } else {
                 s.limit = s.limit.min(ceiling);
+            }
+            // Lowered to what the account allows: the 429s of requests
+            // sent before (which brought this header) must not lower it
+            // again.
+            if s.limit < before {
+                s.epoch += 1;
             }
         }
         self.dispatch();
