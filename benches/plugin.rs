@@ -21,6 +21,9 @@
 //! 5. speech markers: how long after the media thread reads the frame that
 //!    holds a `<mark>`'s audio the SPEECH-MARKER event is sent, with 50
 //!    channels speaking SSML at once (8 kHz).
+//! 6. upstream capacity: queue wait and SPEAK time for 30 channels on a
+//!    plan of 5 slots, the time a slot is held per second of audio, and
+//!    SPEAK-COMPLETE time while the circuit is open.
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -37,6 +40,9 @@
 //! towards [`OPEN_FILES_WANTED`] (never above the hard limit); without that,
 //! `socket()` in libcurl and `accept()` in the upstream fail with EMFILE and
 //! most SPEAKs of that run end `004`.
+
+#[path = "plugin/capacity.rs"]
+mod capacity;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1218,6 +1224,12 @@ fn main() -> ExitCode {
     );
     if let Err(e) = bench_markers(&plugin, &mut failures) {
         failures.add(format!("marker scenario: {e}"));
+    }
+
+    println!();
+    println!("[6] upstream capacity (8 kHz, real-time clock)");
+    if let Err(e) = capacity::bench_capacity(&plugin, &mut failures) {
+        failures.add(format!("capacity scenario: {e}"));
     }
 
     println!();
