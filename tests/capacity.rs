@@ -163,6 +163,23 @@ fn busy_and_server_errors_before_audio_are_retried_within_the_budget() {
 }
 
 #[test]
+fn a_retry_that_runs_out_of_budget_reports_the_upstreams_answer() {
+    let rig = rig(&[("first_byte_timeout_ms", "400")]);
+    // The busy answer comes at once; the retry's answer would come after
+    // the SPEAK's first-byte budget.
+    rig.upstream.set_default(Behavior::default().with_first_byte_delay(Duration::from_millis(2000)));
+    rig.upstream.fail_next(1, Fault::system_busy());
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("Busy, then slow.");
+    let done = expect_in_progress_then_complete(&ch, id);
+    assert_eq!(done.completion_cause, Some(ERROR));
+    let r = reason(&done);
+    assert!(r.starts_with("upstream HTTP 429 system_busy"), "{r}");
+    assert!(r.ends_with(" (2 tries, request-id mock-1)"), "{r}");
+    assert_clean(&rig.server);
+}
+
+#[test]
 fn no_retry_once_audio_has_been_received() {
     let rig = rig(&[]);
     rig.upstream.set_default(Behavior::fault(Fault::CutAfterBytes(3200)).with_audio_ms(2000));

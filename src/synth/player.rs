@@ -221,6 +221,16 @@ impl Worker {
         let (mut tries, mut retries, mut requeues) = (0u32, 0u32, 0u32);
         let mut again: Option<Instant> = None; // a retry's backoff
         let mut last: Option<(Failure, Stats)> = None;
+        // What the upstream last actually answered, and that request's id:
+        // when a retry runs out of the budget before its first byte, that
+        // answer, not the timeout, is the news.
+        let mut answered: Option<(Failure, Option<String>)> = None;
+        let give_up = |failure: Failure, stats: &Stats, answered: &Option<(Failure, Option<String>)>, tries| match (
+            failure, answered,
+        ) {
+            (Failure::FirstByteTimeout(_), Some((earlier, id))) => earlier.clone().tried(tries, id.clone()),
+            (failure, _) => failure.tried(tries, stats.request_id.clone()),
+        };
         let mut queue_wait = std::time::Duration::ZERO;
         loop {
             let pass = match capacity.route() {
@@ -303,8 +313,8 @@ impl Worker {
                     drop(permit);
                     let wait = retry::backoff(retries + 1);
                     if now + wait >= deadline {
-                        let id = stats.request_id.clone();
-                        return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                        let failure = give_up(failure, &stats, &answered, tries);
+                        return (Part::Failed(failure), stats, tee);
                     }
                     retries += 1;
                     again = Some(now + wait);
@@ -317,9 +327,12 @@ impl Worker {
                 }
                 _ => {
                     drop(permit);
-                    let id = stats.request_id.clone();
-                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                    let failure = give_up(failure, &stats, &answered, tries);
+                    return (Part::Failed(failure), stats, tee);
                 }
+            }
+            if stats.trouble.as_ref().is_some_and(|t| matches!(t, Trouble::Status { .. })) {
+                answered = Some((failure.clone(), stats.request_id.clone()));
             }
             last = Some((failure, stats));
         }
