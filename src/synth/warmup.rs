@@ -192,7 +192,7 @@ fn warm(
         plan::stitch(&mut request, &ids);
         let mut transfer = match transport.start(provider, &request, Box::new(Discard), tee) {
             Ok(t) => t,
-            Err((why, back)) => {
+            Err((why, back, _)) => {
                 tee = back;
                 result = Err(why);
                 break;
@@ -219,7 +219,7 @@ fn warm(
             transfer.wait(waker.fd(), now);
             waker.drain();
         }
-        let (outcome, stats, back) = transfer.finish();
+        let (outcome, stats, back, _) = transfer.finish();
         ids.push(stats.request_id);
         tee = back;
         match (expired, outcome) {
