@@ -338,7 +338,8 @@ const SECOND: usize = RATE as usize * 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     /// Plain text, the upstream as fast as the socket takes it: the buffer
-    /// fills and the transfer waits for space (want_space).
+    /// fills, the rest is spilled, and the worker waits for space to pump
+    /// it back (want_space).
     Burst,
     /// Plain text, the upstream paced at real time: underruns likely.
     Paced,

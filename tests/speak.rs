@@ -167,8 +167,8 @@ fn first_audio_arrives_while_upstream_is_still_streaming() {
 
 #[test]
 fn long_response_through_a_small_buffer_is_exact() {
-    // 20 s of audio, 1 s of buffer: the transfer must pause and resume
-    // many times (backpressure) without losing or repeating a byte.
+    // 20 s of audio, 1 s of buffer: what does not fit goes through the
+    // spill file and back without losing or repeating a byte.
     let rig = rig_with_clock(&[("max_buffer_ms", "1000")], MediaClock::Every(Duration::from_millis(1)));
     rig.upstream.set_default(Behavior::default().with_audio_ms(20_000).with_chunk_bytes(4097));
     let ch = rig.server.open_channel(16000).unwrap();

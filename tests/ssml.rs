@@ -302,8 +302,9 @@ fn a_broken_timestamp_stream_ends_the_speak_with_an_error() {
 
 /// The decoded (timestamps) and scaled (volume) paths stage audio between
 /// the network and the buffer; with a buffer far smaller than the audio,
-/// backpressure must pause and resume them without losing or repeating a
-/// byte, and every mark must still be announced.
+/// the overflow is spilled and pumped back (tests/spill.rs covers the
+/// fall-back to backpressure) without losing or repeating a byte, and every
+/// mark must still be announced.
 #[test]
 fn backpressure_on_decoded_and_scaled_audio_loses_nothing() {
     let rig = rig(&[("max_buffer_ms", "200")]);

@@ -5,8 +5,9 @@
 //!   plays (generations, pause, the last frame, the jitter reserve).
 //! * `link`: what crosses between a channel's worker and `read_frame`: the
 //!   buffer under its mutex, the wake-up fd, the marker cue.
-//! * `sink`: where synthesized audio goes (`AudioSink`): a channel's buffer,
-//!   or nowhere (cache warm-up).
+//! * `sink`: where synthesized audio goes (`AudioSink`): a channel's buffer
+//!   (through the worker's spill, synth/spill.rs), or nowhere (cache
+//!   warm-up).
 //! * `waker`: the eventfd that wakes a worker.
 //!
 //! Depends on nothing else in the crate.
@@ -18,7 +19,7 @@ mod waker;
 
 pub use link::{Link, NO_CUE};
 pub use playback::{apply_gain, Frame, PlayState, Playback, Push};
-pub use sink::{AudioSink, Discard, PlaybackSink};
+pub use sink::{AudioSink, Discard};
 pub use waker::Waker;
 
 /// The rates we produce, ElevenLabs' pcm_8000 … pcm_48000: every LPCM rate

@@ -5,7 +5,8 @@
 //! Its capacity is allocated once, when the channel is created; nothing here
 //! allocates afterwards. A SPEAK may only fill it up to its own `limit`
 //! (max_buffer_ms at the negotiated rate); past that the writer is told
-//! `Full` and pauses the transfer (backpressure). Bytes are kept as bytes,
+//! `Full` and spills the rest to a file (synth/spill.rs) or, when it
+//! cannot, pauses the transfer (backpressure). Bytes are kept as bytes,
 //! so an odd trailing byte of one chunk simply waits for the next one.
 //!
 //! The media thread only ever `try_lock`s the mutex around this (see
@@ -145,6 +146,11 @@ impl Playback {
 
     pub fn free(&self) -> usize {
         self.limit.saturating_sub(self.ring.len())
+    }
+
+    /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Whether `n` more bytes may be stored now. A chunk larger than the

@@ -1,7 +1,4 @@
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use super::{Link, Push};
+use super::Push;
 
 /// Where synthesized audio goes as it arrives.
 pub trait AudioSink: Send {
@@ -14,29 +11,18 @@ pub trait AudioSink: Send {
     fn fits(&self, n: usize) -> bool;
     /// Asks for a wake-up once `n` bytes fit (0: no longer waiting).
     fn want(&self, n: usize);
-}
-
-/// A channel's buffer, for one SPEAK (its generation).
-pub struct PlaybackSink {
-    pub link: Arc<Link>,
-    pub generation: u64,
-}
-
-impl AudioSink for PlaybackSink {
-    fn push(&mut self, data: &[u8]) -> Push {
-        self.link.playback.lock().push(self.generation, data)
+    /// Moves audio it stored outside the channel's buffer (a spill file)
+    /// into the buffer, as far as there is room; when some must wait, it
+    /// asks for a wake-up (`Link::want_space`) and says `Full`. `Stored`:
+    /// nothing is held back any more; `Stale`: stopped, or the held audio
+    /// was lost (`lost`). The transfer's owner calls it whenever it wakes.
+    fn pump(&mut self) -> Push {
+        Push::Stored
     }
-
-    fn free(&self) -> usize {
-        self.link.playback.lock().free()
-    }
-
-    fn fits(&self, n: usize) -> bool {
-        self.link.playback.lock().fits(n)
-    }
-
-    fn want(&self, n: usize) {
-        self.link.want_space.store(n, Ordering::Release);
+    /// Why audio it had stored cannot be played (a spill file that could
+    /// not be read back): the SPEAK fails with this reason.
+    fn lost(&self) -> Option<&str> {
+        None
     }
 }
 

@@ -13,6 +13,7 @@ mod player;
 mod shared;
 mod sources;
 mod speak;
+mod spill;
 mod summary;
 pub mod warmup;
 

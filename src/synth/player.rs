@@ -1,6 +1,8 @@
 //! A SPEAK's plan played into the channel's buffer: from the cache, by
 //! following a flight, or upstream request by request, with pauses and
-//! marks, all in one buffer generation.
+//! marks, all in one buffer generation. Upstream audio and pauses go
+//! through the SPEAK's spill (spill.rs), so its requests run at the
+//! upstream's speed whatever the buffer holds.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,10 +10,11 @@ use std::time::Instant;
 
 use super::marks::PartMarks;
 use super::sources::{Fed, Source, FEED_WAIT};
+use super::spill::{lost_or_stopped, spill_dir, SpillSink};
 use super::{Job, Worker, STOPPED};
 use crate::cache::{FlightEnd, Lookup, Tee};
 use crate::error::Failure;
-use crate::media::{PlaybackSink, Push, NO_CUE};
+use crate::media::{AudioSink, Push, NO_CUE};
 use crate::plan::{self, Step};
 use crate::tts::capacity::{retry, Health, Next, Permit, Ticket};
 use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble};
@@ -27,8 +30,9 @@ enum Slot {
     TimedOut,
 }
 
-/// How one upstream request of a SPEAK ended.
-enum Part {
+/// How one upstream request (or pause, or the spill's drain) of a SPEAK
+/// ended.
+pub(super) enum Part {
     Done,
     Interrupted,
     Failed(Failure),
@@ -82,7 +86,7 @@ impl Worker {
                 tee.writer = cache.writer(key, job.sample_rate).map(Box::new);
             }
         }
-        let (result, total, mut tee) = self.upstream(transport, &job, tee);
+        let (result, total, mut tee, mut sink) = self.upstream(transport, &job, tee);
         let end = match &result {
             Part::Done => {
                 if let Some(writer) = tee.writer.take() {
@@ -97,6 +101,13 @@ impl Worker {
         if let Some((cache, key, flight)) = lead {
             cache.land(key, &flight, end);
         }
+        // The upstream is done (entry written, followers served); what it
+        // sent beyond the buffer is still in the spill file.
+        let result = match result {
+            Part::Done => self.drain_spill(&job, sink.as_mut()),
+            other => other,
+        };
+        drop(sink); // the spill file goes with it
         match result {
             Part::Done => self.finish_buffering(job, total),
             Part::Interrupted => {
@@ -110,8 +121,21 @@ impl Worker {
     }
 
     /// Plays the plan: every request upstream, one after the other, pauses
-    /// as silence, marks placed where their audio is.
-    fn upstream(&mut self, transport: &mut Transport, job: &Job, mut tee: Tee) -> (Part, Stats, Tee) {
+    /// as silence, marks placed where their audio is; all through one sink,
+    /// handed back with what it may still hold.
+    fn upstream(
+        &mut self,
+        transport: &mut Transport,
+        job: &Job,
+        mut tee: Tee,
+    ) -> (Part, Stats, Tee, Box<dyn AudioSink>) {
+        let mut sink: Box<dyn AudioSink> = Box::new(SpillSink::new(
+            Arc::clone(&self.shared.link),
+            job.speak.generation,
+            spill_dir(job),
+            self.id(),
+            job.speak.request_id,
+        ));
         let mut total = Stats { source: "upstream", ..Stats::default() };
         let requests_total = job.plan.steps.iter().filter(|s| matches!(s, Step::Say(_))).count();
         let mut said = 0;
@@ -120,11 +144,11 @@ impl Worker {
                 Step::Say(u) => u,
                 Step::Pause { ms } => {
                     let bytes = (u64::from(*ms) * u64::from(job.sample_rate) / 1000 * 2) as usize;
-                    let (part, pushed) = self.silence(job, bytes, &mut tee);
+                    let (part, pushed) = self.silence(job, bytes, &mut tee, sink.as_mut());
                     total.audio_bytes += pushed;
                     match part {
                         Part::Done => continue,
-                        other => return (other, total, tee),
+                        other => return (other, total, tee, sink),
                     }
                 }
                 Step::Mark(name) => {
@@ -141,8 +165,8 @@ impl Worker {
                 let mut request = planned.clone();
                 plan::stitch(&mut request, &ids);
                 let mut marks = PartMarks::new(total.audio_bytes, part, job.sample_rate);
-                let (result, stats, back) = self.transfer(transport, &request, job, tee, &mut marks);
-                tee = back;
+                let (result, stats, back, back_sink) = self.transfer(transport, &request, job, tee, sink, &mut marks);
+                (tee, sink) = (back, back_sink);
                 total.add(&stats);
                 ids.push(stats.request_id);
                 match result {
@@ -156,20 +180,19 @@ impl Worker {
                         if n > 1 {
                             at.push(format!("part {} of {n}", i + 1));
                         }
-                        return (Part::Failed(failure.at(at.join(", "))), total, tee);
+                        return (Part::Failed(failure.at(at.join(", "))), total, tee, sink);
                     }
-                    other => return (other, total, tee),
+                    other => return (other, total, tee, sink),
                 }
             }
         }
-        (Part::Done, total, tee)
+        (Part::Done, total, tee, sink)
     }
 
-    /// Silence for a `<break>`, pushed as the buffer makes room (and into
-    /// the cache copy, so a cached SPEAK keeps its pauses).
-    fn silence(&mut self, job: &Job, bytes: usize, tee: &mut Tee) -> (Part, u64) {
+    /// Silence for a `<break>`, through the SPEAK's sink like its speech
+    /// (and into the cache copy, so a cached SPEAK keeps its pauses).
+    fn silence(&mut self, job: &Job, bytes: usize, tee: &mut Tee, sink: &mut dyn AudioSink) -> (Part, u64) {
         static ZEROS: [u8; 4096] = [0; 4096];
-        let generation = job.speak.generation;
         let (mut left, mut pushed) = (bytes, 0u64);
         while left > 0 {
             if self.serve_commands(job) {
@@ -178,11 +201,7 @@ impl Worker {
             self.announce(&job.speak, false);
             let n = left.min(ZEROS.len());
             let skip = tee.skip.min(n);
-            let outcome = if skip == n {
-                Push::Stored
-            } else {
-                self.shared.link.playback.lock().push(generation, &ZEROS[..n - skip])
-            };
+            let outcome = if skip == n { Push::Stored } else { sink.push(&ZEROS[..n - skip]) };
             match outcome {
                 Push::Stored => {
                     tee.skip -= skip;
@@ -190,11 +209,12 @@ impl Worker {
                     left -= n;
                     pushed += (n - skip) as u64;
                 }
+                // Only when the spill file failed: wait for room.
                 Push::Full => {
-                    self.shared.link.want_space.store(n - skip, Ordering::Release);
+                    sink.want(n - skip);
                     self.shared.link.waker.wait(Some(FEED_WAIT));
                 }
-                Push::Stale => return (Part::Interrupted, pushed),
+                Push::Stale => return (lost_or_stopped(sink), pushed),
             }
         }
         (Part::Done, pushed)
@@ -203,15 +223,17 @@ impl Worker {
     /// One upstream request of the SPEAK: routed past the circuit
     /// breakers, queued for one of the account's slots, sent, and tried
     /// again while that is worth it (see tts/capacity). The slot is given
-    /// back the moment the transfer ends.
+    /// back the moment the transfer ends (the spill takes what the buffer
+    /// cannot). The SPEAK's sink and tee go in and come back.
     fn transfer(
         &mut self,
         transport: &mut Transport,
         request: &SpeechRequest,
         job: &Job,
         mut tee: Tee,
+        mut sink: Box<dyn AudioSink>,
         marks: &mut PartMarks<'_>,
-    ) -> (Part, Stats, Tee) {
+    ) -> (Part, Stats, Tee, Box<dyn AudioSink>) {
         let capacity = &job.capacity;
         let queued_at = Instant::now();
         let queue_deadline = queued_at + capacity.queue_timeout;
@@ -243,7 +265,7 @@ impl Worker {
                         None => (refused, Stats::default()),
                     };
                     let id = stats.request_id.clone();
-                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee, sink);
                 }
             };
             let ticket = capacity.limiter.enqueue(Arc::clone(&self.shared.link.waker), tries > 0, again);
@@ -254,7 +276,7 @@ impl Worker {
                 Slot::Granted(permit) => permit,
                 Slot::Interrupted => {
                     let stats = last.map(|(_, s)| s).unwrap_or_default();
-                    return (Part::Interrupted, stats, tee);
+                    return (Part::Interrupted, stats, tee, sink);
                 }
                 Slot::TimedOut => {
                     let busy = Failure::Busy { waited: queued_at.elapsed(), slots: capacity.limiter.figures().limit };
@@ -265,7 +287,7 @@ impl Worker {
                         None => (busy, Stats { queue_wait, ..Stats::default() }),
                     };
                     let id = stats.request_id.clone();
-                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee, sink);
                 }
             };
             let deadline = *budget.get_or_insert_with(|| Instant::now() + job.config.first_byte_timeout);
@@ -273,12 +295,13 @@ impl Worker {
                 if Instant::now() >= deadline {
                     // The queue ate what was left of the budget.
                     let id = stats.request_id.clone();
-                    return (Part::Failed(failure.tried(tries, id)), stats, tee);
+                    return (Part::Failed(failure.tried(tries, id)), stats, tee, sink);
                 }
             }
             tries += 1;
-            let (part, mut stats, back) = self.attempt(transport, request, job, tee, marks, pass.base_url(), deadline);
-            tee = back;
+            let (part, mut stats, back, back_sink) =
+                self.attempt(transport, request, job, tee, sink, marks, pass.base_url(), deadline);
+            (tee, sink) = (back, back_sink);
             stats.tries = tries;
             stats.queue_wait = queue_wait;
             if pass.is_fallback() {
@@ -291,10 +314,10 @@ impl Worker {
                 Part::Done => {
                     pass.report(Health::Up, "");
                     permit.succeeded();
-                    return (Part::Done, stats, tee);
+                    return (Part::Done, stats, tee, sink);
                 }
                 // A probe that was stopped says nothing (Pass's drop).
-                Part::Interrupted => return (Part::Interrupted, stats, tee),
+                Part::Interrupted => return (Part::Interrupted, stats, tee, sink),
                 Part::Failed(failure) => failure,
             };
             let (next, health) = retry::judge(stats.trouble.as_ref());
@@ -314,7 +337,7 @@ impl Worker {
                     let wait = retry::backoff(retries + 1);
                     if now + wait >= deadline {
                         let failure = give_up(failure, &stats, &answered, tries);
-                        return (Part::Failed(failure), stats, tee);
+                        return (Part::Failed(failure), stats, tee, sink);
                     }
                     retries += 1;
                     again = Some(now + wait);
@@ -328,7 +351,7 @@ impl Worker {
                 _ => {
                     drop(permit);
                     let failure = give_up(failure, &stats, &answered, tries);
-                    return (Part::Failed(failure), stats, tee);
+                    return (Part::Failed(failure), stats, tee, sink);
                 }
             }
             if stats.trouble.as_ref().is_some_and(|t| matches!(t, Trouble::Status { .. })) {
@@ -371,15 +394,14 @@ impl Worker {
         request: &SpeechRequest,
         job: &Job,
         tee: Tee,
+        sink: Box<dyn AudioSink>,
         marks: &mut PartMarks<'_>,
         base_url: &str,
         first_byte_by: Instant,
-    ) -> (Part, Stats, Tee) {
-        let generation = job.speak.generation;
-        let sink = Box::new(PlaybackSink { link: Arc::clone(&self.shared.link), generation });
+    ) -> (Part, Stats, Tee, Box<dyn AudioSink>) {
         let mut transfer = match transport.start(&job.provider, base_url, request, sink, tee) {
             Ok(t) => t,
-            Err((reason, tee)) => return (Part::Failed(reason), Stats::default(), tee),
+            Err((reason, tee, sink)) => return (Part::Failed(reason), Stats::default(), tee, sink),
         };
         transfer.first_byte_by(first_byte_by);
         let mut expired: Option<Failure> = None;
@@ -411,9 +433,9 @@ impl Worker {
             transfer.wait(self.shared.link.waker.fd(), now);
             self.shared.link.waker.drain();
         }
-        let (outcome, mut stats, tee) = transfer.finish();
+        let (outcome, mut stats, tee, sink) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
-            return (Part::Interrupted, stats, tee);
+            return (Part::Interrupted, stats, tee, sink);
         }
         if expired.is_some() {
             stats.trouble = Some(Trouble::Timeout);
@@ -423,6 +445,6 @@ impl Worker {
             (None, Outcome::Stale) => Part::Interrupted,
             (None, Outcome::Complete) => Part::Done,
         };
-        (part, stats, tee)
+        (part, stats, tee, sink)
     }
 }

@@ -215,7 +215,7 @@ fn warm(
         };
         let mut transfer = match transport.start(provider, pass.base_url(), &request, Box::new(Discard), tee) {
             Ok(t) => t,
-            Err((why, back)) => {
+            Err((why, back, _)) => {
                 tee = back;
                 result = Err(why);
                 break;
@@ -242,7 +242,7 @@ fn warm(
             transfer.wait(waker.fd(), now);
             waker.drain();
         }
-        let (outcome, stats, back) = transfer.finish();
+        let (outcome, stats, back, _) = transfer.finish();
         if let Some(max) = stats.max_concurrency {
             capacity.limiter.advertise(max);
         }

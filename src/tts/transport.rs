@@ -7,6 +7,11 @@
 //! within one wake-up, and a transfer paused for backpressure resumes as
 //! soon as the media thread has made room. Nothing here ever runs on the
 //! MRCP Server or media threads.
+//!
+//! The sink is the caller's: `start` takes it and `finish` hands it back,
+//! so one sink can serve every request of a SPEAK (synth/spill.rs). A sink
+//! that spills what does not fit never says `Full`; the pause below is for
+//! one that does (a spill file that cannot be written).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +36,8 @@ const PAUSED_WAIT: Duration = Duration::from_millis(20);
 
 /// Receives the response on the worker thread.
 pub struct Collector {
-    /// Where the audio goes: the channel's buffer, or nowhere (warm-up).
+    /// Where the audio goes: the channel's buffer (through the SPEAK's
+    /// spill), or nowhere (warm-up). The caller's, handed back by `finish`.
     sink: Box<dyn AudioSink>,
     provider: Option<Arc<dyn Provider>>,
     status: u32,
@@ -380,7 +386,7 @@ impl Transport {
     }
 
     /// Starts the request at `base_url`; its audio flows into `sink` (and
-    /// `tee`).
+    /// `tee`). Both come back from `Transfer::finish`, or with the error.
     pub fn start<'t>(
         &'t mut self,
         provider: &Arc<dyn Provider>,
@@ -388,9 +394,9 @@ impl Transport {
         req: &'t SpeechRequest,
         sink: Box<dyn AudioSink>,
         tee: Tee,
-    ) -> Result<Transfer<'t>, (Failure, Tee)> {
+    ) -> Result<Transfer<'t>, (Failure, Tee, Box<dyn AudioSink>)> {
         let Some(mut easy) = self.idle.take() else {
-            return Err((Failure::Internal("internal: curl handle busy".to_owned()), tee));
+            return Err((Failure::Internal("internal: curl handle busy".to_owned()), tee, sink));
         };
         easy.get_mut().reset(provider, req, sink);
         easy.get_mut().tee = tee;
@@ -409,14 +415,19 @@ impl Transport {
         })();
         if let Err(e) = setup {
             let tee = std::mem::take(&mut easy.get_mut().tee);
+            let sink = std::mem::replace(&mut easy.get_mut().sink, Box::new(Discard));
             self.idle = Some(easy);
-            return Err((Failure::Internal(format!("internal: cannot set up the request: {e}")), tee));
+            return Err((Failure::Internal(format!("internal: cannot set up the request: {e}")), tee, sink));
         }
         match self.multi.add2(easy) {
             Ok(handle) => Ok(Transfer { transport: self, handle: Some(handle), config, done: None }),
-            // The easy handle is lost with the failed add; the next SPEAK
-            // gets an error too, which says so.
-            Err(e) => Err((Failure::Internal(format!("internal: cannot start the transfer: {e}")), Tee::default())),
+            // The easy handle is lost with the failed add (the sink and tee
+            // with it); the next SPEAK gets an error too, which says so.
+            Err(e) => Err((
+                Failure::Internal(format!("internal: cannot start the transfer: {e}")),
+                Tee::default(),
+                Box::new(Discard),
+            )),
         }
     }
 }
@@ -479,9 +490,13 @@ impl Transfer<'_> {
         (&c.char_starts, c.audio_bytes)
     }
 
-    /// Resumes a transfer paused for room once the room is there.
+    /// Moves audio the sink holds back (spilled) on into the buffer, and
+    /// resumes a transfer paused for room once the room is there.
     pub fn unpause_if_room(&mut self) {
         let handle = self.handle.as_mut().expect("transfer in progress");
+        // A loss of held audio shows at the next push (Stale) and in
+        // `finish`.
+        handle.get_mut().sink.pump();
         let need = handle.get_ref().paused_for;
         if need == 0 {
             return;
@@ -541,8 +556,9 @@ impl Transfer<'_> {
     }
 
     /// Ends the transfer (aborting it if it is still running), gives the
-    /// easy handle back for the next SPEAK, and says how it went.
-    pub fn finish(mut self) -> (Outcome, Stats, Tee) {
+    /// easy handle back for the next SPEAK, and says how it went; hands the
+    /// sink and tee back for the SPEAK's next request.
+    pub fn finish(mut self) -> (Outcome, Stats, Tee, Box<dyn AudioSink>) {
         let handle = self.handle.take().expect("transfer in progress");
         let mut easy = match self.transport.multi.remove2(handle) {
             Ok(easy) => easy,
@@ -552,12 +568,14 @@ impl Transfer<'_> {
                     Outcome::Failed(Failure::Internal(format!("internal: {e}"))),
                     Stats::default(),
                     Tee::default(),
+                    Box::new(Discard),
                 );
             }
         };
         let tee = std::mem::take(&mut easy.get_mut().tee);
-        // The sink holds the channel's buffer: not kept past the transfer.
-        easy.get_mut().sink = Box::new(Discard);
+        // The sink (the channel's buffer, a spill file) goes back to the
+        // caller: not kept in the idle handle.
+        let sink = std::mem::replace(&mut easy.get_mut().sink, Box::new(Discard));
         let c = easy.get_ref();
         let mut stats = Stats {
             audio_bytes: c.audio_bytes,
@@ -574,6 +592,9 @@ impl Transfer<'_> {
             tries: 0,
         };
         let outcome = match self.done.take() {
+            _ if sink.lost().is_some() => {
+                Outcome::Failed(Failure::Internal(sink.lost().unwrap_or_default().to_owned()))
+            }
             _ if c.stale => Outcome::Stale,
             _ if c.decode_error.is_some() => judge_response(c, &mut stats.trouble),
             None => Outcome::Stale, // aborted by us before it finished
@@ -584,14 +605,16 @@ impl Transfer<'_> {
             Some(Ok(())) => judge_response(c, &mut stats.trouble),
         };
         self.transport.idle = Some(easy);
-        (outcome, stats, tee)
+        (outcome, stats, tee, sink)
     }
 }
 
 impl Drop for Transfer<'_> {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            if let Ok(easy) = self.transport.multi.remove2(handle) {
+            if let Ok(mut easy) = self.transport.multi.remove2(handle) {
+                // Not kept past the transfer (a spill file is closed now).
+                easy.get_mut().sink = Box::new(Discard);
                 self.transport.idle = Some(easy);
             }
         }

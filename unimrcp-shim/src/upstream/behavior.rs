@@ -37,6 +37,14 @@ pub struct Behavior {
     /// `/stream/with-timestamps` only: how each line's alignment is shaped
     /// (what its times count from, which field carries it).
     pub alignment: AlignmentShape,
+    /// The connection's kernel send buffer (`SO_SNDBUF`), set before the
+    /// response is written; `None` leaves the system's autotuned one. On
+    /// loopback the autotuned buffers hold megabytes, so a client that
+    /// stops reading holds a response open only once they are full: a
+    /// small buffer shows the client's backpressure at the mock as a real
+    /// server would see it. It stays set for later responses on the same
+    /// keep-alive connection.
+    pub send_buffer: Option<usize>,
     pub fault: Fault,
 }
 
@@ -71,6 +79,7 @@ impl Default for Behavior {
             voice: Voice::Tones,
             omit_alignment: false,
             alignment: AlignmentShape::Cumulative,
+            send_buffer: None,
             fault: Fault::None,
         }
     }
@@ -119,6 +128,11 @@ impl Behavior {
 
     pub fn with_alignment(mut self, shape: AlignmentShape) -> Self {
         self.alignment = shape;
+        self
+    }
+
+    pub fn with_send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = Some(bytes);
         self
     }
 

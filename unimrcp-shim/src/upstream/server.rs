@@ -254,6 +254,9 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
         Some(fault) => behavior.with_fault(fault).with_first_byte_delay(Duration::ZERO),
         None => behavior,
     };
+    if let Some(bytes) = behavior.send_buffer {
+        set_send_buffer(&ex.conn.stream, bytes);
+    }
     let first_byte_due = admitted_at.checked_add(behavior.first_byte_delay).unwrap_or(admitted_at + HOLD_LIMIT);
     let hang = behavior.fault == Fault::HangBeforeHeaders;
     if !hang && ex.wait_until(first_byte_due) == Waited::Gone {
@@ -290,6 +293,23 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
               <body><h1>502 Bad Gateway</h1></body></html>",
         ),
     }
+}
+
+/// Fixes the socket's send buffer at `bytes` (the kernel doubles the value
+/// for its bookkeeping and stops autotuning it); best effort.
+fn set_send_buffer(stream: &TcpStream, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on our own connected socket with a valid c_int
+    // and its size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The record of `req`, before anything is answered.
