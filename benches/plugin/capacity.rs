@@ -10,6 +10,7 @@ const QUEUE_AUDIO_MS: u32 = 1000;
 const QUEUE_SPEED: f64 = 4.0;
 const LONG_AUDIO_MS: u32 = 30_000;
 const OPEN_SPEAKS: usize = 50;
+const SEND_BUFFER: usize = 16 * 1024;
 
 fn server_with(plugin: &Path, mock: &MockUpstream, extra: &[(&str, &str)]) -> Result<Server, String> {
     let mut params: Vec<(String, String)> =
@@ -105,7 +106,12 @@ fn queue_on_a_plan(plugin: &Path, failures: &mut Failures) -> Result<(), String>
 
 fn slot_held(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     let mock = MockUpstream::start(API_KEY);
-    mock.set_default(Behavior::default().with_speed(QUEUE_SPEED).with_audio_ms(LONG_AUDIO_MS));
+    // A small socket send buffer at the upstream, as across a real network:
+    // on loopback the kernel would otherwise absorb the whole prompt and
+    // hide any backpressure from the upstream's view.
+    mock.set_default(
+        Behavior::default().with_speed(QUEUE_SPEED).with_audio_ms(LONG_AUDIO_MS).with_send_buffer(SEND_BUFFER),
+    );
     let server = server_with(plugin, &mock, &[("max_concurrent_requests", "1")])?;
     let channels = open_channels(&server, 1, 8000)?;
     let id = channels[0].speak("A long announcement.");
@@ -117,7 +123,7 @@ fn slot_held(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     };
     let audio_s = f64::from(LONG_AUDIO_MS) / 1000.0;
     println!(
-        "  slot held: one {audio_s:.0} s prompt at {QUEUE_SPEED}x real time, max_buffer_ms={MAX_BUFFER_MS}: the upstream's request was open {held:.2} s = {:.3} s per second of audio (generation alone: {:.3})",
+        "  slot held: one {audio_s:.0} s prompt at {QUEUE_SPEED}x real time, max_buffer_ms={MAX_BUFFER_MS}, upstream send buffer {SEND_BUFFER} bytes: the upstream's request was open {held:.2} s = {:.3} s per second of audio (generation alone: {:.3})",
         held / audio_s,
         1.0 / QUEUE_SPEED
     );
