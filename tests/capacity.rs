@@ -164,10 +164,11 @@ fn busy_and_server_errors_before_audio_are_retried_within_the_budget() {
 
 #[test]
 fn a_retry_that_runs_out_of_budget_reports_the_upstreams_answer() {
-    let rig = rig(&[("first_byte_timeout_ms", "400")]);
-    // The busy answer comes at once; the retry's answer would come after
-    // the SPEAK's first-byte budget.
-    rig.upstream.set_default(Behavior::default().with_first_byte_delay(Duration::from_millis(2000)));
+    // The busy answer comes at once and the first backoff is at most
+    // 200 ms, so the retry starts well inside the 1.5 s budget even on a
+    // busy machine; its answer would come long after it.
+    let rig = rig(&[("first_byte_timeout_ms", "1500")]);
+    rig.upstream.set_default(Behavior::default().with_first_byte_delay(Duration::from_millis(10_000)));
     rig.upstream.fail_next(1, Fault::system_busy());
     let ch = rig.server.open_channel(8000).unwrap();
     let id = ch.speak("Busy, then slow.");
