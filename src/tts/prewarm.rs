@@ -213,9 +213,13 @@ impl Filler {
         transport.probe(&url, &headers, self.config.connect_timeout, timeout, &|| self.stopping())?;
         let warm = Warm { transport, refresh_at: Instant::now() + self.config.prewarm_refresh };
         let mut ready = self.pool.ready.lock();
-        if ready.len() < self.config.prewarm_connections {
-            ready.push(warm);
+        if ready.len() >= self.config.prewarm_connections {
+            return Ok(()); // not needed after all (dropped after the guard)
         }
+        ready.push(warm);
+        let n = ready.len();
+        drop(ready);
+        log::debug!("pre-warm: {n} of {} warm connection(s) ready", self.config.prewarm_connections);
         Ok(())
     }
 }
