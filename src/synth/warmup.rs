@@ -104,6 +104,7 @@ impl Warmup {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     path: &str,
     config: &Config,
