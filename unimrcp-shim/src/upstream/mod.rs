@@ -366,10 +366,13 @@ impl MockUpstream {
         Ok(MockUpstream { shared, addr, acceptor: Some(acceptor), tls: None })
     }
 
-    /// Like [`MockUpstream::start`], but served over HTTPS only, with a
-    /// certificate for `127.0.0.1` and `localhost` signed by a CA made
-    /// now ([`MockUpstream::ca_pem`]). Each TLS connection is relayed to
-    /// the same HTTP server, so everything else works as over HTTP.
+    /// Like [`MockUpstream::start`], but [`MockUpstream::base_url`] is an
+    /// HTTPS front with a certificate for `127.0.0.1` and `localhost`
+    /// signed by a CA made now ([`MockUpstream::ca_pem`]). Each TLS
+    /// connection is relayed to the HTTP server (still at
+    /// [`MockUpstream::addr`]) over a connection of its own, so everything
+    /// else works as over HTTP; the connect delay is then paid at the
+    /// front, before the handshake.
     ///
     /// # Panics
     /// If the listener or the certificates cannot be set up.
