@@ -74,7 +74,8 @@ impl Pool {
 /// The pre-warm thread and its pool.
 pub struct Prewarm {
     pool: Arc<Pool>,
-    thread: JoinHandle<()>,
+    /// Taken by `stop`.
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Prewarm {
@@ -101,7 +102,7 @@ impl Prewarm {
             .name("elevenlabs-prewarm".into())
             .spawn(move || Filler { config, net, provider, capacity, pool: thread_pool, rx }.run());
         match spawned {
-            Ok(thread) => Some(Prewarm { pool, thread }),
+            Ok(thread) => Some(Prewarm { pool, thread: Some(thread) }),
             Err(e) => {
                 log::error!("cannot start the pre-warm thread ({e}): channels open their own connections");
                 None
@@ -115,15 +116,24 @@ impl Prewarm {
 
     /// Stops and joins the thread (a probe in flight ends within 50 ms);
     /// the warm transports close with the pool. Never on the MRCP thread.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.pool.stop.store(true, Ordering::SeqCst);
         let _ = self.pool.wake.try_send(());
-        if self.thread.join().is_err() {
+        if self.thread.take().is_some_and(|t| t.join().is_err()) {
             log::error!("the pre-warm thread panicked");
         }
         let left = std::mem::take(&mut *self.pool.ready.lock());
         log::debug!("pre-warm stopped after {} probes; {} warm connection(s) closed", self.pool.probes(), left.len());
         drop(left);
+    }
+}
+
+impl Drop for Prewarm {
+    /// Dropped without `stop` (an engine never closed): the thread still
+    /// ends on its own, within 50 ms, unjoined.
+    fn drop(&mut self) {
+        self.pool.stop.store(true, Ordering::SeqCst);
+        let _ = self.pool.wake.try_send(());
     }
 }
 
