@@ -186,14 +186,16 @@ fn without_prewarm_the_first_speak_opens_a_connection() {
 fn warm_connections_are_refreshed_before_the_server_closes_them() {
     let _serial = serial();
     let upstream = MockUpstream::start(API_KEY);
-    // The server closes connections idle for 400 ms; the plugin refreshes
-    // every 100 ms.
-    upstream.set_idle_close(Some(Duration::from_millis(400)));
-    let server = server(&upstream, &[("prewarm_connections", "1"), ("prewarm_refresh_ms", "100")]);
-    // Several idle periods' worth of refreshes.
-    wait_until("12 probes", || probes(&upstream).len() >= 12);
+    // The server closes connections idle for 500 ms; the plugin refreshes
+    // each every 100 ms. Two of them: the pre-warmer probes one at a time,
+    // so one is always in the pool for the channel to take.
+    upstream.set_idle_close(Some(Duration::from_millis(500)));
+    let server = server(&upstream, &[("prewarm_connections", "2"), ("prewarm_refresh_ms", "100")]);
+    // Refreshes over several idle periods (2 connections, 10 probes a
+    // second each: about 1.5 s).
+    wait_until("30 probes", || probes(&upstream).len() >= 30);
     let reused = probes(&upstream).iter().filter(|p| !p.fresh_connection).count();
-    assert!(reused > 0, "refresh probes reuse the warm connection");
+    assert!(reused > 0, "refresh probes reuse the warm connections");
     let req = speak_on_new_channel(&server, &upstream, "Still warm after a while.");
     assert!(!req.fresh_connection, "the channel got a live warm connection");
     assert_clean(&server);
