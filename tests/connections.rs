@@ -27,7 +27,12 @@ fn prewarm_threads() -> usize {
 }
 
 fn server(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Server {
-    start_server(params(upstream, extra), MediaClock::Every(Duration::from_millis(2)))
+    // Room for a first TLS handshake on a slow machine (OpenSSL's one-time
+    // set-up under valgrind takes seconds): these tests are not about
+    // timeouts. Later extras still win.
+    let mut all = vec![("first_byte_timeout_ms", "15000")];
+    all.extend_from_slice(extra);
+    start_server(params(upstream, &all), MediaClock::Every(Duration::from_millis(2)))
 }
 
 /// A PEM file in a fresh temp dir, removed with the returned guard.
