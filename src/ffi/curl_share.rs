@@ -144,3 +144,44 @@ impl Drop for Share {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curl::easy::Easy2;
+
+    struct Nothing;
+    impl Handler for Nothing {}
+
+    #[test]
+    fn handles_attach_and_the_share_cleans_up_after_them() {
+        curl::init();
+        let share = Share::new().expect("a share object");
+        let easies: Vec<Easy2<Nothing>> = (0..3).map(|_| Easy2::new(Nothing)).collect();
+        for easy in &easies {
+            share.attach(easy).expect("CURLOPT_SHARE");
+        }
+        // Attaching and detaching take the share's own lock: the callbacks
+        // ran and released it, or the next attach would deadlock.
+        drop(easies);
+        let again = Easy2::new(Nothing);
+        share.attach(&again).expect("attach after the others left");
+        drop(again);
+        drop(share); // nothing uses it now: curl_share_cleanup frees it
+    }
+
+    #[test]
+    fn every_kind_has_a_lock() {
+        let locks = Locks { slots: [RawMutex::INIT; 4] };
+        for kind in
+            [CURL_LOCK_DATA_SHARE, CURL_LOCK_DATA_DNS, CURL_LOCK_DATA_SSL_SESSION, curl_sys::CURL_LOCK_DATA_CONNECT, 99]
+        {
+            let m = locks.slot(kind);
+            m.lock();
+            assert!(!m.try_lock(), "held");
+            // SAFETY: locked just above on this thread.
+            unsafe { m.unlock() };
+        }
+        assert!(!std::ptr::eq(locks.slot(CURL_LOCK_DATA_DNS), locks.slot(CURL_LOCK_DATA_SSL_SESSION)), "one per kind");
+    }
+}
