@@ -43,6 +43,8 @@
 
 #[path = "plugin/capacity.rs"]
 mod capacity;
+#[path = "plugin/connections.rs"]
+mod connections;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -135,6 +137,9 @@ fn engine_params(base_url: &str, cache_dir: Option<&Path>) -> Vec<(&'static str,
         ("max_buffer_ms", MAX_BUFFER_MS.to_string()),
         ("first_byte_timeout_ms", TIMEOUT_MS.to_string()),
         ("stall_timeout_ms", TIMEOUT_MS.to_string()),
+        // The other scenarios count upstream requests; warm connections
+        // (GET /v1/models) have their own scenario, [7].
+        ("prewarm_connections", "0".to_string()),
     ];
     match cache_dir {
         Some(dir) => {
@@ -1230,6 +1235,12 @@ fn main() -> ExitCode {
     println!("[6] upstream capacity (8 kHz, real-time clock)");
     if let Err(e) = capacity::bench_capacity(&plugin, &mut failures) {
         failures.add(format!("capacity scenario: {e}"));
+    }
+
+    println!();
+    println!("[7] warm connections (8 kHz, real-time clock)");
+    if let Err(e) = connections::bench_connections(&plugin, &mut failures) {
+        failures.add(format!("connections scenario: {e}"));
     }
 
     println!();

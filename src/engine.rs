@@ -16,7 +16,8 @@ use crate::ffi::{self, ChannelRef, EngineRef};
 use crate::synth::{self, warmup::Warmup, Command, WorkerHandle};
 use crate::tts::capacity::Capacity;
 use crate::tts::elevenlabs::ElevenLabs;
-use crate::tts::Provider;
+use crate::tts::prewarm::{Pool, Prewarm};
+use crate::tts::{Network, Provider};
 
 /// engine->obj.
 pub struct Engine {
@@ -31,6 +32,13 @@ pub struct Engine {
     /// The thread that stops and joins the workers at engine close.
     closer: Mutex<Option<JoinHandle<()>>>,
     channel_seq: AtomicU64,
+    /// curl set-up shared by every handle (DNS and TLS session share, CA
+    /// file), from open on.
+    net: Mutex<Option<Arc<Network>>>,
+    /// The pre-warm thread, while it runs, and its pool of warm transports
+    /// (what new channels take from). Both leaves, never held together.
+    prewarm: Mutex<Option<Prewarm>>,
+    warm_pool: Mutex<Option<Arc<Pool>>>,
 }
 
 impl Engine {
@@ -43,6 +51,9 @@ impl Engine {
             warmup: Mutex::new(None),
             closer: Mutex::new(None),
             channel_seq: AtomicU64::new(0),
+            net: Mutex::new(None),
+            prewarm: Mutex::new(None),
+            warm_pool: Mutex::new(None),
         }
     }
 }
@@ -68,8 +79,16 @@ impl ffi::Engine for Engine {
                 return false;
             }
         };
+        if let Some(ca) = &config.ca_file {
+            // Checked now, so a typo fails the open rather than every SPEAK.
+            if let Err(e) = std::fs::File::open(ca) {
+                log::error!("engine open failed: engine param 'ca_file': cannot read '{ca}': {e}");
+                return false;
+            }
+        }
         // The one curl_global_init of the process (curl::init runs it once).
         curl::init();
+        let net = Arc::new(Network::new(&config));
         let cache = config.cache.clone().and_then(Cache::open);
         if let Some(cache) = &cache {
             let c = cache.config();
@@ -84,6 +103,7 @@ impl ffi::Engine for Engine {
                 Arc::clone(cache),
                 Arc::clone(&self.provider),
                 Arc::clone(&capacity),
+                Arc::clone(&net),
             );
         }
         *self.shared.cache.lock() = cache;
@@ -112,6 +132,18 @@ impl ffi::Engine for Engine {
             config.fallback_base_url.as_deref().unwrap_or("-"),
             config.max_speak_chars
         );
+        log::info!(
+            "connections: prewarm_connections={} prewarm_refresh_ms={} ca_file={} shared DNS/TLS sessions={}",
+            config.prewarm_connections,
+            config.prewarm_refresh.as_millis(),
+            config.ca_file.as_deref().unwrap_or("system CAs"),
+            if net.share().is_some() { "on" } else { "off" }
+        );
+        let prewarm =
+            Prewarm::start(Arc::clone(&config), Arc::clone(&net), Arc::clone(&self.provider), Arc::clone(&capacity));
+        *self.warm_pool.lock() = prewarm.as_ref().map(|p| Arc::clone(p.pool()));
+        *self.prewarm.lock() = prewarm;
+        *self.net.lock() = Some(net);
         *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
@@ -138,6 +170,9 @@ impl ffi::Engine for Engine {
             );
         }
         let warmup = self.warmup.lock().take();
+        // New channels open their own connections from now on.
+        self.warm_pool.lock().take();
+        let prewarm = self.prewarm.lock().take();
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -149,6 +184,9 @@ impl ffi::Engine for Engine {
             }
             if let Some(warmup) = warmup {
                 warmup.stop();
+            }
+            if let Some(prewarm) = prewarm {
+                prewarm.stop();
             }
             if let Some(cache) = cache {
                 cache.stop();
@@ -185,11 +223,20 @@ impl ffi::Engine for Engine {
 
     fn attach(&self, channel: &Channel, ch: ChannelRef) -> bool {
         let n = self.channel_seq.fetch_add(1, Ordering::Relaxed);
-        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared)) {
+        let Some(net) = self.net.lock().clone() else {
+            log::error!("create_channel before a successful engine open");
+            return false;
+        };
+        // Taken from the pool under its leaf lock (no wait); the pre-warm
+        // thread makes the next one.
+        let pool = self.warm_pool.lock().clone();
+        let warm = pool.and_then(|pool| pool.take());
+        let warmed = warm.is_some();
+        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared), net, warm) {
             Ok(handle) => {
                 *channel.worker.lock() = Some(handle);
                 self.shared.workers.lock().push(Arc::clone(&channel.worker));
-                log::debug!("channel created (worker elevenlabs-{n})");
+                log::debug!("channel created (worker elevenlabs-{n}, warm connection: {warmed})");
                 true
             }
             Err(e) => {

@@ -26,6 +26,14 @@ pub const DEFAULT_MAX_RETRIES: u32 = 2;
 pub const DEFAULT_CIRCUIT_FAILURE_THRESHOLD: u32 = 5;
 pub const DEFAULT_CIRCUIT_OPEN_MS: u64 = 10_000;
 pub const DEFAULT_MAX_SPEAK_CHARS: usize = 5000;
+/// Idle connections to the upstream kept open for new channels.
+pub const DEFAULT_PREWARM_CONNECTIONS: usize = 2;
+/// How often an idle warm connection is used (a free request) so the
+/// server does not close it. Well below the idle timeouts common in front
+/// of HTTP APIs (60 s for cloud load balancers, 75 s nginx's default), so
+/// one missed refresh still leaves room; at one small GET per connection
+/// every 20 s the cost is nil.
+pub const DEFAULT_PREWARM_REFRESH_MS: u64 = 20_000;
 
 /// Every param we understand, for the unknown-param warning.
 pub const KNOWN_PARAMS: &[&str] = &[
@@ -66,6 +74,9 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "circuit_open_ms",
     "fallback_base_url",
     "max_speak_chars",
+    "prewarm_connections",
+    "prewarm_refresh_ms",
+    "ca_file",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -150,6 +161,13 @@ pub struct Config {
     pub fallback_base_url: Option<String>,
     /// Characters one SPEAK may send upstream (0: no cap).
     pub max_speak_chars: usize,
+    /// Warm connections to the primary kept for new channels (0: off).
+    pub prewarm_connections: usize,
+    /// An idle warm connection is refreshed this often.
+    pub prewarm_refresh: Duration,
+    /// CA certificates (PEM) to verify the upstream with; None: the
+    /// system's.
+    pub ca_file: Option<String>,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -235,6 +253,9 @@ impl fmt::Debug for Config {
             .field("circuit_open", &self.circuit_open)
             .field("fallback_base_url", &self.fallback_base_url)
             .field("max_speak_chars", &self.max_speak_chars)
+            .field("prewarm_connections", &self.prewarm_connections)
+            .field("prewarm_refresh", &self.prewarm_refresh)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -450,7 +471,23 @@ impl Config {
             Some(_) => Some(p.millis("max_concurrent_requests", 0, 1, 10_000)? as usize),
         };
 
+        let ca_file = match p.get("ca_file") {
+            None | Some("") => None,
+            Some(path) if !path.starts_with('/') => {
+                return Err(err("ca_file", format!("'{path}' is not an absolute path")))
+            }
+            Some(path) => Some(path.to_owned()),
+        };
+
         Ok(Config {
+            prewarm_connections: p.millis("prewarm_connections", DEFAULT_PREWARM_CONNECTIONS as u64, 0, 64)? as usize,
+            prewarm_refresh: Duration::from_millis(p.millis(
+                "prewarm_refresh_ms",
+                DEFAULT_PREWARM_REFRESH_MS,
+                100,
+                600_000,
+            )?),
+            ca_file,
             max_concurrent_requests,
             queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
             max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,
@@ -700,6 +737,34 @@ mod tests {
             ("circuit_open_ms", "0"),
             ("fallback_base_url", "ftp://x"),
             ("max_speak_chars", "-5"),
+        ] {
+            assert_eq!(with(&[(name, bad)]).unwrap_err().param, name, "{name}={bad}");
+        }
+    }
+
+    #[test]
+    fn connection_params_have_their_defaults_and_bounds() {
+        let base = [("api_key", "k"), ("voice_id", "v")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut p = base.to_vec();
+            p.extend_from_slice(extra);
+            Config::from_params(&params(&p), no_file)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.prewarm_connections, 2);
+        assert_eq!(c.prewarm_refresh, Duration::from_millis(20_000));
+        assert_eq!(c.ca_file, None);
+        let c =
+            with(&[("prewarm_connections", "0"), ("prewarm_refresh_ms", "500"), ("ca_file", "/etc/ca.pem")]).unwrap();
+        assert_eq!((c.prewarm_connections, c.prewarm_refresh), (0, Duration::from_millis(500)));
+        assert_eq!(c.ca_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(with(&[("ca_file", "")]).unwrap().ca_file, None, "empty: unset");
+        for (name, bad) in [
+            ("prewarm_connections", "65"),
+            ("prewarm_connections", "-1"),
+            ("prewarm_refresh_ms", "99"),
+            ("prewarm_refresh_ms", "600001"),
+            ("ca_file", "relative.pem"),
         ] {
             assert_eq!(with(&[(name, bad)]).unwrap_err().param, name, "{name}={bad}");
         }

@@ -11,10 +11,15 @@
 //! * `panic`: the one guard every trampoline runs through.
 //! * `logging`: the `log` crate over `apt_log`.
 //! * `plugin`: the four exported entry points, declared by `declare_plugin!`.
+//! * `curl_share`, `curl_multi`: what curl-rust lacks: a share object (DNS
+//!   and TLS sessions across the engine's handles) and a multi handle that
+//!   can move to another thread (warm transports).
 //!
 //! Depends only on `mrcp` (the owned types it converts to and from).
 
 mod codes;
+pub mod curl_multi;
+pub mod curl_share;
 mod handles;
 pub mod logging;
 mod message;

@@ -34,7 +34,7 @@ use crate::ffi::ChannelRef;
 use crate::mrcp::Completion;
 use crate::plan::Plan;
 use crate::tts::capacity::Capacity;
-use crate::tts::{Provider, Stats, Transport};
+use crate::tts::{Network, Provider, Stats, Transport};
 
 use marks::Marks;
 pub use shared::Shared;
@@ -88,10 +88,19 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn spawn(name: String, channel: ChannelRef, shared: Arc<Shared>) -> std::io::Result<WorkerHandle> {
+    /// `warm`: a transport with an open connection (`tts::prewarm`), used
+    /// for the channel's first SPEAK; without one the worker makes its own.
+    pub fn spawn(
+        name: String,
+        channel: ChannelRef,
+        shared: Arc<Shared>,
+        net: Arc<Network>,
+        warm: Option<Transport>,
+    ) -> std::io::Result<WorkerHandle> {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(channel, thread_shared, rx))?;
+        let thread =
+            std::thread::Builder::new().name(name).spawn(move || run(channel, thread_shared, rx, net, warm))?;
         Ok(WorkerHandle { tx, thread, shared })
     }
 
@@ -114,11 +123,24 @@ struct Worker {
     exit: Option<bool>,
     /// Marks of the current SPEAK whose place in its audio is known.
     marks: Marks,
+    /// How curl handles are set up (engine-wide).
+    net: Arc<Network>,
+    /// A warm transport, until the first `serve` takes it.
+    warm: Option<Transport>,
 }
 
-fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
-    let mut worker =
-        Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None, marks: Marks::default() };
+fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc<Network>, warm: Option<Transport>) {
+    let mut worker = Worker {
+        channel,
+        shared,
+        rx,
+        deferred: VecDeque::new(),
+        draining: None,
+        exit: None,
+        marks: Marks::default(),
+        net,
+        warm,
+    };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
     loop {
@@ -151,7 +173,11 @@ impl Worker {
 
     fn serve(&mut self) {
         // (the draining SPEAK's marks are announced from the loop below)
-        let mut transport = match Transport::new() {
+        let made = match self.warm.take() {
+            Some(warm) => Ok(warm),
+            None => Transport::new(&self.net),
+        };
+        let mut transport = match made {
             Ok(t) => Some(t),
             Err(e) => {
                 log::error!("[{}] cannot create curl handles: {e}", self.id());

@@ -22,7 +22,7 @@ use crate::error::Failure;
 use crate::media::{Discard, Waker};
 use crate::plan;
 use crate::tts::capacity::{retry, Capacity, Health, Next, Permit};
-use crate::tts::{Outcome, Provider, Transport};
+use crate::tts::{Network, Outcome, Provider, Transport};
 
 /// One line of the warm-up file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +77,7 @@ impl Warmup {
         cache: Arc<Cache>,
         provider: Arc<dyn Provider>,
         capacity: Arc<Capacity>,
+        net: Arc<Network>,
     ) -> Option<Warmup> {
         let waker = match Waker::new() {
             Ok(w) => Arc::new(w),
@@ -89,7 +90,7 @@ impl Warmup {
         let (stop2, waker2) = (Arc::clone(&stop), Arc::clone(&waker));
         let thread = std::thread::Builder::new()
             .name("elevenlabs-warm".into())
-            .spawn(move || run(&path, &config, &cache, &provider, &capacity, &waker2, &stop2))
+            .spawn(move || run(&path, &config, &cache, &provider, &capacity, &net, &waker2, &stop2))
             .map_err(|e| log::error!("cache warm-up: cannot start its thread: {e}"))
             .ok()?;
         Some(Warmup { stop, waker, thread })
@@ -103,12 +104,14 @@ impl Warmup {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     path: &str,
     config: &Config,
     cache: &Arc<Cache>,
     provider: &Arc<dyn Provider>,
     capacity: &Arc<Capacity>,
+    net: &Network,
     waker: &Arc<Waker>,
     stop: &AtomicBool,
 ) {
@@ -123,7 +126,7 @@ fn run(
     for p in &problems {
         log::warn!("cache warm-up: {path}: {p}");
     }
-    let mut transport = match Transport::new() {
+    let mut transport = match Transport::new(net) {
         Ok(t) => t,
         Err(e) => {
             log::error!("cache warm-up: cannot create curl handles: {e}");

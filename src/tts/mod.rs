@@ -11,12 +11,15 @@
 
 pub mod capacity;
 pub mod elevenlabs;
+pub mod network;
+pub mod prewarm;
 mod transport;
 
 use std::sync::Arc;
 
 use crate::config::Config;
 
+pub use network::Network;
 pub use transport::{Outcome, Stats, Transport, Trouble};
 
 /// One upstream request: a part of a SPEAK's text in one voice and style.
@@ -99,6 +102,10 @@ pub trait Provider: Send + Sync {
     fn read_header(&self, _name: &str, _value: &str) -> Option<Told> {
         None
     }
+    /// A GET at `base` that costs nothing (no characters) and proves the
+    /// connection and the key: URL and headers (secrets included, never
+    /// logged). Used to open and refresh warm connections (`prewarm`).
+    fn probe(&self, base: &str, config: &Config) -> (String, Vec<String>);
 }
 
 /// What the upstream tells in a response header, beside the audio.

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use curl::easy::{Easy2, Handler, List, WriteError};
-use curl::multi::{Easy2Handle, Multi, WaitFd};
+use curl::multi::{Easy2Handle, WaitFd};
 
-use super::{BodyDecoder, Provider, SpeechRequest, Told};
+use super::{BodyDecoder, Network, Provider, SpeechRequest, Told};
 use crate::cache::Tee;
 use crate::config::Config;
 use crate::error::Failure;
+use crate::ffi::curl_multi::MovableMulti;
+use crate::ffi::curl_share::Share;
 use crate::media::{apply_gain, AudioSink, Discard, Push};
 
 const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"));
@@ -149,6 +151,30 @@ impl Collector {
         self.last_byte = now;
         self.paused_for = 0;
         self.stale = false;
+    }
+
+    /// Set up for a probe (`Transport::probe`): the body is thrown away.
+    fn reset_for_probe(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        self.sink = Box::new(Discard);
+        self.provider = None;
+        self.decoder = None;
+        self.gain = 1.0;
+        self.staged.clear();
+        self.ready = 0;
+        self.curl_paused = false;
+        self.status = 0;
+        self.content_type = None;
+        self.is_audio = None;
+        self.error_body.clear();
+        self.first_byte_deadline = now + timeout;
+        self.started = now;
+        self.first_byte = None;
+        self.last_byte = now;
+        self.paused_for = 0;
+        self.stale = false;
+        self.decode_error = None;
+        self.decoder_finished = false;
     }
 
     fn audio_content_type(&self) -> bool {
@@ -368,21 +394,108 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// The channel's curl handles, kept across SPEAKs.
+/// The channel's curl handles, kept across SPEAKs. The multi handle's
+/// connection cache holds the channel's keep-alive connection; a warm
+/// transport (`prewarm`) comes with one already open.
 pub struct Transport {
-    multi: Multi,
+    multi: MovableMulti,
     idle: Option<Easy2<Collector>>,
+    /// Declared last so it is dropped last: the easy handle must be gone
+    /// before the share object may be cleaned up.
+    _share: Option<Arc<Share>>,
 }
 
 impl Transport {
-    pub fn new() -> Result<Transport, curl::Error> {
+    pub fn new(net: &Network) -> Result<Transport, curl::Error> {
         let mut easy = Easy2::new(Collector::new());
         easy.useragent(USER_AGENT)?;
         easy.tcp_nodelay(true)?;
         easy.tcp_keepalive(true)?;
         easy.signal(false)?;
         easy.follow_location(false)?;
-        Ok(Transport { multi: Multi::new(), idle: Some(easy) })
+        easy.maxage_conn(net.max_age())?;
+        if let Some(ca) = net.ca_file() {
+            // Peer and host verification stay on (curl's default): only the
+            // trusted roots change.
+            easy.cainfo(ca)?;
+        }
+        if let Some(share) = net.share() {
+            share.attach(&easy)?;
+        }
+        Ok(Transport { multi: MovableMulti::new(), idle: Some(easy), _share: net.share().cloned() })
+    }
+
+    /// A GET that leaves its connection open in this transport's cache
+    /// (keep-alive), for the next request to reuse: how warm connections
+    /// are opened and kept from the server's idle timeout. Blocks for up to
+    /// `timeout`; `stop` is checked every 50 ms. The body is thrown away.
+    pub fn probe(
+        &mut self,
+        url: &str,
+        headers: &[String],
+        connect_timeout: Duration,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), String> {
+        let Some(mut easy) = self.idle.take() else {
+            return Err("curl handle busy".to_owned());
+        };
+        easy.get_mut().reset_for_probe(timeout);
+        let setup = (|| -> Result<(), curl::Error> {
+            easy.url(url)?;
+            let mut list = List::new();
+            for header in headers {
+                list.append(header)?;
+            }
+            easy.http_headers(list)?;
+            easy.get(true)?;
+            easy.connect_timeout(connect_timeout)?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            self.idle = Some(easy);
+            return Err(format!("cannot set up the probe: {e}"));
+        }
+        let handle = match self.multi.add2(easy) {
+            Ok(handle) => handle,
+            Err(e) => return Err(format!("cannot start the probe: {e}")),
+        };
+        let deadline = Instant::now() + timeout;
+        let mut result = None;
+        while result.is_none() {
+            if let Err(e) = self.multi.perform() {
+                result = Some(Err(format!("curl multi perform: {e}")));
+                break;
+            }
+            self.multi.messages(|msg| {
+                if let Some(r) = msg.result_for2(&handle) {
+                    result = Some(r.map_err(|e| describe_curl_error(&e, connect_timeout)));
+                }
+            });
+            if result.is_some() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                result = Some(Err(format!("no answer within {} ms", timeout.as_millis())));
+            } else if stop() {
+                result = Some(Err("stopped".to_owned()));
+            } else {
+                let slice = deadline.saturating_duration_since(now).min(Duration::from_millis(50));
+                let _ = self.multi.wait(&mut [], slice.max(Duration::from_millis(1)));
+            }
+        }
+        let status = handle.get_ref().status;
+        match self.multi.remove2(handle) {
+            Ok(easy) => self.idle = Some(easy),
+            Err(e) => return Err(format!("curl multi remove: {e}")),
+        }
+        match result {
+            Some(Ok(())) if (200..300).contains(&status) => Ok(()),
+            Some(Ok(())) => Err(format!("HTTP {status}")),
+            Some(Err(e)) => Err(e),
+            None => Err("no result".to_owned()),
+        }
     }
 
     /// Starts the request at `base_url`; its audio flows into `sink` (and
@@ -600,7 +713,7 @@ impl Transfer<'_> {
             None => Outcome::Stale, // aborted by us before it finished
             Some(Err(e)) => {
                 stats.trouble = Some(curl_trouble(&e));
-                Outcome::Failed(Failure::Upstream(describe_curl_error(&e, self.config)))
+                Outcome::Failed(Failure::Upstream(describe_curl_error(&e, self.config.connect_timeout)))
             }
             Some(Ok(())) => judge_response(c, &mut stats.trouble),
         };
@@ -758,24 +871,20 @@ fn curl_trouble(e: &curl::Error) -> Trouble {
     }
 }
 
-fn describe_curl_error(e: &curl::Error, config: &Config) -> String {
+fn describe_curl_error(e: &curl::Error, connect_timeout: Duration) -> String {
     let what = if e.is_couldnt_resolve_host() {
         "cannot resolve the upstream host".to_owned()
     } else if e.is_couldnt_connect() {
         "cannot connect to upstream".to_owned()
     } else if e.is_operation_timedout() && e.extra_description().is_some_and(|x| x.contains("SSL")) {
-        format!(
-            "TLS failure with upstream: handshake timed out (connect_timeout_ms={})",
-            config.connect_timeout.as_millis()
-        )
+        format!("TLS failure with upstream: handshake timed out (connect_timeout_ms={})", connect_timeout.as_millis())
     } else if e.is_operation_timedout() {
-        format!("upstream connection timed out (connect_timeout_ms={})", config.connect_timeout.as_millis())
-    } else if e.is_ssl_connect_error()
-        || e.is_peer_failed_verification()
-        || e.is_ssl_certproblem()
-        || e.is_ssl_cipher()
-        || e.is_ssl_cacert()
-    {
+        format!("upstream connection timed out (connect_timeout_ms={})", connect_timeout.as_millis())
+    } else if e.is_peer_failed_verification() || e.is_ssl_cacert() {
+        // Names what an operator checks: the CA bundle (ca_file) or the
+        // server's certificate.
+        "TLS failure with upstream: its certificate could not be verified (check ca_file)".to_owned()
+    } else if e.is_ssl_connect_error() || e.is_ssl_certproblem() || e.is_ssl_cipher() {
         "TLS failure with upstream".to_owned()
     } else if e.is_partial_file() || e.is_recv_error() || e.is_got_nothing() || e.is_send_error() {
         "upstream stream cut short".to_owned()

@@ -38,6 +38,9 @@ pub fn params(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Vec<(String, S
         // Tests count upstream requests; the cache tests turn it on with
         // a private dir of their own.
         ("cache_enabled".into(), "false".into()),
+        // Warm connections add GET /v1/models requests of their own;
+        // tests/connections.rs turns them on.
+        ("prewarm_connections".into(), "0".into()),
     ];
     for (k, v) in extra {
         p.retain(|(name, _)| name != k);

@@ -9,7 +9,7 @@ mod timestamps;
 use serde::{Deserialize, Serialize};
 
 use super::{BodyDecoder, Provider, SpeechRequest, Told};
-use crate::config::VoiceSettings;
+use crate::config::{Config, VoiceSettings};
 
 pub use timestamps::TimestampStream;
 
@@ -173,6 +173,15 @@ impl Provider for ElevenLabs {
             // No 100-continue round trip before the body.
             "Expect:".to_owned(),
         ]
+    }
+
+    fn probe(&self, base: &str, config: &Config) -> (String, Vec<String>) {
+        // GET /v1/models: documented, free, and authenticated, so a warm
+        // connection also proves the key.
+        (
+            format!("{base}/v1/models"),
+            vec![format!("xi-api-key: {}", config.api_key), "Accept: application/json".to_owned()],
+        )
     }
 
     fn body(&self, req: &SpeechRequest) -> String {

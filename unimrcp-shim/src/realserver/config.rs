@@ -18,7 +18,8 @@ pub struct Engine<'a> {
 }
 
 /// `<engine>` for the plugin (`plugin/elevenlabs.so`), with short
-/// timeouts and the cache off.
+/// timeouts, the cache off and no warm connections (the test counts one
+/// upstream request per SPEAK).
 pub fn engine_block(engine: &Engine) -> String {
     let Engine { id, api_key, voice, base_url } = engine;
     format!(
@@ -34,6 +35,7 @@ pub fn engine_block(engine: &Engine) -> String {
         <param name="stall_timeout_ms" value="5000"/>
         <param name="max_buffer_ms" value="4000"/>
         <param name="cache_enabled" value="false"/>
+        <param name="prewarm_connections" value="0"/>
       </engine>
     "#
     )

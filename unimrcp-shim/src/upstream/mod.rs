@@ -90,6 +90,7 @@ mod plan;
 pub mod resample;
 mod server;
 mod timestamps;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -97,6 +98,7 @@ mod tests;
 pub use audio::{audio_ms_for_text, synth_pcm, Synth, MIN_AUDIO_MS, MS_PER_CHAR};
 pub use behavior::{AlignmentShape, Behavior, Fault, Voice};
 pub use timestamps::char_start_ms;
+pub use tls::unrelated_ca_pem;
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -128,6 +130,9 @@ pub fn pcm_format_rate(output_format: &str) -> Option<u32> {
 pub struct RecordedRequest {
     /// 1-based, in accept order; equal ids mean a reused connection.
     pub connection_id: u64,
+    /// The first request on its connection (a client that reuses a
+    /// kept-alive connection sends its later requests with `false`).
+    pub fresh_connection: bool,
     pub method: String,
     /// Path without the query string.
     pub path: String,
@@ -249,6 +254,22 @@ pub(crate) struct Shared {
     /// thread blocked on them.
     live: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Held once per accepted connection before it is served
+    /// ([`MockUpstream::set_connect_delay`]).
+    connect_delay: Mutex<Duration>,
+    /// Idle time after which a kept-alive connection is closed
+    /// ([`MockUpstream::set_idle_close`]); None: 300 s.
+    idle_close: Mutex<Option<Duration>>,
+    /// Connections are reached through the TLS front (tls.rs).
+    tls_front: AtomicBool,
+    /// The client port of each connection (the TLS front's port for its
+    /// connections), to match the front's handshake records.
+    peer_ports: Mutex<HashMap<u64, u16>>,
+    /// Per TLS front connection, by the port it connects from: whether
+    /// its handshake resumed a session.
+    tls_resumed: Mutex<HashMap<u16, bool>>,
+    /// TLS handshakes completed: (full, resumed).
+    tls_counts: Mutex<(usize, usize)>,
 }
 
 impl Shared {
@@ -296,6 +317,7 @@ pub struct MockUpstream {
     shared: Arc<Shared>,
     addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
+    tls: Option<tls::TlsFront>,
 }
 
 /// How long drop waits for connection threads before leaving stragglers
@@ -333,14 +355,75 @@ impl MockUpstream {
             refused: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            connect_delay: Mutex::new(Duration::ZERO),
+            idle_close: Mutex::new(None),
+            tls_front: AtomicBool::new(false),
+            peer_ports: Mutex::new(HashMap::new()),
+            tls_resumed: Mutex::new(HashMap::new()),
+            tls_counts: Mutex::new((0, 0)),
         });
         let acceptor = server::spawn_acceptor(Arc::clone(&shared), listener)?;
-        Ok(MockUpstream { shared, addr, acceptor: Some(acceptor) })
+        Ok(MockUpstream { shared, addr, acceptor: Some(acceptor), tls: None })
     }
 
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// Like [`MockUpstream::start`], but [`MockUpstream::base_url`] is an
+    /// HTTPS front with a certificate for `127.0.0.1` and `localhost`
+    /// signed by a CA made now ([`MockUpstream::ca_pem`]). Each TLS
+    /// connection is relayed to the HTTP server (still at
+    /// [`MockUpstream::addr`]) over a connection of its own, so everything
+    /// else works as over HTTP; the connect delay is then paid at the
+    /// front, before the handshake.
+    ///
+    /// # Panics
+    /// If the listener or the certificates cannot be set up.
+    pub fn start_tls(api_key: &str) -> MockUpstream {
+        let mut mock = MockUpstream::start(api_key);
+        mock.shared.tls_front.store(true, Ordering::SeqCst);
+        let front = tls::TlsFront::start(Arc::clone(&mock.shared), mock.addr).expect("mock upstream: TLS front");
+        mock.tls = Some(front);
+        mock
+    }
+
+    /// The CA certificate (PEM) that signed the HTTPS certificate; None
+    /// over plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` from [`MockUpstream::start_tls`]),
+    /// no trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls {
+            Some(t) => format!("https://{}", t.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// Each new connection is held this long before it is served (before
+    /// the TLS handshake over HTTPS), as a real handshake costs; applies to
+    /// connections accepted from now on. Zero (the default) for none.
+    pub fn set_connect_delay(&self, delay: Duration) {
+        *self.shared.connect_delay.lock() = delay;
+    }
+
+    /// Closes a kept-alive connection once it has been idle this long
+    /// (measured from when it last finished a response, applies from its
+    /// next wait); None restores the default of 300 s.
+    pub fn set_idle_close(&self, idle: Option<Duration>) {
+        *self.shared.idle_close.lock() = idle;
+    }
+
+    /// Whether the TLS handshake of connection `connection_id` (as in
+    /// [`RecordedRequest::connection_id`]) resumed a session; None over
+    /// plain HTTP or for an unknown connection.
+    pub fn tls_resumed(&self, connection_id: u64) -> Option<bool> {
+        let port = *self.shared.peer_ports.lock().get(&connection_id)?;
+        self.shared.tls_resumed.lock().get(&port).copied()
+    }
+
+    /// TLS handshakes completed so far: (full, resumed).
+    pub fn tls_handshakes(&self) -> (usize, usize) {
+        *self.shared.tls_counts.lock()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -526,6 +609,9 @@ impl MockUpstream {
 impl Drop for MockUpstream {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(front) = self.tls.take() {
+            front.join_acceptor();
+        }
         // The acceptor polls the stop flag every 50 ms. Joining it first
         // means no connection can be registered after the sweep below.
         if let Some(acceptor) = self.acceptor.take() {

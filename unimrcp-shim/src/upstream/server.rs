@@ -123,16 +123,29 @@ fn serve_connection(shared: &Shared, connection_id: u64, stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(http::READ_SLICE));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    if let Ok(peer) = stream.peer_addr() {
+        shared.peer_ports.lock().insert(connection_id, peer.port());
+    }
+    // Behind the TLS front the front pays the handshake delay, once per
+    // client connection (tls.rs); its connections here are not delayed.
+    if !shared.tls_front.load(Ordering::SeqCst) {
+        connect_delay(shared);
+    }
     let mut conn = Conn::new(stream, Arc::clone(&shared.stop));
+    let mut served = 0u64;
     loop {
-        let next = match conn.read_request(Instant::now() + IDLE_TIMEOUT) {
+        let idle = shared.idle_close.lock().unwrap_or(IDLE_TIMEOUT);
+        let next = match conn.read_request(Instant::now() + idle) {
             Ok(_) if shared.refusing() => {
                 // The registered clone closes last (the thread's cleanup),
                 // and that close sends the RST.
                 reset(shared, &conn.stream);
                 return;
             }
-            Ok(req) => handle_request(shared, &mut conn, connection_id, req),
+            Ok(req) => {
+                served += 1;
+                handle_request(shared, &mut conn, connection_id, served == 1, req)
+            }
             Err(ReadError::Closed | ReadError::Gone) => Next::Gone,
             Err(ReadError::Bad(status, why)) => {
                 let body = json!({ "detail": why }).to_string();
@@ -152,6 +165,20 @@ fn serve_connection(shared: &Shared, connection_id: u64, stream: TcpStream) {
             }
             _ => return,
         }
+    }
+}
+
+/// Holds a new connection for the configured handshake delay (bounded by
+/// the stop flag), as a real TCP + TLS handshake would.
+pub(crate) fn connect_delay(shared: &Shared) {
+    let delay = *shared.connect_delay.lock();
+    let until = Instant::now() + delay.min(HOLD_LIMIT);
+    while !shared.stopping() {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        thread::sleep((until - now).min(Duration::from_millis(20)));
     }
 }
 
@@ -209,13 +236,13 @@ impl Drop for EndGuard<'_> {
     }
 }
 
-fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Request) -> Next {
+fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, fresh: bool, req: Request) -> Next {
     let received_at = Instant::now();
     // Counted before it is recorded, so a test that sees the record also
     // sees it active. Guards drop in reverse order: `ended_at` is set, the
     // plan slot freed, and then the request stops counting as active.
     let _active = ActiveGuard::new(shared);
-    let idx = shared.record(record(connection_id, &req, received_at));
+    let idx = shared.record(record(connection_id, fresh, &req, received_at));
     let _end = EndGuard { shared, idx };
     let mut ex = Exchange {
         shared,
@@ -227,6 +254,9 @@ fn handle_request(shared: &Shared, conn: &mut Conn, connection_id: u64, req: Req
         cost: None,
         slot: None,
     };
+    if req.path == "/v1/models" {
+        return ex.models(&req);
+    }
     let speak = match check(&shared.api_key, &req) {
         Ok(speak) => speak,
         Err((status, body)) => {
@@ -313,13 +343,14 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 }
 
 /// The record of `req`, before anything is answered.
-fn record(connection_id: u64, req: &Request, received_at: Instant) -> RecordedRequest {
+fn record(connection_id: u64, fresh: bool, req: &Request, received_at: Instant) -> RecordedRequest {
     let output_format = query_value(req, "output_format").map(str::to_string);
     let json: Option<Value> = serde_json::from_slice(&req.body).ok();
     let text = json.as_ref().and_then(|j| j.get("text")).and_then(Value::as_str).map(str::to_string);
     let route = tts_route(&req.path);
     RecordedRequest {
         connection_id,
+        fresh_connection: fresh,
         method: req.method.clone(),
         path: req.path.clone(),
         with_timestamps: matches!(route, Some((_, Endpoint::WithTimestamps))),
@@ -525,6 +556,23 @@ impl Exchange<'_> {
             return Next::Gone;
         }
         self.after_response()
+    }
+
+    /// `GET /v1/models`: a short list, as ElevenLabs' free models endpoint
+    /// answers (clients use it to open or keep a connection warm).
+    fn models(&mut self, req: &Request) -> Next {
+        if req.method != "GET" {
+            return self.send_json(405, &json!({ "detail": "Method Not Allowed" }));
+        }
+        if req.header("xi-api-key") != Some(self.shared.api_key.as_str()) {
+            return self.send_json(401, &detail("invalid_api_key", "Invalid API key"));
+        }
+        self.account = true;
+        let models = json!([
+            { "model_id": "eleven_flash_v2_5", "name": "Eleven Flash v2.5", "can_do_text_to_speech": true },
+            { "model_id": "eleven_multilingual_v2", "name": "Eleven Multilingual v2", "can_do_text_to_speech": true },
+        ]);
+        self.send_json(200, &models)
     }
 
     fn send_json(&mut self, status: u16, body: &Value) -> Next {

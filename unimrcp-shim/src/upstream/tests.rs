@@ -1432,3 +1432,67 @@ fn drop_is_prompt_with_a_queued_request() {
     assert!(held.closed_by_server());
     assert!(queued.closed_by_server());
 }
+
+fn models_request(key: Option<&str>) -> Vec<u8> {
+    let key = key.map(|k| format!("xi-api-key: {k}\r\n")).unwrap_or_default();
+    format!("GET /v1/models HTTP/1.1\r\nHost: localhost\r\n{key}Accept: application/json\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn models_lists_models_for_the_key_only() {
+    let m = mock();
+    let mut c = Client::connect(&m);
+    c.send(&models_request(Some(KEY)));
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.json().as_array().is_some_and(|a| !a.is_empty() && a[0]["model_id"].is_string()), "{:?}", r.json());
+    c.send(&models_request(Some("wrong")));
+    assert_eq!(c.response().status, 401);
+    c.send(&models_request(None));
+    assert_eq!(c.response().status, 401);
+    let reqs = m.requests();
+    assert_eq!(reqs.iter().map(|r| r.fresh_connection).collect::<Vec<_>>(), [true, false, false]);
+    assert!(reqs.iter().all(|r| r.path == "/v1/models" && r.method == "GET" && r.connection_id == 1));
+}
+
+#[test]
+fn each_new_connection_waits_the_connect_delay_once() {
+    let m = mock();
+    m.set_connect_delay(Duration::from_millis(150));
+    let mut c = Client::connect(&m);
+    let started = Instant::now();
+    c.send(&models_request(Some(KEY)));
+    assert_eq!(c.response().status, 200);
+    // A lower bound only: the delay is a wait before serving.
+    assert!(started.elapsed() >= Duration::from_millis(150), "the first request waited");
+    c.send(&models_request(Some(KEY)));
+    assert_eq!(c.response().status, 200);
+    let mut other = Client::connect(&m);
+    other.send(&models_request(Some(KEY)));
+    assert_eq!(other.response().status, 200);
+    let fresh: Vec<(u64, bool)> = m.requests().iter().map(|r| (r.connection_id, r.fresh_connection)).collect();
+    assert_eq!(fresh, [(1, true), (1, false), (2, true)]);
+    assert_eq!(m.connection_count(), 2);
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_close() {
+    let m = mock();
+    m.set_idle_close(Some(Duration::from_millis(100)));
+    let mut c = Client::connect(&m);
+    c.send(&models_request(Some(KEY)));
+    assert_eq!(c.response().status, 200);
+    // The server hangs up on its own (the read timeout is 10 s).
+    assert!(c.closed_by_server(), "closed after 100 ms idle");
+}
+
+#[test]
+fn tls_front_serves_the_same_api_and_names_unknown_connections() {
+    let m = MockUpstream::start_tls(KEY);
+    assert!(m.base_url().starts_with("https://127.0.0.1:"));
+    assert!(m.ca_pem().is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+    assert!(mock().ca_pem().is_none(), "plain HTTP has no CA");
+    assert_eq!(m.tls_resumed(1), None, "no connection yet");
+    assert_eq!(m.tls_handshakes(), (0, 0));
+    assert!(unrelated_ca_pem() != m.ca_pem().unwrap());
+}
