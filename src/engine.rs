@@ -112,6 +112,18 @@ impl ffi::Engine for Engine {
             config.fallback_base_url.as_deref().unwrap_or("-"),
             config.max_speak_chars
         );
+        if let Some(shared) = &config.shared {
+            log::info!(
+                "shared budget: {} slots shared through Redis {} as '{}' (lease_ttl_ms={}, local_share={} of expected_servers={}), cache tier {}",
+                shared.limit,
+                shared.redis,
+                shared.budget_key,
+                shared.lease_ttl.as_millis(),
+                shared.local_share,
+                shared.expected_servers,
+                if shared.cache.is_some() { "on" } else { "off" }
+            );
+        }
         *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
@@ -122,7 +134,8 @@ impl ffi::Engine for Engine {
             self.shared.workers.lock().iter().filter_map(|slot| slot.lock().take()).collect();
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let cache = self.shared.cache.lock().take();
-        if let Some(capacity) = self.capacity.lock().as_ref() {
+        let capacity = self.capacity.lock().clone();
+        if let Some(capacity) = capacity.as_ref() {
             let f = capacity.limiter.figures();
             let circuits: Vec<String> = capacity
                 .endpoints()
@@ -136,6 +149,20 @@ impl ffi::Engine for Engine {
                 f.rejections,
                 circuits.join(", ")
             );
+            if let Some(budget) = &capacity.budget {
+                let b = budget.figures();
+                log::info!(
+                    "shared budget at close: {} now, {} mode changes, {} leases acquired (wait p50 {} us, p99 {} us), {} held, {} expired before renewal, {} overruns",
+                    if b.shared { "shared" } else { "local" },
+                    b.mode_changes,
+                    b.leases_acquired,
+                    b.acquire_wait_us_p50,
+                    b.acquire_wait_us_p99,
+                    b.leases_held,
+                    b.leases_lost,
+                    b.overruns
+                );
+            }
         }
         let warmup = self.warmup.lock().take();
         // Joining may wait for a transfer to unwind: never on the MRCP
@@ -149,6 +176,9 @@ impl ffi::Engine for Engine {
             }
             if let Some(warmup) = warmup {
                 warmup.stop();
+            }
+            if let Some(capacity) = capacity {
+                capacity.stop();
             }
             if let Some(cache) = cache {
                 cache.stop();

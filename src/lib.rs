@@ -31,6 +31,7 @@ mod ffi;
 mod media;
 mod mrcp;
 mod plan;
+mod redis_conn;
 mod synth;
 mod text;
 mod tts;

@@ -7,6 +7,7 @@
 //! `from_params`, and a line in README's table.
 
 mod resolve;
+mod shared;
 
 pub use resolve::{
     apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, takes_request_ids, voice_by_gender,
@@ -15,6 +16,8 @@ pub use resolve::{
 
 use std::fmt;
 use std::time::Duration;
+
+pub use shared::SharedConfig;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
 pub const DEFAULT_MODEL_ID: &str = "eleven_flash_v2_5";
@@ -66,6 +69,15 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "circuit_open_ms",
     "fallback_base_url",
     "max_speak_chars",
+    // Several servers on one account (shared.rs).
+    "redis_url",
+    "budget_key",
+    "lease_ttl_ms",
+    "expected_servers",
+    "local_share",
+    "cache_redis",
+    "cache_redis_max_bytes",
+    "cache_redis_ttl_s",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -150,6 +162,9 @@ pub struct Config {
     pub fallback_base_url: Option<String>,
     /// Characters one SPEAK may send upstream (0: no cap).
     pub max_speak_chars: usize,
+    /// The budget (and optionally a cache tier) shared through Redis with
+    /// other servers on the same account; None: everything is local.
+    pub shared: Option<SharedConfig>,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -235,6 +250,7 @@ impl fmt::Debug for Config {
             .field("circuit_open", &self.circuit_open)
             .field("fallback_base_url", &self.fallback_base_url)
             .field("max_speak_chars", &self.max_speak_chars)
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -450,7 +466,10 @@ impl Config {
             Some(_) => Some(p.millis("max_concurrent_requests", 0, 1, 10_000)? as usize),
         };
 
+        let shared = shared::parse(&p, &api_key, max_concurrent_requests, cache.is_some())?;
+
         Ok(Config {
+            shared,
             max_concurrent_requests,
             queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
             max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod redis_server;
 
 use std::time::Duration;
 
