@@ -70,7 +70,11 @@ impl ffi::Engine for Engine {
         };
         // The one curl_global_init of the process (curl::init runs it once).
         curl::init();
-        let cache = config.cache.clone().and_then(Cache::open);
+        let tier = config
+            .shared
+            .as_ref()
+            .and_then(|s| s.cache.clone().map(|c| crate::cache::RedisTier::new(s.redis.clone(), c)));
+        let cache = config.cache.clone().and_then(|c| Cache::open(c, tier));
         if let Some(cache) = &cache {
             let c = cache.config();
             log::info!("cache: {} (max {} MiB, max age {:?})", c.dir.display(), c.max_bytes / (1024 * 1024), c.max_age);
@@ -134,6 +138,18 @@ impl ffi::Engine for Engine {
             self.shared.workers.lock().iter().filter_map(|slot| slot.lock().take()).collect();
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let cache = self.shared.cache.lock().take();
+        if let Some(tier) = cache.as_ref().and_then(|c| c.redis()) {
+            let t = tier.figures();
+            log::info!(
+                "cache tier at close: {} hits, {} misses, {} stored, {} waited for another server, {} corrupt refused, {} Redis errors",
+                t.hits,
+                t.misses,
+                t.stores,
+                t.waits,
+                t.corrupt,
+                t.errors
+            );
+        }
         let capacity = self.capacity.lock().clone();
         if let Some(capacity) = capacity.as_ref() {
             let f = capacity.limiter.figures();

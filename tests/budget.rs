@@ -8,172 +8,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use common::child::{host_params, owned, sha1_hex, ChildHost};
 use common::redis_server::RedisServer;
 use common::*;
-use sha1::{Digest, Sha1};
 use unimrcp_shim::host::{Channel, MediaClock};
 use unimrcp_shim::upstream::{Behavior, MockUpstream};
 
-const ENV_UPSTREAM: &str = "BUDGET_CHILD_UPSTREAM";
-const ENV_PARAMS: &str = "BUDGET_CHILD_PARAMS";
-const ENV_TEXTS: &str = "BUDGET_CHILD_TEXTS";
-const ENV_HOLD: &str = "BUDGET_CHILD_HOLD";
 /// Generous: these tests queue 40 SPEAKs on 5 slots on a busy machine.
 const LONG: Duration = Duration::from_secs(120);
 
-fn sha1_hex(bytes: &[u8]) -> String {
-    Sha1::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The engine params of a test host (the parent's or the child's).
-fn host_params(base_url: &str, extra: &[(String, String)]) -> Vec<(String, String)> {
-    let mut p: Vec<(String, String)> = vec![
-        ("api_key".into(), API_KEY.into()),
-        ("voice_id".into(), VOICE.into()),
-        ("base_url".into(), base_url.into()),
-        ("first_byte_timeout_ms".into(), "5000".into()),
-        ("stall_timeout_ms".into(), "3000".into()),
-        ("cache_enabled".into(), "false".into()),
-        ("queue_timeout_ms".into(), "120000".into()),
-    ];
-    for (k, v) in extra {
-        p.retain(|(name, _)| name != k);
-        p.push((k.clone(), v.clone()));
-    }
-    p
-}
-
-fn owned(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// The second server: this binary again, running only `child_host`.
-struct ChildHost {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl ChildHost {
-    fn spawn(upstream: &MockUpstream, extra: &[(&str, &str)], texts: &[String], hold: bool) -> ChildHost {
-        let params: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "child_host", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env(ENV_UPSTREAM, upstream.base_url())
-            .env(ENV_PARAMS, params.join(";"))
-            .env(ENV_TEXTS, texts.join("|"))
-            .env(ENV_HOLD, if hold { "1" } else { "0" })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the child host starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // The harness starts the test's first line with its name.
-                let line = line.strip_prefix("test child_host ... ").map(str::to_owned).unwrap_or(line);
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ChildHost { child, lines }
-    }
-
-    /// The next line starting with `prefix` (others are the harness's).
-    fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + LONG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("the child host never said {prefix} ({e})"),
-            }
-        }
-    }
-
-    /// (text, cause, sha1 of the audio) of every SPEAK, once it is done.
-    fn results(mut self) -> (Vec<(String, u32, String)>, String) {
-        let mut results = Vec::new();
-        let mut logs = String::new();
-        loop {
-            let line = self.expect("");
-            if line == "DONE" {
-                break;
-            }
-            if let Some(rest) = line.strip_prefix("RESULT\t") {
-                let f: Vec<&str> = rest.split('\t').collect();
-                results.push((f[0].to_owned(), f[1].parse().expect("a cause"), f[2].to_owned()));
-            } else if let Some(rest) = line.strip_prefix("LOG\t") {
-                logs.push_str(rest);
-                logs.push('\n');
-            }
-        }
-        let status = self.child.wait().expect("the child ends");
-        assert!(status.success(), "the child host failed: {status}");
-        (results, logs)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildHost {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The child's side: a test host in a process of its own. Run by the
-/// tests below with the upstream, params and texts in its environment;
-/// alone it does nothing.
+/// The second server's side (see `common::child`).
 #[test]
 #[ignore = "run by the other tests of this file, in a process of its own"]
 fn child_host() {
-    let Ok(base_url) = std::env::var(ENV_UPSTREAM) else { return };
-    let extra: Vec<(String, String)> = std::env::var(ENV_PARAMS)
-        .unwrap_or_default()
-        .split(';')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
-    let texts: Vec<String> = std::env::var(ENV_TEXTS).unwrap_or_default().split('|').map(str::to_owned).collect();
-    let hold = std::env::var(ENV_HOLD).as_deref() == Ok("1");
-    let server = start_server(host_params(&base_url, &extra), MediaClock::Every(Duration::from_millis(2)));
-    let started: Vec<(Channel, u32, &String)> = texts
-        .iter()
-        .map(|t| {
-            let ch = server.open_channel(8000).expect("a channel");
-            let id = ch.speak(t);
-            (ch, id, t)
-        })
-        .collect();
-    for (ch, id, _) in &started {
-        ch.wait_response(*id, WAIT).expect("IN-PROGRESS");
-    }
-    println!("READY");
-    if hold {
-        // Killed by the parent while its transfers run.
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-    for (ch, id, text) in &started {
-        let done = ch.wait_complete(*id, LONG).expect("SPEAK-COMPLETE");
-        println!("RESULT\t{text}\t{}\t{}", done.completion_cause.unwrap_or(999), sha1_hex(&ch.audio()));
-    }
-    for line in server.logs_text().lines().filter(|l| l.contains("shared budget")) {
-        println!("LOG\t{line}");
-    }
-    assert_clean(&server);
-    println!("DONE");
+    common::child::run();
 }
 
 fn plan_of_five(upstream: &MockUpstream) {
@@ -233,7 +83,8 @@ fn two_servers_in_two_processes_share_a_plan_of_five() {
     let theirs: Vec<String> = (0..20).map(|i| format!("Server B caller {i} hears the menu.")).collect();
     let child = ChildHost::spawn(&upstream, &shared, &theirs, false);
     child.expect("READY");
-    let server = start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
+    let server =
+        start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
     let ours: Vec<String> = (0..20).map(|i| format!("Server A caller {i} hears the menu.")).collect();
     let started = speak_all(&server, &ours);
     expect_all_exact(&upstream, &started);
@@ -270,7 +121,8 @@ fn a_killed_servers_leases_expire_and_the_other_gets_every_slot() {
         assert!(Instant::now() < deadline, "the child's five requests never all reached the upstream");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let server = start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
+    let server =
+        start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
     let ours: Vec<String> = (0..5).map(|i| format!("Server A caller {i} waits for a slot.")).collect();
     let started = speak_all(&server, &ours);
     for (ch, id, _) in &started {
@@ -279,7 +131,10 @@ fn a_killed_servers_leases_expire_and_the_other_gets_every_slot() {
     // Every slot is leased by the child: nothing of ours goes upstream.
     wait_log(&server, "shared budget: 5 slots shared", 1);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(upstream.requests().iter().filter(|r| r.text.as_deref().is_some_and(|t| t.contains("waits"))).count(), 0);
+    assert_eq!(
+        upstream.requests().iter().filter(|r| r.text.as_deref().is_some_and(|t| t.contains("waits"))).count(),
+        0
+    );
     child.kill();
     let killed = Instant::now();
     upstream.reset_max_concurrent();
@@ -301,7 +156,8 @@ fn redis_stopped_mid_run_falls_back_to_the_local_share_and_back() {
     let url = redis.url();
     // 5 slots, 2 servers expected: a share of 2 while Redis is away.
     let shared = [("redis_url", url.as_str()), ("max_concurrent_requests", "5"), ("lease_ttl_ms", "1500")];
-    let server = start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
+    let server =
+        start_server(host_params(&upstream.base_url(), &owned(&shared)), MediaClock::Every(Duration::from_millis(2)));
     let round = |name: &str| -> Vec<String> { (0..10).map(|i| format!("Round {name} caller {i}.")).collect() };
     let started = speak_all(&server, &round("one"));
     expect_all_exact(&upstream, &started);
@@ -337,7 +193,8 @@ fn a_password_in_redis_url_works_and_a_wrong_one_fails_cleanly() {
     plan_of_five(&upstream);
     let right = redis.url();
     let params = [("redis_url", right.as_str()), ("max_concurrent_requests", "5")];
-    let server = start_server(host_params(&upstream.base_url(), &owned(&params)), MediaClock::Every(Duration::from_millis(2)));
+    let server =
+        start_server(host_params(&upstream.base_url(), &owned(&params)), MediaClock::Every(Duration::from_millis(2)));
     let started = speak_all(&server, &["With the right password.".to_owned()]);
     expect_all_exact(&upstream, &started);
     // The lease went through Redis: its queue counter moved.
@@ -356,7 +213,8 @@ fn a_password_in_redis_url_works_and_a_wrong_one_fails_cleanly() {
 
     let wrong = right.replace("pw-right-4711", "pw-wrong-0815");
     let params = [("redis_url", wrong.as_str()), ("max_concurrent_requests", "5")];
-    let other = start_server(host_params(&upstream.base_url(), &owned(&params)), MediaClock::Every(Duration::from_millis(2)));
+    let other =
+        start_server(host_params(&upstream.base_url(), &owned(&params)), MediaClock::Every(Duration::from_millis(2)));
     let started = speak_all(&other, &["With the wrong password.".to_owned()]);
     expect_all_exact(&upstream, &started);
     assert_eq!(wait_log(&other, "unreachable", 1), 1);

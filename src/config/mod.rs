@@ -17,7 +17,7 @@ pub use resolve::{
 use std::fmt;
 use std::time::Duration;
 
-pub use shared::SharedConfig;
+pub use shared::{RedisCacheConfig, SharedConfig};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
 pub const DEFAULT_MODEL_ID: &str = "eleven_flash_v2_5";

@@ -138,12 +138,26 @@ mod tests {
             (&[("redis_url", "redis://h")][..], "redis_url"),
             (&[("redis_url", "http://h"), ("max_concurrent_requests", "5")][..], "redis_url"),
             (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("budget_key", "a b")][..], "budget_key"),
-            (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("budget_key", "sk_secret")][..], "budget_key"),
-            (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("lease_ttl_ms", "10")][..], "lease_ttl_ms"),
-            (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("local_share", "6")][..], "local_share"),
-            (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("expected_servers", "0")][..], "expected_servers"),
             (
-                &[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("cache_redis", "on"), ("cache_enabled", "off")][..],
+                &[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("budget_key", "sk_secret")][..],
+                "budget_key",
+            ),
+            (
+                &[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("lease_ttl_ms", "10")][..],
+                "lease_ttl_ms",
+            ),
+            (&[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("local_share", "6")][..], "local_share"),
+            (
+                &[("redis_url", "redis://h"), ("max_concurrent_requests", "5"), ("expected_servers", "0")][..],
+                "expected_servers",
+            ),
+            (
+                &[
+                    ("redis_url", "redis://h"),
+                    ("max_concurrent_requests", "5"),
+                    ("cache_redis", "on"),
+                    ("cache_enabled", "off"),
+                ][..],
                 "cache_redis",
             ),
         ] {

@@ -2,6 +2,7 @@
 //! host with the built plugin, and read what happened.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod invariants;
 pub mod redis_server;
 
