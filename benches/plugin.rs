@@ -24,6 +24,9 @@
 //! 6. upstream capacity: queue wait and SPEAK time for 30 channels on a
 //!    plan of 5 slots, the time a slot is held per second of audio, and
 //!    SPEAK-COMPLETE time while the circuit is open.
+//! 7. several servers: time to acquire a slot of the budget shared through
+//!    Redis on loopback, and the upstream requests the shared cache tier
+//!    saves for two servers (skipped without `redis-server`).
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -41,6 +44,8 @@
 //! `socket()` in libcurl and `accept()` in the upstream fail with EMFILE and
 //! most SPEAKs of that run end `004`.
 
+#[path = "plugin/budget.rs"]
+mod budget;
 #[path = "plugin/capacity.rs"]
 mod capacity;
 
@@ -1230,6 +1235,12 @@ fn main() -> ExitCode {
     println!("[6] upstream capacity (8 kHz, real-time clock)");
     if let Err(e) = capacity::bench_capacity(&plugin, &mut failures) {
         failures.add(format!("capacity scenario: {e}"));
+    }
+
+    println!();
+    println!("[7] several servers sharing one account through Redis (8 kHz, real-time clock)");
+    if let Err(e) = budget::bench_budget(&plugin, &mut failures) {
+        failures.add(format!("shared budget scenario: {e}"));
     }
 
     println!();

@@ -3,6 +3,8 @@
 -- Queues the tickets not yet queued (refreshing every one's expiry) and
 -- turns into a lease each of ours that stands within the first `free`
 -- places of the shared queue. Returns the ids granted. Time is Redis'.
+-- Redis before 5 must be told to replicate effects (TIME then writes).
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])

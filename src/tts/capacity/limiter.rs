@@ -575,6 +575,50 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_limiter_grants_only_with_a_lease_and_gives_each_back() {
+        let limiter = Limiter::shared(3, waker());
+        let mut a = limiter.enqueue(waker(), false, None);
+        let mut b = limiter.enqueue(waker(), false, None);
+        assert!(a.take().is_none(), "no lease yet");
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 2 });
+        limiter.add_leases(1);
+        let pa = a.take().expect("the head got the lease");
+        assert!(b.take().is_none());
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 1 });
+        drop(pa);
+        // Given back to Redis, never passed on here: b needs a lease of its own.
+        assert!(b.take().is_none());
+        assert_eq!(limiter.settle(), Settle { release: 1, need: 1 });
+        limiter.add_leases(2);
+        let pb = b.take().expect("b's lease");
+        assert_eq!(limiter.settle(), Settle { release: 1, need: 0 }, "the spare lease goes back");
+        // Its lease expired while it ran: it goes on, and asks for one.
+        assert_eq!(limiter.lose_leases(1), 1, "one overrun");
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 1 });
+        drop(pb);
+        assert_eq!(limiter.settle(), Settle::default(), "an unleased permit releases nothing");
+    }
+
+    #[test]
+    fn without_redis_the_local_share_bounds_grants() {
+        let limiter = Limiter::shared(5, waker());
+        limiter.set_gate(Gate::Local { local_share: 2 });
+        let mut tickets: Vec<Ticket> = (0..4).map(|_| limiter.enqueue(waker(), false, None)).collect();
+        let permits: Vec<Permit> = tickets.iter_mut().filter_map(Ticket::take).collect();
+        assert_eq!(permits.len(), 2, "the local share");
+        let mut tickets = tickets.split_off(2);
+        assert_eq!(limiter.settle(), Settle::default(), "nothing asked of Redis");
+        // Back to shared: the two running ask for leases, then the queue.
+        limiter.set_gate(Gate::Shared);
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 2 + 2 });
+        limiter.add_leases(3);
+        let third: Vec<Permit> = tickets.iter_mut().filter_map(Ticket::take).collect();
+        assert_eq!(third.len(), 1, "two leases covered the running ones");
+        drop(permits);
+        assert_eq!(limiter.settle(), Settle { release: 2, need: 1 });
+    }
+
+    #[test]
     fn the_configured_and_advertised_limits_are_ceilings() {
         let limiter = Limiter::new(Some(3));
         limiter.advertise(10);

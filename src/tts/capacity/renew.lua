@@ -1,6 +1,8 @@
 -- The shared budget's renewal (budget.rs): KEYS leases; ARGV lease ttl
 -- (ms), then lease ids. Pushes each live lease's expiry a TTL out and
 -- returns the ids that had already expired (their server renewed too late).
+-- Redis before 5 must be told to replicate effects (TIME then writes).
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
