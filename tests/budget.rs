@@ -163,10 +163,15 @@ fn redis_stopped_mid_run_falls_back_to_the_local_share_and_back() {
     expect_all_exact(&upstream, &started);
     assert_eq!(upstream.max_concurrent(), 5, "shared: all five slots");
 
+    // Stopped while SPEAKs run and wait: the running go on, the waiting
+    // go on with the local share, nothing hangs.
+    let started = speak_all(&server, &round("two"));
+    upstream.wait_for_requests(10 + 3, LONG);
     redis.stop();
+    expect_all_exact(&upstream, &started);
     assert_eq!(wait_log(&server, "unreachable", 1), 1, "the change is logged");
     upstream.reset_max_concurrent();
-    let started = speak_all(&server, &round("two"));
+    let started = speak_all(&server, &round("local"));
     expect_all_exact(&upstream, &started);
     assert_eq!(upstream.max_concurrent(), 2, "the local share: 5 / expected_servers 2");
 

@@ -16,10 +16,12 @@
 //!
 //! Connections come from a small pool (a leaf lock held only to take or
 //! return one, never across a Redis call). Any Redis error makes the SPEAK
-//! go on without the tier: one WARNING until the tier works again.
+//! go on without the tier, and the tier is skipped for a second (so a Redis
+//! that is away costs at most one connect timeout a second, not one per
+//! SPEAK): one WARNING until the tier works again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use redis::{Connection, RedisResult, Script};
@@ -36,6 +38,9 @@ pub const LOCK_TTL: Duration = Duration::from_secs(15);
 pub const POLL: Duration = Duration::from_millis(50);
 /// Connections kept for reuse.
 const POOL: usize = 8;
+/// After a failure the tier is skipped this long: a Redis that is down or
+/// blackholed must not cost every SPEAK a connect timeout.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Deletes the lock only if it is still ours.
 const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -58,6 +63,9 @@ pub struct RedisTier {
     target: Target,
     config: RedisCacheConfig,
     pool: Mutex<Vec<Connection>>,
+    /// Set by a failure: the tier is not tried again before then (a leaf,
+    /// held for a copy).
+    retry_at: Mutex<Option<Instant>>,
     unlock: Script,
     troubled: AtomicBool,
     seq: AtomicU64,
@@ -95,6 +103,7 @@ impl RedisTier {
             target,
             config,
             pool: Mutex::new(Vec::new()),
+            retry_at: Mutex::new(None),
             unlock: Script::new(UNLOCK),
             troubled: AtomicBool::new(false),
             seq: AtomicU64::new(0),
@@ -127,6 +136,10 @@ impl RedisTier {
     /// Runs `f` on a pooled connection (a new one if none is free); a
     /// connection that failed is dropped, and the failure logged once.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Option<T> {
+        let retry_at = *self.retry_at.lock();
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
         let pooled = self.pool.lock().pop();
         let result = match pooled {
             Some(c) => Ok(c),
@@ -147,6 +160,7 @@ impl RedisTier {
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                *self.retry_at.lock() = Some(Instant::now() + RETRY);
                 if !self.troubled.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "cache tier: Redis {} failed ({}); synthesizing without the shared tier until it answers",
