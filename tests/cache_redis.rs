@@ -158,3 +158,43 @@ fn two_servers_missing_at_once_make_one_upstream_request() {
     assert!(child_logs.contains("source=redis"), "{child_logs}");
     assert_clean(&a);
 }
+
+/// Waits (bounded) for the warm-up's closing line.
+fn warm_up_done(server: &Server) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let logs = server.logs_text();
+        if let Some(line) = logs.lines().find(|l| l.contains("cache warm-up done")) {
+            return line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "warm-up did not finish: {logs}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_warm_up_on_one_server_warms_the_others() {
+    let redis = RedisServer::start(None);
+    let upstream = MockUpstream::start(API_KEY);
+    let (dir_a, dir_b, files) = (Dir::new("warm-a"), Dir::new("warm-b"), Dir::new("warm-file"));
+    std::fs::create_dir_all(&files.0).unwrap();
+    let file = files.0.join("prompts.txt");
+    std::fs::write(&file, "Welcome to the bank.\nPress one for sales.\n").unwrap();
+    let file = file.display().to_string();
+    let with_warm_up = |dir: &Dir| {
+        let mut p = tiered(&redis, dir);
+        p.push(("cache_warmup_file".into(), file.clone()));
+        p
+    };
+    let a = host(&upstream, &with_warm_up(&dir_a));
+    assert!(warm_up_done(&a).contains("2 synthesized"));
+    assert_eq!(redis_entries(&redis).len(), 2, "the warm-up's entries went to Redis too");
+    a.shutdown().unwrap();
+
+    let b = host(&upstream, &with_warm_up(&dir_b));
+    let line = warm_up_done(&b);
+    assert!(line.contains("0 synthesized, 2 already cached, 0 failed"), "{line}");
+    assert_eq!(dir_b.entries().len(), 2, "copied from Redis to this server's disk");
+    assert_eq!(upstream.request_count(), 2, "each prompt synthesized once for both servers");
+    assert_clean(&b);
+}
