@@ -24,6 +24,12 @@
 //! 6. upstream capacity: queue wait and SPEAK time for 30 channels on a
 //!    plan of 5 slots, the time a slot is held per second of audio, and
 //!    SPEAK-COMPLETE time while the circuit is open.
+//! 7. warm connections: time to first audible frame of a new channel's
+//!    first SPEAK vs a later one, over TLS with a 100 ms handshake, with
+//!    and without pre-warm.
+//! 8. several servers: time to acquire a slot of the budget shared through
+//!    Redis on loopback, and the upstream requests the shared cache tier
+//!    saves for two servers (skipped without `redis-server`).
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -41,6 +47,8 @@
 //! `socket()` in libcurl and `accept()` in the upstream fail with EMFILE and
 //! most SPEAKs of that run end `004`.
 
+#[path = "plugin/budget.rs"]
+mod budget;
 #[path = "plugin/capacity.rs"]
 mod capacity;
 #[path = "plugin/connections.rs"]
@@ -1241,6 +1249,12 @@ fn main() -> ExitCode {
     println!("[7] warm connections (8 kHz, real-time clock)");
     if let Err(e) = connections::bench_connections(&plugin, &mut failures) {
         failures.add(format!("connections scenario: {e}"));
+    }
+
+    println!();
+    println!("[8] several servers sharing one account through Redis (8 kHz, real-time clock)");
+    if let Err(e) = budget::bench_budget(&plugin, &mut failures) {
+        failures.add(format!("shared budget scenario: {e}"));
     }
 
     println!();

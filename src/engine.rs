@@ -89,7 +89,11 @@ impl ffi::Engine for Engine {
         // The one curl_global_init of the process (curl::init runs it once).
         curl::init();
         let net = Arc::new(Network::new(&config));
-        let cache = config.cache.clone().and_then(Cache::open);
+        let tier = config
+            .shared
+            .as_ref()
+            .and_then(|s| s.cache.clone().map(|c| crate::cache::RedisTier::new(s.redis.clone(), c)));
+        let cache = config.cache.clone().and_then(|c| Cache::open(c, tier));
         if let Some(cache) = &cache {
             let c = cache.config();
             log::info!("cache: {} (max {} MiB, max age {:?})", c.dir.display(), c.max_bytes / (1024 * 1024), c.max_age);
@@ -144,6 +148,18 @@ impl ffi::Engine for Engine {
         *self.warm_pool.lock() = prewarm.as_ref().map(|p| Arc::clone(p.pool()));
         *self.prewarm.lock() = prewarm;
         *self.net.lock() = Some(net);
+        if let Some(shared) = &config.shared {
+            log::info!(
+                "shared budget: {} slots shared through Redis {} as '{}' (lease_ttl_ms={}, local_share={} of expected_servers={}), cache tier {}",
+                shared.limit,
+                shared.redis,
+                shared.budget_key,
+                shared.lease_ttl.as_millis(),
+                shared.local_share,
+                shared.expected_servers,
+                if shared.cache.is_some() { "on" } else { "off" }
+            );
+        }
         *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
@@ -154,7 +170,20 @@ impl ffi::Engine for Engine {
             self.shared.workers.lock().iter().filter_map(|slot| slot.lock().take()).collect();
         log::info!("engine close: stopping {} channel thread(s)", handles.len());
         let cache = self.shared.cache.lock().take();
-        if let Some(capacity) = self.capacity.lock().as_ref() {
+        if let Some(tier) = cache.as_ref().and_then(|c| c.redis()) {
+            let t = tier.figures();
+            log::info!(
+                "cache tier at close: {} hits, {} misses, {} stored, {} waited for another server, {} corrupt refused, {} Redis errors",
+                t.hits,
+                t.misses,
+                t.stores,
+                t.waits,
+                t.corrupt,
+                t.errors
+            );
+        }
+        let capacity = self.capacity.lock().clone();
+        if let Some(capacity) = capacity.as_ref() {
             let f = capacity.limiter.figures();
             let circuits: Vec<String> = capacity
                 .endpoints()
@@ -168,6 +197,20 @@ impl ffi::Engine for Engine {
                 f.rejections,
                 circuits.join(", ")
             );
+            if let Some(budget) = &capacity.budget {
+                let b = budget.figures();
+                log::info!(
+                    "shared budget at close: {} now, {} mode changes, {} leases acquired (wait p50 {} us, p99 {} us), {} held, {} expired before renewal, {} overruns",
+                    if b.shared { "shared" } else { "local" },
+                    b.mode_changes,
+                    b.leases_acquired,
+                    b.acquire_wait_us_p50,
+                    b.acquire_wait_us_p99,
+                    b.leases_held,
+                    b.leases_lost,
+                    b.overruns
+                );
+            }
         }
         let warmup = self.warmup.lock().take();
         // New channels open their own connections from now on.
@@ -187,6 +230,9 @@ impl ffi::Engine for Engine {
             }
             if let Some(prewarm) = prewarm {
                 prewarm.stop();
+            }
+            if let Some(capacity) = capacity {
+                capacity.stop();
             }
             if let Some(cache) = cache {
                 cache.stop();

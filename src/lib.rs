@@ -8,6 +8,8 @@
 //! * `ffi`: the only code that names UniMRCP's C types; vtables of guarded
 //!   trampolines over the `ffi::Engine` / `ffi::Channel` traits.
 //! * `media`: the audio buffer, the worker ↔ `read_frame` link, sinks.
+//! * `redis_conn`: a Redis connection with short timeouts (several servers
+//!   sharing one account), its URL shown without the password.
 //! * `config`, `text`: engine params and header resolution; SPEAK bodies
 //!   (plain text, SSML) and long-text splitting.
 //! * `error`, `events`: typed failures and their MRCP answer; what
@@ -31,6 +33,7 @@ mod ffi;
 mod media;
 mod mrcp;
 mod plan;
+mod redis_conn;
 mod synth;
 mod text;
 mod tts;

@@ -24,11 +24,13 @@
 mod flight;
 mod key;
 mod policy;
+mod redis_tier;
 mod store;
 mod tee;
 
 pub use flight::{Flight, FlightEnd};
 pub use key::Key;
 pub use policy::Policy;
+pub use redis_tier::{Probe, RedisTier, POLL as REDIS_POLL};
 pub use store::{Cache, EntryWriter, Lookup};
 pub use tee::Tee;

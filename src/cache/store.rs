@@ -14,13 +14,13 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
 
-use super::{Flight, FlightEnd, Key};
+use super::{Flight, FlightEnd, Key, RedisTier};
 use crate::config::CacheConfig;
 use crate::media::Waker;
 
 const MAGIC: &[u8; 8] = b"ELABPCM\0";
 const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 48;
+pub(super) const HEADER_LEN: usize = 48;
 /// Temporary files older than this belong to a crashed writer.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 /// The janitor's pass interval when nothing asks for one sooner.
@@ -44,13 +44,13 @@ fn now_secs() -> u32 {
 }
 
 /// When the entry whose header starts `bytes` was made.
-fn created(bytes: &[u8]) -> Option<SystemTime> {
+pub(super) fn created(bytes: &[u8]) -> Option<SystemTime> {
     let secs = u32::from_le_bytes(bytes.get(44..48)?.try_into().ok()?);
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(secs)))
 }
 
 /// The audio of a well-formed entry for `sample_rate`, or why not.
-fn validate(bytes: &[u8], sample_rate: u32) -> Result<&[u8], &'static str> {
+pub(super) fn validate(bytes: &[u8], sample_rate: u32) -> Result<&[u8], &'static str> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err("not a cache entry");
     }
@@ -151,12 +151,14 @@ pub struct Cache {
     trouble_logged: AtomicBool,
     tmp_seq: AtomicU64,
     janitor: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    /// The tier shared with other servers (`cache_redis`), if on.
+    redis: Option<RedisTier>,
 }
 
 impl Cache {
     /// Creates the dir (0700) and checks it can be written; None (logged
     /// once) when it cannot: synthesis then goes on without a cache.
-    pub fn open(config: CacheConfig) -> Option<Arc<Cache>> {
+    pub fn open(config: CacheConfig, redis: Option<RedisTier>) -> Option<Arc<Cache>> {
         let dir = &config.dir;
         let ready = (|| -> io::Result<()> {
             if !dir.exists() {
@@ -176,6 +178,7 @@ impl Cache {
             trouble_logged: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
             janitor: Mutex::new(None),
+            redis,
         });
         let (tx, rx) = crossbeam_channel::bounded(1);
         let for_thread = Arc::clone(&cache);
@@ -188,6 +191,15 @@ impl Cache {
 
     pub fn config(&self) -> &CacheConfig {
         &self.config
+    }
+
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
+    }
+
+    /// An entry's bytes as stored (header and audio), for the shared tier.
+    pub fn entry_bytes(&self, key: &Key) -> Option<Vec<u8>> {
+        fs::read(self.entry_path(key)).ok()
     }
 
     /// Stops and joins the janitor (engine close; not on the MRCP thread).

@@ -7,6 +7,7 @@
 //! `from_params`, and a line in README's table.
 
 mod resolve;
+mod shared;
 
 pub use resolve::{
     apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, takes_request_ids, voice_by_gender,
@@ -15,6 +16,8 @@ pub use resolve::{
 
 use std::fmt;
 use std::time::Duration;
+
+pub use shared::{RedisCacheConfig, SharedConfig};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
 pub const DEFAULT_MODEL_ID: &str = "eleven_flash_v2_5";
@@ -77,6 +80,15 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "prewarm_connections",
     "prewarm_refresh_ms",
     "ca_file",
+    // Several servers on one account (shared.rs).
+    "redis_url",
+    "budget_key",
+    "lease_ttl_ms",
+    "expected_servers",
+    "local_share",
+    "cache_redis",
+    "cache_redis_max_bytes",
+    "cache_redis_ttl_s",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -168,6 +180,9 @@ pub struct Config {
     /// CA certificates (PEM) to verify the upstream with; None: the
     /// system's.
     pub ca_file: Option<String>,
+    /// The budget (and optionally a cache tier) shared through Redis with
+    /// other servers on the same account; None: everything is local.
+    pub shared: Option<SharedConfig>,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -256,6 +271,7 @@ impl fmt::Debug for Config {
             .field("prewarm_connections", &self.prewarm_connections)
             .field("prewarm_refresh", &self.prewarm_refresh)
             .field("ca_file", &self.ca_file)
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -479,6 +495,8 @@ impl Config {
             Some(path) => Some(path.to_owned()),
         };
 
+        let shared = shared::parse(&p, &api_key, max_concurrent_requests, cache.is_some())?;
+
         Ok(Config {
             prewarm_connections: p.millis("prewarm_connections", DEFAULT_PREWARM_CONNECTIONS as u64, 0, 64)? as usize,
             prewarm_refresh: Duration::from_millis(p.millis(
@@ -488,6 +506,7 @@ impl Config {
                 600_000,
             )?),
             ca_file,
+            shared,
             max_concurrent_requests,
             queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
             max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,

@@ -12,7 +12,7 @@ use super::marks::PartMarks;
 use super::sources::{Fed, Source, FEED_WAIT};
 use super::spill::{lost_or_stopped, spill_dir, SpillSink};
 use super::{Job, Worker, STOPPED};
-use crate::cache::{FlightEnd, Lookup, Tee};
+use crate::cache::{Cache, FlightEnd, Key, Lookup, Probe, Tee, REDIS_POLL};
 use crate::error::Failure;
 use crate::media::{AudioSink, Push, NO_CUE};
 use crate::plan::{self, Step};
@@ -28,6 +28,15 @@ enum Slot {
     Granted(Permit),
     Interrupted,
     TimedOut,
+}
+
+/// What the shared cache tier gave on a local miss.
+enum Tier {
+    Hit(Vec<u8>),
+    /// This server synthesizes it for everyone (the lock's token).
+    Lead(String),
+    Upstream,
+    Interrupted,
 }
 
 /// How one upstream request (or pause, or the spill's drain) of a SPEAK
@@ -56,6 +65,8 @@ impl Worker {
             .map(|_| job.plan.cache_key(job.sample_rate, job.provider.as_ref()));
         let mut tee = Tee::default();
         let mut lead = None;
+        // This server synthesizes for the shared tier too (its lock token).
+        let mut redis_lock: Option<String> = None;
         if let (Some(cache), Some(key)) = (job.cache.clone(), key) {
             if job.policy.read {
                 match cache.lookup(key, job.sample_rate, job.policy.max_age, &self.shared.link.waker) {
@@ -75,7 +86,28 @@ impl Worker {
                             }
                         }
                     }
-                    Lookup::Lead(flight, writer) => {
+                    Lookup::Lead(flight, mut writer) => {
+                        // A local miss: the tier shared with other servers
+                        // may have it, or be getting it.
+                        match self.shared_tier(&job, &cache, key) {
+                            Tier::Hit(audio) => {
+                                flight.append(&audio);
+                                if let Some(mut w) = writer.take() {
+                                    w.write(&audio);
+                                    w.commit();
+                                }
+                                cache.land(key, &flight, FlightEnd::Complete);
+                                let started = Instant::now();
+                                let (fed, first) = self.feed(&job, Source::Memory(audio, 0));
+                                return self.fed(job, fed, "redis", first.map(|t| t.duration_since(started)));
+                            }
+                            Tier::Interrupted => {
+                                cache.land(key, &flight, FlightEnd::Abandoned);
+                                return self.fed(job, Fed::Interrupted(0), "redis", None);
+                            }
+                            Tier::Lead(token) => redis_lock = Some(token),
+                            Tier::Upstream => {}
+                        }
                         tee.flight = Some(Arc::clone(&flight));
                         tee.writer = writer.map(Box::new);
                         lead = Some((Arc::clone(&cache), key, flight));
@@ -98,6 +130,14 @@ impl Worker {
             Part::Interrupted => FlightEnd::Abandoned,
         };
         drop(tee); // an uncommitted entry is deleted here
+        if let (Some(token), Some((cache, key, _))) = (&redis_lock, &lead) {
+            if let Some(tier) = cache.redis() {
+                match end {
+                    FlightEnd::Complete => tier.store(key, cache.entry_bytes(key).as_deref(), token),
+                    _ => tier.unlock(key, token),
+                }
+            }
+        }
         if let Some((cache, key, flight)) = lead {
             cache.land(key, &flight, end);
         }
@@ -117,6 +157,36 @@ impl Worker {
                 self.summary(&job, &total, label);
             }
             Part::Failed(reason) => self.fail(&job, reason, total),
+        }
+    }
+
+    /// Asks the shared tier (Redis) on a local miss: its entry, or the lock
+    /// to synthesize it; while another server holds the lock, waits for its
+    /// entry (serving commands), at most the lock's lifetime.
+    fn shared_tier(&mut self, job: &Job, cache: &Arc<Cache>, key: Key) -> Tier {
+        let Some(tier) = cache.redis() else { return Tier::Upstream };
+        let deadline = Instant::now() + crate::cache::RedisTier::lock_ttl();
+        let mut waited = false;
+        loop {
+            match tier.probe(&key, job.sample_rate, job.policy.max_age, waited) {
+                Probe::Hit(audio) => return Tier::Hit(audio),
+                Probe::Lead(token) => return Tier::Lead(token),
+                Probe::Unavailable => return Tier::Upstream,
+                Probe::Busy => {}
+            }
+            if Instant::now() >= deadline {
+                log::info!(
+                    "[{}] SPEAK {}: another server's synthesis of this prompt did not land in time; synthesizing it here",
+                    self.id(),
+                    job.speak.request_id
+                );
+                return Tier::Upstream;
+            }
+            waited = true;
+            if self.serve_commands(job) {
+                return Tier::Interrupted;
+            }
+            self.shared.link.waker.wait(Some(REDIS_POLL));
         }
     }
 

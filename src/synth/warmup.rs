@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cache::{Cache, FlightEnd, Lookup, Tee};
+use crate::cache::{Cache, FlightEnd, Lookup, Probe, Tee};
 use crate::config::{valid_voice_id, Config};
 use crate::error::Failure;
 use crate::media::{Discard, Waker};
@@ -195,6 +195,29 @@ fn warm(
         }
         Lookup::Lead(flight, writer) => (flight, writer),
     };
+    // The tier shared with other servers: another server may have warmed
+    // it already (copied to the disk here), or be warming it now.
+    let mut redis_lock = None;
+    let mut writer = writer;
+    if let Some(tier) = cache.redis() {
+        match tier.probe(&key, rate, None, false) {
+            Probe::Hit(audio) => {
+                if let Some(mut w) = writer.take() {
+                    w.write(&audio);
+                    w.commit();
+                }
+                flight.append(&audio);
+                cache.land(key, &flight, FlightEnd::Complete);
+                return Warmed::Present;
+            }
+            Probe::Busy => {
+                cache.land(key, &flight, FlightEnd::Abandoned);
+                return Warmed::Present;
+            }
+            Probe::Lead(token) => redis_lock = Some(token),
+            Probe::Unavailable => {}
+        }
+    }
     let mut tee = Tee { flight: Some(Arc::clone(&flight)), writer: writer.map(Box::new), skip: 0 };
     let mut result = Ok(());
     // Stitched as a SPEAK's parts are (player.rs), so that the entry sounds
@@ -287,6 +310,12 @@ fn warm(
         Err(why) => FlightEnd::Failed(why.clone()),
     };
     drop(tee);
+    if let (Some(tier), Some(token)) = (cache.redis(), &redis_lock) {
+        match end {
+            FlightEnd::Complete => tier.store(&key, cache.entry_bytes(&key).as_deref(), token),
+            _ => tier.unlock(&key, token),
+        }
+    }
     cache.land(key, &flight, end);
     match result {
         Ok(()) => Warmed::Made,

@@ -2,7 +2,9 @@
 //! host with the built plugin, and read what happened.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod invariants;
+pub mod redis_server;
 
 use std::time::Duration;
 

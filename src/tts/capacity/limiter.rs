@@ -20,6 +20,13 @@
 //! ready (strict arrival order, a request put back after a 429 goes first)
 //! and wakes only that one. Nobody polls.
 //!
+//! With a budget shared through Redis (budget.rs, issue #13) a grant also
+//! needs a lease: the budget thread acquires leases for the ready waiters
+//! and hands them in (`add_leases`); a permit's end gives its lease back to
+//! the thread to release in Redis (never reused here: the next lease goes
+//! to whoever is first in the shared queue, possibly on another server).
+//! While Redis is unreachable, grants are capped at `local_share` instead.
+//!
 //! Lock order: `state` is a leaf. Wakers are woken after it is released.
 
 use std::collections::VecDeque;
@@ -62,6 +69,36 @@ struct State {
     /// Figures for the benchmark, the log and metrics.
     peak_in_use: usize,
     rejections: u64,
+    /// What bounds grants besides the limit.
+    gate: Gate,
+    /// Shared mode: leases this server holds (spare, or held by a permit).
+    leases: usize,
+    /// Permits in use without a lease: granted while Redis was unreachable,
+    /// or whose lease expired while their transfer ran. They end without
+    /// releasing one; the budget thread tries to lease them again.
+    unleased: usize,
+    /// Leases given back by ended permits, for the budget thread to release.
+    to_release: usize,
+}
+
+/// What bounds grants besides the (learned) limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing: one server owns the account.
+    Own,
+    /// A grant needs a spare lease from the shared budget.
+    Shared,
+    /// The shared budget is unreachable: at most `local_share` in use.
+    Local { local_share: usize },
+}
+
+/// What the budget thread should do (`Limiter::settle`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settle {
+    /// Leases to release in Redis: given back, or spare with nobody ready.
+    pub release: usize,
+    /// Leases wanted beyond those held.
+    pub need: usize,
 }
 
 /// A snapshot of the limiter, for logs and metrics.
@@ -80,6 +117,13 @@ pub struct Limiter {
     /// `max_concurrent_requests`, when set.
     configured: Option<usize>,
     state: Mutex<State>,
+    /// The budget thread's, when the budget is shared.
+    budget_waker: Option<Arc<Waker>>,
+}
+
+/// Leases held and not used by a permit.
+fn spare(s: &State) -> usize {
+    s.leases.saturating_sub(s.in_use - s.unleased)
 }
 
 impl Limiter {
@@ -96,8 +140,97 @@ impl Limiter {
                 advertised: None,
                 peak_in_use: 0,
                 rejections: 0,
+                gate: Gate::Own,
+                leases: 0,
+                unleased: 0,
+                to_release: 0,
             }),
+            budget_waker: None,
         })
+    }
+
+    /// A limiter whose grants also need a lease of the shared budget; the
+    /// budget thread waits on `budget_waker`, woken when demand changes.
+    pub fn shared(configured: usize, budget_waker: Arc<Waker>) -> Arc<Limiter> {
+        let limiter = Limiter::new(Some(configured));
+        let mut limiter = Arc::into_inner(limiter).expect("just made");
+        limiter.state.get_mut().gate = Gate::Shared;
+        limiter.budget_waker = Some(budget_waker);
+        Arc::new(limiter)
+    }
+
+    fn wake_budget(&self) {
+        if let Some(w) = &self.budget_waker {
+            w.wake();
+        }
+    }
+
+    /// For the budget thread: takes the leases to release and says how
+    /// many more are wanted: one per permit in use without a lease, and
+    /// one per ready waiter the limit would admit, less the spare ones.
+    pub fn settle(&self) -> Settle {
+        let mut s = self.state.lock();
+        if s.gate != Gate::Shared {
+            return Settle::default();
+        }
+        let now = Instant::now();
+        let ready = s.queue.iter().filter(|e| e.not_before.map_or(true, |t| t <= now)).count();
+        let admissible = ready.min(slots(s.limit).saturating_sub(s.in_use));
+        let spare = spare(&s);
+        let surplus = spare.saturating_sub(admissible);
+        s.leases -= surplus;
+        let release = std::mem::take(&mut s.to_release) + surplus;
+        Settle { release, need: s.unleased + admissible.saturating_sub(spare) }
+    }
+
+    /// The budget thread got `n` leases: they first cover permits running
+    /// without one, then wait for the queue's head.
+    pub fn add_leases(&self, n: usize) {
+        {
+            let mut s = self.state.lock();
+            let cover = n.min(s.unleased);
+            s.unleased -= cover;
+            s.leases += n;
+        }
+        self.dispatch();
+    }
+
+    /// `n` leases expired in Redis before they were renewed (Redis was slow
+    /// or unreachable past the TTL). Spare ones are simply gone; a permit
+    /// that held one runs on without (its transfer is not cut). Returns how
+    /// many running permits lost their lease (overruns).
+    pub fn lose_leases(&self, n: usize) -> usize {
+        let mut s = self.state.lock();
+        s.leases = s.leases.saturating_sub(n);
+        let leased = s.in_use - s.unleased;
+        let over = leased.saturating_sub(s.leases);
+        s.unleased += over;
+        over
+    }
+
+    /// Redis is unreachable (`Local`) or back (`Shared`). Leases held are
+    /// forgotten either way (they expire in Redis); every permit in use
+    /// counts as unleased.
+    pub fn set_gate(&self, gate: Gate) {
+        {
+            let mut s = self.state.lock();
+            s.gate = gate;
+            s.leases = 0;
+            s.to_release = 0;
+            s.unleased = s.in_use;
+        }
+        self.dispatch();
+    }
+
+    fn may_grant(&self, s: &State) -> bool {
+        if s.in_use >= slots(s.limit) {
+            return false;
+        }
+        match s.gate {
+            Gate::Own => true,
+            Gate::Shared => spare(s) > 0,
+            Gate::Local { local_share } => s.in_use < local_share,
+        }
     }
 
     pub fn figures(&self) -> Figures {
@@ -136,6 +269,7 @@ impl Limiter {
         };
         let ticket = Ticket { limiter: Arc::clone(self), id, granted, not_before, taken: false };
         self.dispatch();
+        self.wake_budget();
         ticket
     }
 
@@ -145,13 +279,16 @@ impl Limiter {
         {
             let mut s = self.state.lock();
             let now = Instant::now();
-            while s.in_use < slots(s.limit) {
+            while self.may_grant(&s) {
                 let Some(at) = s.queue.iter().position(|e| e.not_before.map_or(true, |t| t <= now)) else {
                     break;
                 };
                 let entry = s.queue.remove(at).expect("position is in the queue");
                 entry.granted.store(true, Ordering::Release);
                 s.in_use += 1;
+                if matches!(s.gate, Gate::Local { .. }) {
+                    s.unleased += 1;
+                }
                 s.peak_in_use = s.peak_in_use.max(s.in_use);
                 wake.push(entry.waker);
             }
@@ -165,6 +302,12 @@ impl Limiter {
         {
             let mut s = self.state.lock();
             s.in_use = s.in_use.saturating_sub(1);
+            if s.unleased > 0 {
+                s.unleased -= 1;
+            } else if s.gate == Gate::Shared {
+                s.leases = s.leases.saturating_sub(1);
+                s.to_release += 1;
+            }
             match outcome {
                 Release::Neutral => {}
                 Release::Succeeded { contended } => {
@@ -184,6 +327,7 @@ impl Limiter {
             }
         }
         self.dispatch();
+        self.wake_budget();
     }
 
     /// The upstream said what the account's limit is
@@ -279,6 +423,9 @@ impl Drop for Ticket {
         // Granted after our last look: give the slot to the next one.
         if !in_queue && self.granted.load(Ordering::Acquire) {
             self.limiter.release(Release::Neutral, u64::MAX);
+        } else {
+            // One waiter fewer: the budget thread may want fewer leases.
+            self.limiter.wake_budget();
         }
     }
 }
@@ -425,6 +572,50 @@ mod tests {
         }
         assert_eq!(limiter.figures().limit, 4, "3 + 3 * 1/3..: one slot per round");
         waiting.clear();
+    }
+
+    #[test]
+    fn a_shared_limiter_grants_only_with_a_lease_and_gives_each_back() {
+        let limiter = Limiter::shared(3, waker());
+        let mut a = limiter.enqueue(waker(), false, None);
+        let mut b = limiter.enqueue(waker(), false, None);
+        assert!(a.take().is_none(), "no lease yet");
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 2 });
+        limiter.add_leases(1);
+        let pa = a.take().expect("the head got the lease");
+        assert!(b.take().is_none());
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 1 });
+        drop(pa);
+        // Given back to Redis, never passed on here: b needs a lease of its own.
+        assert!(b.take().is_none());
+        assert_eq!(limiter.settle(), Settle { release: 1, need: 1 });
+        limiter.add_leases(2);
+        let pb = b.take().expect("b's lease");
+        assert_eq!(limiter.settle(), Settle { release: 1, need: 0 }, "the spare lease goes back");
+        // Its lease expired while it ran: it goes on, and asks for one.
+        assert_eq!(limiter.lose_leases(1), 1, "one overrun");
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 1 });
+        drop(pb);
+        assert_eq!(limiter.settle(), Settle::default(), "an unleased permit releases nothing");
+    }
+
+    #[test]
+    fn without_redis_the_local_share_bounds_grants() {
+        let limiter = Limiter::shared(5, waker());
+        limiter.set_gate(Gate::Local { local_share: 2 });
+        let mut tickets: Vec<Ticket> = (0..4).map(|_| limiter.enqueue(waker(), false, None)).collect();
+        let permits: Vec<Permit> = tickets.iter_mut().filter_map(Ticket::take).collect();
+        assert_eq!(permits.len(), 2, "the local share");
+        let mut tickets = tickets.split_off(2);
+        assert_eq!(limiter.settle(), Settle::default(), "nothing asked of Redis");
+        // Back to shared: the two running ask for leases, then the queue.
+        limiter.set_gate(Gate::Shared);
+        assert_eq!(limiter.settle(), Settle { release: 0, need: 2 + 2 });
+        limiter.add_leases(3);
+        let third: Vec<Permit> = tickets.iter_mut().filter_map(Ticket::take).collect();
+        assert_eq!(third.len(), 1, "two leases covered the running ones");
+        drop(permits);
+        assert_eq!(limiter.settle(), Settle { release: 2, need: 1 });
     }
 
     #[test]

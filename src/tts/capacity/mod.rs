@@ -9,6 +9,7 @@
 //! thread: see synth/player.rs.
 
 pub mod breaker;
+pub mod budget;
 pub mod limiter;
 pub mod retry;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use breaker::{Admission, Breaker};
+pub use budget::Budget;
 pub use limiter::{Limiter, Permit, Ticket};
 pub use retry::{Health, Next};
 
@@ -34,6 +36,8 @@ pub struct Capacity {
     endpoints: Vec<Endpoint>,
     pub max_retries: u32,
     pub queue_timeout: Duration,
+    /// The thread that shares the limit through Redis (`redis_url`).
+    pub budget: Option<Budget>,
 }
 
 impl Capacity {
@@ -43,12 +47,25 @@ impl Capacity {
         if let Some(url) = &config.fallback_base_url {
             endpoints.push(Endpoint { base_url: url.clone(), breaker: breaker("fallback") });
         }
+        let (limiter, budget) = match config.shared.as_ref().and_then(Budget::start) {
+            Some((limiter, budget)) => (limiter, Some(budget)),
+            None => (Limiter::new(config.max_concurrent_requests), None),
+        };
         Arc::new(Capacity {
-            limiter: Limiter::new(config.max_concurrent_requests),
+            limiter,
+            budget,
             endpoints,
             max_retries: config.max_retries,
             queue_timeout: config.queue_timeout,
         })
+    }
+
+    /// Stops the budget thread, releasing its leases (engine close, off
+    /// the MRCP Server thread).
+    pub fn stop(&self) {
+        if let Some(budget) = &self.budget {
+            budget.stop();
+        }
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
