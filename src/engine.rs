@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 use crate::cache::Cache;
 use crate::channel::{Channel, EngineShared};
 use crate::config::{self, Config, Refusal};
+use crate::events::Observers;
+use crate::figures::EngineFigures;
+use crate::metrics::{self, Metrics};
 use crate::ffi::{self, ChannelRef, EngineRef};
 use crate::synth::{self, warmup::Warmup, Command, WorkerHandle};
 use crate::tts::capacity::Capacity;
@@ -31,6 +34,56 @@ pub struct Engine {
     /// The thread that stops and joins the workers at engine close.
     closer: Mutex<Option<JoinHandle<()>>>,
     channel_seq: AtomicU64,
+    /// The engine's observers (its metrics), from open on; every channel
+    /// and SPEAK carries a copy.
+    observers: Mutex<Observers>,
+    /// The metrics endpoint and textfile writer, while they run.
+    exporters: Mutex<Exporters>,
+}
+
+/// The threads that hand the metrics out (README "Monitoring").
+#[derive(Default)]
+struct Exporters {
+    endpoint: Option<metrics::http::Endpoint>,
+    textfile: Option<metrics::textfile::Writer>,
+}
+
+impl Exporters {
+    /// Starts what the config asks for. An address in use is one error
+    /// line, and the plugin runs on without the endpoint.
+    fn start(config: &Config, metrics: &Arc<Metrics>) -> Exporters {
+        let mut out = Exporters::default();
+        if let Some(addr) = config.metrics.listen {
+            match metrics::http::Endpoint::start(addr, Arc::clone(metrics)) {
+                Ok(endpoint) => {
+                    log::info!("metrics: serving http://{}/metrics", endpoint.local_addr());
+                    out.endpoint = Some(endpoint);
+                }
+                Err(e) => log::error!("metrics_listen {addr}: cannot serve metrics there ({e}); running without them"),
+            }
+        }
+        if let Some(path) = &config.metrics.textfile {
+            match metrics::textfile::Writer::start(path.clone(), config.metrics.interval, Arc::clone(metrics)) {
+                Ok(writer) => {
+                    log::info!("metrics: writing {} every {} ms", path.display(), config.metrics.interval.as_millis());
+                    out.textfile = Some(writer);
+                }
+                Err(e) => log::error!("metrics_textfile: cannot start its thread ({e}); running without it"),
+            }
+        }
+        out
+    }
+
+    /// Ends and joins the threads (file I/O, joins: not on the MRCP Server
+    /// thread).
+    fn stop(self) {
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop();
+        }
+        if let Some(writer) = self.textfile {
+            writer.stop();
+        }
+    }
 }
 
 impl Engine {
@@ -43,6 +96,8 @@ impl Engine {
             warmup: Mutex::new(None),
             closer: Mutex::new(None),
             channel_seq: AtomicU64::new(0),
+            observers: Mutex::new(Observers::default()),
+            exporters: Mutex::new(Exporters::default()),
         }
     }
 }
@@ -112,6 +167,15 @@ impl ffi::Engine for Engine {
             config.fallback_base_url.as_deref().unwrap_or("-"),
             config.max_speak_chars
         );
+        let figures = EngineFigures { shared: Arc::clone(&self.shared), capacity: Arc::clone(&capacity) };
+        let metrics = Arc::new(Metrics::new(&config.model_id, vec![Box::new(figures)]));
+        *self.observers.lock() = Observers::new(vec![Arc::clone(&metrics) as Arc<dyn crate::events::Observer>]);
+        let previous = std::mem::replace(&mut *self.exporters.lock(), Exporters::start(&config, &metrics));
+        if previous.endpoint.is_some() || previous.textfile.is_some() {
+            // Open after open without a close: the old ones go (their
+            // threads end within their bounded waits).
+            previous.stop();
+        }
         *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
@@ -138,6 +202,7 @@ impl ffi::Engine for Engine {
             );
         }
         let warmup = self.warmup.lock().take();
+        let exporters = std::mem::take(&mut *self.exporters.lock());
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -153,6 +218,7 @@ impl ffi::Engine for Engine {
             if let Some(cache) = cache {
                 cache.stop();
             }
+            exporters.stop();
             engine.close_respond();
         };
         let mut closer = self.closer.lock();
@@ -178,14 +244,16 @@ impl ffi::Engine for Engine {
             log::error!("create_channel before a successful engine open");
             return None;
         };
-        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider), capacity)
+        let observers = self.observers.lock().clone();
+        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider), capacity, observers)
             .map_err(|e| log::error!("create_channel: cannot create the wake-up fd: {e}"))
             .ok()
     }
 
     fn attach(&self, channel: &Channel, ch: ChannelRef) -> bool {
         let n = self.channel_seq.fetch_add(1, Ordering::Relaxed);
-        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared)) {
+        let live = Arc::clone(&self.shared.worker_threads);
+        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared), live) {
             Ok(handle) => {
                 *channel.worker.lock() = Some(handle);
                 self.shared.workers.lock().push(Arc::clone(&channel.worker));

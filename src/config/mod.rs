@@ -6,7 +6,10 @@
 //! param: a field here, its name in `KNOWN_PARAMS`, its parsing in
 //! `from_params`, and a line in README's table.
 
+mod metrics;
 mod resolve;
+
+pub use metrics::MetricsConfig;
 
 pub use resolve::{
     apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, takes_request_ids, voice_by_gender,
@@ -66,6 +69,9 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "circuit_open_ms",
     "fallback_base_url",
     "max_speak_chars",
+    "metrics_listen",
+    "metrics_textfile",
+    "metrics_interval_ms",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -150,6 +156,8 @@ pub struct Config {
     pub fallback_base_url: Option<String>,
     /// Characters one SPEAK may send upstream (0: no cap).
     pub max_speak_chars: usize,
+    /// The metrics exporter's outputs (README "Monitoring").
+    pub metrics: MetricsConfig,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -235,6 +243,7 @@ impl fmt::Debug for Config {
             .field("circuit_open", &self.circuit_open)
             .field("fallback_base_url", &self.fallback_base_url)
             .field("max_speak_chars", &self.max_speak_chars)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -450,7 +459,9 @@ impl Config {
             Some(_) => Some(p.millis("max_concurrent_requests", 0, 1, 10_000)? as usize),
         };
 
+        let metrics = metrics::parse(&p)?;
         Ok(Config {
+            metrics,
             max_concurrent_requests,
             queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
             max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,
