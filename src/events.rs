@@ -81,15 +81,21 @@ pub enum Event<'a> {
     SpeakEnded(SpeakEnded<'a>),
     /// A SPEAK ended before it reached the worker (refused on the MRCP
     /// Server thread), with its Completion-Cause ("002 parse-failure").
-    SpeakRefused { cause: &'static str },
+    SpeakRefused {
+        cause: &'static str,
+    },
     /// An MRCP request arrived (MRCP Server thread).
     Request(Method),
     Attempt(Attempt<'a>),
     /// A failed attempt will be sent again: after a backoff (`requeue`
     /// false), or back at the head of the queue after a concurrency 429.
-    Retry { requeue: bool },
+    Retry {
+        requeue: bool,
+    },
     /// A wait for an upstream slot ended (granted, or not).
-    Queued { waited: Duration },
+    Queued {
+        waited: Duration,
+    },
     /// What the prompt cache answered: "hit", "miss" or "follower".
     CacheLookup(&'static str),
 }

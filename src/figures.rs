@@ -73,8 +73,16 @@ impl Reader for EngineFigures {
         let cache = self.shared.cache.lock().clone();
         if let Some(cache) = cache {
             let c = cache.figures();
-            out.gauge("cache_bytes", "Bytes of prompt cache entries on disk (as of the janitor's last pass)", c.bytes as f64);
-            out.gauge("cache_entries", "Prompt cache entries on disk (as of the janitor's last pass)", c.entries as f64);
+            out.gauge(
+                "cache_bytes",
+                "Bytes of prompt cache entries on disk (as of the janitor's last pass)",
+                c.bytes as f64,
+            );
+            out.gauge(
+                "cache_entries",
+                "Prompt cache entries on disk (as of the janitor's last pass)",
+                c.entries as f64,
+            );
             out.counter_with("cache_evictions", "Cache entries removed for age or for room", &[], c.evictions);
         }
 

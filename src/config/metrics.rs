@@ -28,13 +28,13 @@ impl Default for MetricsConfig {
 }
 
 pub(super) fn parse(p: &Params<'_>) -> Result<MetricsConfig, ConfigError> {
-    let listen = match p.get("metrics_listen") {
-        None | Some("") => None,
-        Some(raw) => Some(
-            raw.parse::<SocketAddr>()
-                .map_err(|_| err("metrics_listen", format!("'{raw}' is not an IP address and port (127.0.0.1:9464)")))?,
-        ),
-    };
+    let listen =
+        match p.get("metrics_listen") {
+            None | Some("") => None,
+            Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|_| {
+                err("metrics_listen", format!("'{raw}' is not an IP address and port (127.0.0.1:9464)"))
+            })?),
+        };
     let textfile = match p.get("metrics_textfile") {
         None | Some("") => None,
         // The temporary file goes beside it (same filesystem, so the rename
@@ -68,9 +68,15 @@ mod tests {
         .unwrap()
         .metrics;
         assert_eq!(c.listen, Some("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(c.textfile.as_deref(), Some(std::path::Path::new("/var/lib/node_exporter/textfile/elevenlabs.prom")));
+        assert_eq!(
+            c.textfile.as_deref(),
+            Some(std::path::Path::new("/var/lib/node_exporter/textfile/elevenlabs.prom"))
+        );
         assert_eq!(c.interval, Duration::from_millis(500));
-        assert_eq!(with(&[("metrics_listen", "[::1]:9464")]).unwrap().metrics.listen, Some("[::1]:9464".parse().unwrap()));
+        assert_eq!(
+            with(&[("metrics_listen", "[::1]:9464")]).unwrap().metrics.listen,
+            Some("[::1]:9464".parse().unwrap())
+        );
         assert_eq!(with(&[("metrics_listen", "")]).unwrap().metrics.listen, None);
     }
 

@@ -61,7 +61,8 @@ impl Endpoint {
         let mut workers = Vec::with_capacity(WORKERS);
         for _ in 0..WORKERS {
             let (rx, metrics, stop) = (rx.clone(), Arc::clone(&metrics), Arc::clone(&stop));
-            match std::thread::Builder::new().name("elevenlabs-metrics".into()).spawn(move || work(rx, &metrics, &stop)) {
+            match std::thread::Builder::new().name("elevenlabs-metrics".into()).spawn(move || work(rx, &metrics, &stop))
+            {
                 Ok(handle) => workers.push(handle),
                 Err(e) if workers.is_empty() => return Err(e),
                 Err(e) => {

@@ -167,6 +167,24 @@ impl Metrics {
             queue_wait: Histogram::new(QUEUE),
             registry: Registry::default(),
         };
+        // The series a dashboard plots from the start exist at 0 (a
+        // counter that appears only with its first event has no rate for
+        // its first interval, and a missing family reads as "no data").
+        for cause in ["000 normal", "004 error", "stopped"] {
+            let _ = m.speaks.get_or_create(&vec![("cause", cause.to_owned())]);
+        }
+        for method in [Method::Speak, Method::Stop, Method::BargeInOccurred] {
+            let _ = m.requests.get_or_create(&vec![("method", method_name(method).to_owned())]);
+        }
+        for result in ["hit", "miss", "follower"] {
+            let _ = m.cache_lookups.get_or_create(&vec![("result", result.to_owned())]);
+        }
+        for kind in ["retry", "requeue"] {
+            let _ = m.retries.get_or_create(&vec![("kind", kind.to_owned())]);
+        }
+        for phase in ["connect", "first_byte"] {
+            let _ = m.timeouts.get_or_create(&vec![("phase", phase.to_owned())]);
+        }
         let info = Family::<Labels, Gauge>::default();
         info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned()), ("model_id", model_id.to_owned())])
             .set(1);
@@ -198,7 +216,11 @@ impl Metrics {
             "Upstream streams that paused longer than stall_timeout_ms mid-audio",
             m.stalls.clone(),
         );
-        r.register("characters_billed", "Characters the upstream billed (its character-cost header)", m.chars_billed.clone());
+        r.register(
+            "characters_billed",
+            "Characters the upstream billed (its character-cost header)",
+            m.chars_billed.clone(),
+        );
         r.register("characters_sent", "Characters of text sent upstream (every part and try)", m.chars_sent.clone());
         r.register(
             "cache_lookups",

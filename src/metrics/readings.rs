@@ -57,7 +57,14 @@ impl Readings {
         self.add(name, help, MetricType::Counter, labels, value as f64);
     }
 
-    fn add(&mut self, name: &'static str, help: &'static str, kind: MetricType, labels: &[(&'static str, &str)], v: f64) {
+    fn add(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: MetricType,
+        labels: &[(&'static str, &str)],
+        v: f64,
+    ) {
         let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         match self.families.iter_mut().find(|f| f.name == name) {
             Some(family) => family.samples.push((labels, v)),
