@@ -403,3 +403,29 @@ fn engines_in_one_process_keep_their_own_figures() {
     assert_eq!(value(&s, "mrcp_requests_total", &[("method", "SPEAK")]), 1.0);
     assert_clean(&b.server);
 }
+
+#[test]
+fn the_dashboard_plots_only_metrics_the_plugin_serves() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+    let rig = rig(&[("metrics_listen", "127.0.0.1:0")]);
+    let served: Vec<String> = scrape(metrics_addr(&rig.server)).docs.into_keys().collect();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        assert!(!panel["description"].as_str().unwrap_or("").is_empty(), "{} is described", panel["title"]);
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 8);
+    for expr in &exprs {
+        for (i, _) in expr.match_indices(PREFIX) {
+            let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let family = name.trim_end_matches("_bucket");
+            assert!(served.iter().any(|s| s == family), "{family} (in {expr}) is not served: {served:?}");
+        }
+    }
+}

@@ -270,6 +270,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_first_stored_audio_of_a_speak_is_noted_until_a_later_speak_stores() {
+        let mut p = Playback::new(4096);
+        let first = p.start(4096, 0);
+        assert_eq!(p.first_stored(first), None);
+        assert_eq!(p.push(first, &[1; 10]), Push::Stored);
+        let at = p.first_stored(first).expect("noted");
+        assert_eq!(p.push(first, &[1; 10]), Push::Stored);
+        assert_eq!(p.first_stored(first), Some(at), "the first push, not the latest");
+        // A STOP and a new SPEAK: the old SPEAK's note stays for its
+        // summary until the new one stores audio.
+        p.stop();
+        let second = p.start(4096, 0);
+        assert_eq!(p.first_stored(first), Some(at));
+        assert_eq!(p.first_stored(second), None);
+        assert_eq!(p.push(second, &[1; 10]), Push::Stored);
+        assert_eq!(p.first_stored(first), None);
+        assert!(p.first_stored(second).is_some());
+    }
+
+    #[test]
     fn ring_wraps_and_keeps_order() {
         let mut r = ByteRing::with_capacity(7);
         let mut out = [0u8; 4];

@@ -182,6 +182,11 @@ impl Metrics {
         for kind in ["retry", "requeue"] {
             let _ = m.retries.get_or_create(&vec![("kind", kind.to_owned())]);
         }
+        let _ = m.upstream.get_or_create(&vec![
+            ("endpoint", "primary".to_owned()),
+            ("status", "200".to_owned()),
+            ("detail", "none".to_owned()),
+        ]);
         for phase in ["connect", "first_byte"] {
             let _ = m.timeouts.get_or_create(&vec![("phase", phase.to_owned())]);
         }
