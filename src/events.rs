@@ -6,8 +6,9 @@
 //!
 //! `SpeakEnded` also becomes the INFO line per SPEAK that operators grep
 //! for. Observers are per engine: the engine makes its list at open and it
-//! travels with each channel and SPEAK (`Observers`), so two engines in one
-//! process (the tests run several) never see each other's events. To add a
+//! travels with each channel and SPEAK (`Observers`), so engines in one
+//! process (the tests load the same .so into one test server after
+//! another) never see each other's events. To add a
 //! metric: read the event in `metrics::Metrics::event`; to report something
 //! new, add a variant here and `emit` it where it happens (never from
 //! `read_frame`: count there with an atomic, report from the worker).

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 
 use super::{Format, Metrics};
 
@@ -142,11 +142,16 @@ fn wake_ip(ip: IpAddr) -> IpAddr {
 }
 
 fn work(rx: Receiver<TcpStream>, metrics: &Metrics, stop: &AtomicBool) {
-    while let Ok(stream) = rx.recv() {
-        if stop.load(Ordering::Acquire) {
-            continue; // dropped: closing
+    loop {
+        // Not a plain recv: if the accepting thread could not be woken at
+        // stop, its end of the queue stays open, and this must end anyway.
+        match rx.recv_timeout(READ_SLICE) {
+            Ok(_) if stop.load(Ordering::Acquire) => {} // dropped: closing
+            Ok(stream) => serve(stream, metrics, stop),
+            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-        serve(stream, metrics, stop);
     }
 }
 

@@ -6,7 +6,8 @@
 //! its own.
 //!
 //! Per engine, never process-wide: several engines may live in one process
-//! (the tests load the plugin into several test servers at once).
+//! (the tests load the same .so into one test server after another, and
+//! its statics outlive each).
 //!
 //! Recording is a few atomic adds (a histogram takes its own short lock);
 //! no label carries text, a request id or a voice name.
