@@ -264,6 +264,10 @@ fn the_endpoint_survives_hostile_clients_and_keeps_answering() {
     let slow = TcpStream::connect(addr).unwrap();
     (&slow).write_all(b"GET /met").unwrap();
 
+    // No thread per connection: one accepting and 4 serving, whatever
+    // connects.
+    assert_eq!(metrics_threads(), 5);
+
     // Meanwhile a few scrapers at once are all answered.
     let scrapers: Vec<_> = (0..4).map(|_| std::thread::spawn(move || scrape(addr).samples.len())).collect();
     for s in scrapers {
@@ -275,8 +279,20 @@ fn the_endpoint_survives_hostile_clients_and_keeps_answering() {
     assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
     let s = scrape_until(addr, |s| value(s, "speaks_total", &[]) == 1.0);
     assert_eq!(value(&s, "speaks_total", &[("cause", "000 normal")]), 1.0);
-    drop((silent, deaf, slow));
     assert_clean(&rig.server);
+    // Engine close ends and joins them, silent clients or not.
+    let Rig { server: mut server, upstream: _upstream } = rig;
+    drop(ch);
+    server.close_engine().unwrap();
+    assert_eq!(metrics_threads(), 0, "joined at engine close");
+    drop((silent, deaf, slow));
+}
+
+/// The exporter's threads alive now. The OS keeps 15 bytes of a thread's
+/// name, so "elevenlabs-metrics" and "elevenlabs-metrics-file" both show
+/// as "elevenlabs-metr" (as "elevenlabs-cache" shows as "elevenlabs-cach").
+fn metrics_threads() -> usize {
+    unimrcp_shim::host::thread_names().iter().filter(|n| n.as_str() == "elevenlabs-metr").count()
 }
 
 #[test]
@@ -341,6 +357,7 @@ fn the_textfile_is_never_seen_half_written() {
         std::thread::yield_now();
     }
     assert!(versions.len() >= 2, "the writer rewrote the file during {reads} reads");
+    assert_eq!(metrics_threads(), 1, "one writing thread, no endpoint");
     assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
     let s = {
         let deadline = Instant::now() + WAIT;
@@ -360,11 +377,7 @@ fn the_textfile_is_never_seen_half_written() {
     drop(ch);
     rig.server.close_engine().unwrap();
     assert!(!path.exists(), "removed at engine close");
-    assert_eq!(
-        unimrcp_shim::host::thread_names().iter().filter(|n| n.as_str() == "elevenlabs-metrics-file").count(),
-        0,
-        "the writer is joined at engine close"
-    );
+    assert_eq!(metrics_threads(), 0, "the writer is joined at engine close");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
