@@ -281,7 +281,7 @@ fn the_endpoint_survives_hostile_clients_and_keeps_answering() {
     assert_eq!(value(&s, "speaks_total", &[("cause", "000 normal")]), 1.0);
     assert_clean(&rig.server);
     // Engine close ends and joins them, silent clients or not.
-    let Rig { server: mut server, upstream: _upstream } = rig;
+    let Rig { mut server, upstream: _upstream } = rig;
     drop(ch);
     server.close_engine().unwrap();
     assert_eq!(metrics_threads(), 0, "joined at engine close");
