@@ -30,6 +30,10 @@
 //! 8. several servers: time to acquire a slot of the budget shared through
 //!    Redis on loopback, and the upstream requests the shared cache tier
 //!    saves for two servers (skipped without `redis-server`).
+//! 9. metrics: read_frame cost and added latency of 100 channels with and
+//!    without 4 clients scraping `/metrics` as fast as they can, and the
+//!    scrapes served per second (`cargo bench --bench plugin -- metrics`
+//!    runs only this one).
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -53,6 +57,8 @@ mod budget;
 mod capacity;
 #[path = "plugin/connections.rs"]
 mod connections;
+#[path = "plugin/metrics.rs"]
+mod metrics;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1161,7 +1167,12 @@ fn main() -> ExitCode {
     }
     let baseline_rss = vm_rss_kib().unwrap_or(0);
     let baseline_threads = thread_count();
+    let only_metrics = std::env::args().skip(1).any(|a| a == "metrics");
 
+    if only_metrics {
+        bench_metrics_scenario(&plugin, &mut failures);
+        return finish(&failures, started, 0);
+    }
     if let Err(e) = bench_read_frame(&plugin, &mut failures) {
         failures.add(format!("read_frame scenario: {e}"));
     }
@@ -1257,8 +1268,22 @@ fn main() -> ExitCode {
         failures.add(format!("shared budget scenario: {e}"));
     }
 
-    println!();
+    bench_metrics_scenario(&plugin, &mut failures);
+
     let total: usize = results.iter().map(|r| r.added.len()).sum();
+    finish(&failures, started, total)
+}
+
+fn bench_metrics_scenario(plugin: &Path, failures: &mut Failures) {
+    println!();
+    println!("[9] metrics endpoint under scraping: 100 channels at 8 kHz speak 1 s prompts in rounds for 10 s, without and with 4 clients scraping /metrics back to back");
+    if let Err(e) = metrics::bench_metrics(plugin, failures) {
+        failures.add(format!("metrics scenario: {e}"));
+    }
+}
+
+fn finish(failures: &Failures, started: Instant, total: usize) -> ExitCode {
+    println!();
     println!("total time {:.1} s; latency samples {total}", started.elapsed().as_secs_f64());
     if failures.0.is_empty() {
         println!("result: OK (every SPEAK completed with 000, no host-detected violations)");

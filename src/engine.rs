@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 use crate::cache::Cache;
 use crate::channel::{Channel, EngineShared};
 use crate::config::{self, Config, Refusal};
+use crate::events::Observers;
 use crate::ffi::{self, ChannelRef, EngineRef};
+use crate::figures::EngineFigures;
+use crate::metrics::{self, Metrics};
 use crate::synth::{self, warmup::Warmup, Command, WorkerHandle};
 use crate::tts::capacity::Capacity;
 use crate::tts::elevenlabs::ElevenLabs;
@@ -39,6 +42,56 @@ pub struct Engine {
     /// (what new channels take from). Both leaves, never held together.
     prewarm: Mutex<Option<Prewarm>>,
     warm_pool: Mutex<Option<Arc<Pool>>>,
+    /// The engine's observers (its metrics), from open on; every channel
+    /// and SPEAK carries a copy.
+    observers: Mutex<Observers>,
+    /// The metrics endpoint and textfile writer, while they run.
+    exporters: Mutex<Exporters>,
+}
+
+/// The threads that hand the metrics out (README "Monitoring").
+#[derive(Default)]
+struct Exporters {
+    endpoint: Option<metrics::http::Endpoint>,
+    textfile: Option<metrics::textfile::Writer>,
+}
+
+impl Exporters {
+    /// Starts what the config asks for. An address in use is one error
+    /// line, and the plugin runs on without the endpoint.
+    fn start(config: &Config, metrics: &Arc<Metrics>) -> Exporters {
+        let mut out = Exporters::default();
+        if let Some(addr) = config.metrics.listen {
+            match metrics::http::Endpoint::start(addr, Arc::clone(metrics)) {
+                Ok(endpoint) => {
+                    log::info!("metrics: serving http://{}/metrics", endpoint.local_addr());
+                    out.endpoint = Some(endpoint);
+                }
+                Err(e) => log::error!("metrics_listen {addr}: cannot serve metrics there ({e}); running without them"),
+            }
+        }
+        if let Some(path) = &config.metrics.textfile {
+            match metrics::textfile::Writer::start(path.clone(), config.metrics.interval, Arc::clone(metrics)) {
+                Ok(writer) => {
+                    log::info!("metrics: writing {} every {} ms", path.display(), config.metrics.interval.as_millis());
+                    out.textfile = Some(writer);
+                }
+                Err(e) => log::error!("metrics_textfile: cannot start its thread ({e}); running without it"),
+            }
+        }
+        out
+    }
+
+    /// Ends and joins the threads (file I/O, joins: not on the MRCP Server
+    /// thread).
+    fn stop(self) {
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop();
+        }
+        if let Some(writer) = self.textfile {
+            writer.stop();
+        }
+    }
 }
 
 impl Engine {
@@ -54,6 +107,8 @@ impl Engine {
             net: Mutex::new(None),
             prewarm: Mutex::new(None),
             warm_pool: Mutex::new(None),
+            observers: Mutex::new(Observers::default()),
+            exporters: Mutex::new(Exporters::default()),
         }
     }
 }
@@ -160,6 +215,15 @@ impl ffi::Engine for Engine {
                 if shared.cache.is_some() { "on" } else { "off" }
             );
         }
+        let figures = EngineFigures { shared: Arc::clone(&self.shared), capacity: Arc::clone(&capacity) };
+        let metrics = Arc::new(Metrics::new(&config.model_id, vec![Box::new(figures)]));
+        *self.observers.lock() = Observers::new(vec![Arc::clone(&metrics) as Arc<dyn crate::events::Observer>]);
+        let previous = std::mem::replace(&mut *self.exporters.lock(), Exporters::start(&config, &metrics));
+        if previous.endpoint.is_some() || previous.textfile.is_some() {
+            // Open after open without a close: the old ones go (their
+            // threads end within their bounded waits).
+            previous.stop();
+        }
         *self.capacity.lock() = Some(capacity);
         *self.config.lock() = Some(config);
         true
@@ -216,6 +280,7 @@ impl ffi::Engine for Engine {
         // New channels open their own connections from now on.
         self.warm_pool.lock().take();
         let prewarm = self.prewarm.lock().take();
+        let exporters = std::mem::take(&mut *self.exporters.lock());
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -237,6 +302,7 @@ impl ffi::Engine for Engine {
             if let Some(cache) = cache {
                 cache.stop();
             }
+            exporters.stop();
             engine.close_respond();
         };
         let mut closer = self.closer.lock();
@@ -262,7 +328,8 @@ impl ffi::Engine for Engine {
             log::error!("create_channel before a successful engine open");
             return None;
         };
-        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider), capacity)
+        let observers = self.observers.lock().clone();
+        Channel::new(Arc::clone(&self.shared), config, Arc::clone(&self.provider), capacity, observers)
             .map_err(|e| log::error!("create_channel: cannot create the wake-up fd: {e}"))
             .ok()
     }
@@ -278,7 +345,8 @@ impl ffi::Engine for Engine {
         let pool = self.warm_pool.lock().clone();
         let warm = pool.and_then(|pool| pool.take());
         let warmed = warm.is_some();
-        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared), net, warm) {
+        let live = Arc::clone(&self.shared.worker_threads);
+        match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared), net, warm, live) {
             Ok(handle) => {
                 *channel.worker.lock() = Some(handle);
                 self.shared.workers.lock().push(Arc::clone(&channel.worker));

@@ -1,20 +1,22 @@
 //! One place where the plugin reports what happened, whoever saw it: the
-//! worker (a SPEAK ended, with its cause and figures), the transport (the
-//! upstream's status and time to first byte), the cache (where the audio
-//! came from), the media thread (frames it had to play as silence).
+//! worker (a SPEAK ended, with its cause and figures; an upstream attempt;
+//! a wait for a slot; a cache lookup), the MRCP Server thread (a request
+//! arrived, a SPEAK was refused), the media thread's counts (frames it had
+//! to play as silence, reported by the worker at the SPEAK's end).
 //!
-//! Today one observer turns `SpeakEnded` into the INFO line per SPEAK that
-//! operators grep for. To add a metric: add an observer with
-//! `events::observe` (from engine open) and read the events it needs; to
-//! report something new, add a variant here and `emit` it where it happens
-//! (never from `read_frame`: count there with an atomic, report from the
-//! worker).
+//! `SpeakEnded` also becomes the INFO line per SPEAK that operators grep
+//! for. Observers are per engine: the engine makes its list at open and it
+//! travels with each channel and SPEAK (`Observers`), so engines in one
+//! process (the tests load the same .so into one test server after
+//! another) never see each other's events. To add a
+//! metric: read the event in `metrics::Metrics::event`; to report something
+//! new, add a variant here and `emit` it where it happens (never from
+//! `read_frame`: count there with an atomic, report from the worker).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use once_cell::sync::Lazy;
-use parking_lot::RwLock;
+use crate::mrcp::Method;
 
 /// A SPEAK that has ended, however it ended.
 #[derive(Clone, Debug)]
@@ -48,12 +50,55 @@ pub struct SpeakEnded<'a> {
     pub queue_wait: Duration,
     /// "000 normal", "004 error", "stopped", ...
     pub cause: &'a str,
+    /// From the SPEAK's arrival to its first audio in the play buffer
+    /// (played at the next media tick); None when none was.
+    pub first_audio: Option<Duration>,
+    /// From the SPEAK's arrival to its end.
+    pub duration: Duration,
+}
+
+/// One upstream attempt (a part of a SPEAK, or one try of it), however it
+/// ended.
+#[derive(Clone, Debug)]
+pub struct Attempt<'a> {
+    /// "primary" or "fallback".
+    pub endpoint: &'static str,
+    /// The HTTP status (0: none, the attempt got no response head).
+    pub http_status: u32,
+    /// ElevenLabs' `detail.status` of an error body.
+    pub detail: Option<&'a str>,
+    pub time_to_first_byte: Option<Duration>,
+    /// Characters of text the request carried.
+    pub chars_sent: usize,
+    /// `character-cost` of the response, when it said.
+    pub characters_billed: Option<u64>,
+    /// "connect", "first_byte" or "stall" when the attempt ran out of time.
+    pub timeout: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
     SpeakEnded(SpeakEnded<'a>),
+    /// A SPEAK ended before it reached the worker (refused on the MRCP
+    /// Server thread), with its Completion-Cause ("002 parse-failure").
+    SpeakRefused {
+        cause: &'static str,
+    },
+    /// An MRCP request arrived (MRCP Server thread).
+    Request(Method),
+    Attempt(Attempt<'a>),
+    /// A failed attempt will be sent again: after a backoff (`requeue`
+    /// false), or back at the head of the queue after a concurrency 429.
+    Retry {
+        requeue: bool,
+    },
+    /// A wait for an upstream slot ended (granted, or not).
+    Queued {
+        waited: Duration,
+    },
+    /// What the prompt cache answered: "hit", "miss" or "follower".
+    CacheLookup(&'static str),
 }
 
 /// Something that wants to hear about events (a metrics exporter).
@@ -61,27 +106,30 @@ pub trait Observer: Send + Sync {
     fn event(&self, event: &Event<'_>);
 }
 
-/// Lock order: a leaf. Observers are called with the read lock held and
-/// must not block.
-static OBSERVERS: Lazy<RwLock<Vec<Arc<dyn Observer>>>> = Lazy::new(|| RwLock::new(Vec::new()));
+/// The observers of one engine. Cheap to clone (one Arc); fixed at engine
+/// open, so emitting takes no lock.
+#[derive(Clone, Default)]
+pub struct Observers(Arc<[Arc<dyn Observer>]>);
 
-/// Adds an observer for the life of the process.
-#[allow(dead_code)] // the seam the metrics exporter plugs into
-pub fn observe(observer: Arc<dyn Observer>) {
-    OBSERVERS.write().push(observer);
-}
+impl Observers {
+    pub fn new(observers: Vec<Arc<dyn Observer>>) -> Observers {
+        Observers(observers.into())
+    }
 
-/// Reports an event: the summary log line, then every observer.
-pub fn emit(event: Event<'_>) {
-    log_line(&event);
-    for observer in OBSERVERS.read().iter() {
-        observer.event(&event);
+    /// Reports an event: the summary log line, then every observer.
+    /// Observers must not block.
+    pub fn emit(&self, event: Event<'_>) {
+        if let Event::SpeakEnded(e) = &event {
+            log_line(e);
+        }
+        for observer in self.0.iter() {
+            observer.event(&event);
+        }
     }
 }
 
 /// The one INFO line per SPEAK.
-fn log_line(event: &Event<'_>) {
-    let Event::SpeakEnded(e) = event;
+fn log_line(e: &SpeakEnded<'_>) {
     let bytes_per_ms = u64::from(e.sample_rate) * 2 / 1000;
     let audio_ms = e.audio_bytes / bytes_per_ms.max(1);
     let ttfb = e.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));

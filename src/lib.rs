@@ -18,7 +18,10 @@
 //! * `tts`: the `Provider` seam, ElevenLabs, the curl transport.
 //! * `plan`: a SPEAK as requests, pauses and marks.
 //! * `synth`: the per-channel worker thread, and the cache warm-up.
-//! * `channel`, `engine`: the session logic and the engine object.
+//! * `metrics`: the engine's counters and histograms (an events observer),
+//!   the `/metrics` endpoint and the textfile writer.
+//! * `channel`, `engine`, `figures`: the session logic, the engine object,
+//!   and what a scrape reads from the engine's objects.
 //!
 //! Only the four plugin entry points are exported (the server loads
 //! plugins RTLD_GLOBAL). `unsafe` lives in `ffi`.
@@ -30,7 +33,9 @@ mod engine;
 mod error;
 mod events;
 mod ffi;
+mod figures;
 mod media;
+mod metrics;
 mod mrcp;
 mod plan;
 mod redis_conn;

@@ -153,6 +153,25 @@ pub struct Cache {
     janitor: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// The tier shared with other servers (`cache_redis`), if on.
     redis: Option<RedisTier>,
+    /// As of the janitor's last pass (it runs after every new entry).
+    figures: Figures,
+}
+
+/// What the cache holds, for the metrics.
+#[derive(Default)]
+struct Figures {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    /// Entries removed for age or for room, since open.
+    evictions: AtomicU64,
+}
+
+/// A copy of `Figures`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheFigures {
+    pub bytes: u64,
+    pub entries: u64,
+    pub evictions: u64,
 }
 
 impl Cache {
@@ -179,6 +198,7 @@ impl Cache {
             tmp_seq: AtomicU64::new(0),
             janitor: Mutex::new(None),
             redis,
+            figures: Figures::default(),
         });
         let (tx, rx) = crossbeam_channel::bounded(1);
         let for_thread = Arc::clone(&cache);
@@ -200,6 +220,16 @@ impl Cache {
     /// An entry's bytes as stored (header and audio), for the shared tier.
     pub fn entry_bytes(&self, key: &Key) -> Option<Vec<u8>> {
         fs::read(self.entry_path(key)).ok()
+    }
+
+    /// Bytes and entries on disk as of the janitor's last pass, and
+    /// evictions since open.
+    pub fn figures(&self) -> CacheFigures {
+        CacheFigures {
+            bytes: self.figures.bytes.load(Ordering::Relaxed),
+            entries: self.figures.entries.load(Ordering::Relaxed),
+            evictions: self.figures.evictions.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops and joins the janitor (engine close; not on the MRCP thread).
@@ -366,24 +396,30 @@ impl Cache {
                 .and_then(|()| created(&head))
                 .unwrap_or(now);
             if self.config.max_age.is_some_and(|max| now.duration_since(made).unwrap_or_default() > max) {
-                let _ = fs::remove_file(item.path());
+                if fs::remove_file(item.path()).is_ok() {
+                    self.figures.evictions.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             entries.push((meta.modified().unwrap_or(now), meta.len(), item.path()));
         }
         let mut total: u64 = entries.iter().map(|e| e.1).sum();
-        if total <= self.config.max_bytes {
-            return;
-        }
-        entries.sort_by_key(|e| e.0);
-        for (_, len, path) in entries {
-            if total <= self.config.max_bytes {
-                break;
+        let mut count = entries.len() as u64;
+        if total > self.config.max_bytes {
+            entries.sort_by_key(|e| e.0);
+            for (_, len, path) in entries {
+                if total <= self.config.max_bytes {
+                    break;
+                }
+                if fs::remove_file(&path).is_ok() {
+                    total = total.saturating_sub(len);
+                    count -= 1;
+                    self.figures.evictions.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            if fs::remove_file(&path).is_ok() {
-                total = total.saturating_sub(len);
-            }
         }
+        self.figures.bytes.store(total, Ordering::Relaxed);
+        self.figures.entries.store(count, Ordering::Relaxed);
     }
 }
 

@@ -10,7 +10,7 @@
 
 mod session;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::events::Observers;
 use crate::ffi::{self, ChannelRef};
 use crate::media::{buffer_capacity, buffer_limit, Playback, SAMPLE_RATES};
 use crate::mrcp::{Completion, Origin, Request};
@@ -35,6 +36,8 @@ pub struct EngineShared {
     pub cache: Mutex<Option<Arc<Cache>>>,
     /// Every channel's worker slot, so engine close can stop them all.
     pub workers: Mutex<Vec<WorkerSlot>>,
+    /// Worker threads running now (for the metrics).
+    pub worker_threads: Arc<AtomicUsize>,
 }
 
 impl EngineShared {
@@ -50,6 +53,8 @@ pub struct Channel {
     config: Arc<Config>,
     provider: Arc<dyn Provider>,
     capacity: Arc<Capacity>,
+    /// The engine's observers (metrics).
+    observers: Observers,
     /// The worker, until channel close (or engine close) takes it.
     pub worker: WorkerSlot,
     /// A worker told to shut down, joined in destroy.
@@ -62,6 +67,7 @@ impl Channel {
         config: Arc<Config>,
         provider: Arc<dyn Provider>,
         capacity: Arc<Capacity>,
+        observers: Observers,
     ) -> std::io::Result<Channel> {
         let shared = Arc::new(Shared::new(buffer_capacity(config.max_buffer_ms))?);
         Ok(Channel {
@@ -70,6 +76,7 @@ impl Channel {
             config,
             provider,
             capacity,
+            observers,
             worker: Arc::new(Mutex::new(None)),
             stopping: Mutex::new(None),
         })

@@ -10,6 +10,7 @@ use super::Channel;
 use crate::cache::Policy;
 use crate::config;
 use crate::error::{Answer, SpeakError};
+use crate::events::Event;
 use crate::ffi::ChannelRef;
 use crate::media::{buffer_limit, PlayState};
 use crate::mrcp::{
@@ -26,6 +27,7 @@ impl Channel {
             *self.shared.logging_tag.lock() = (!tag.is_empty()).then_some(tag);
         }
         log::debug!("[{}] {} {} received", self.label(ch), request.method_name, request.id);
+        self.observers.emit(Event::Request(request.method));
         let complete = |status| Reply::response(status, RequestState::Complete);
         match request.method {
             Method::Speak => self.speak(ch, request),
@@ -86,6 +88,7 @@ impl Channel {
             capacity: Arc::clone(&self.capacity),
             cache: self.engine.cache.lock().clone(),
             policy: Policy::from_header(request.cache_control.as_deref()),
+            observers: self.observers.clone(),
         };
         if !self.send_to_worker(Command::Speak(job)) {
             let mut active = self.shared.active.lock();
@@ -125,12 +128,14 @@ impl Channel {
             Answer::Refuse(status) => {
                 log::warn!("[{}] SPEAK {} refused: {error}", self.label(ch), request.id);
                 ch.send(request.origin, &Reply::refusal(status, completion));
+                self.observers.emit(Event::SpeakRefused { cause: "refused" });
             }
             Answer::CompleteAtOnce => {
                 log::warn!("[{}] SPEAK {} cannot be spoken: {error}", self.label(ch), request.id);
                 if respond_in_progress(ch, request.origin) {
                     let speak = Speak::new(request.origin, request.id, 0);
                     send_complete(ch, &speak, &completion);
+                    self.observers.emit(Event::SpeakRefused { cause: completion.code() });
                 }
             }
         }

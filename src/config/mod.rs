@@ -6,8 +6,11 @@
 //! param: a field here, its name in `KNOWN_PARAMS`, its parsing in
 //! `from_params`, and a line in README's table.
 
+mod metrics;
 mod resolve;
 mod shared;
+
+pub use metrics::MetricsConfig;
 
 pub use resolve::{
     apply_language, clamp_gain, clamp_speed, dictionaries, resolve, takes_phonemes, takes_request_ids, voice_by_gender,
@@ -89,6 +92,9 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "cache_redis",
     "cache_redis_max_bytes",
     "cache_redis_ttl_s",
+    "metrics_listen",
+    "metrics_textfile",
+    "metrics_interval_ms",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -183,6 +189,8 @@ pub struct Config {
     /// The budget (and optionally a cache tier) shared through Redis with
     /// other servers on the same account; None: everything is local.
     pub shared: Option<SharedConfig>,
+    /// The metrics exporter's outputs (README "Monitoring").
+    pub metrics: MetricsConfig,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -272,6 +280,7 @@ impl fmt::Debug for Config {
             .field("prewarm_refresh", &self.prewarm_refresh)
             .field("ca_file", &self.ca_file)
             .field("shared", &self.shared)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -496,6 +505,7 @@ impl Config {
         };
 
         let shared = shared::parse(&p, &api_key, max_concurrent_requests, cache.is_some())?;
+        let metrics = metrics::parse(&p)?;
 
         Ok(Config {
             prewarm_connections: p.millis("prewarm_connections", DEFAULT_PREWARM_CONNECTIONS as u64, 0, 64)? as usize,
@@ -507,6 +517,7 @@ impl Config {
             )?),
             ca_file,
             shared,
+            metrics,
             max_concurrent_requests,
             queue_timeout: Duration::from_millis(p.millis("queue_timeout_ms", first_byte_timeout_ms, 0, 600_000)?),
             max_retries: p.millis("max_retries", u64::from(DEFAULT_MAX_RETRIES), 0, 10)? as u32,

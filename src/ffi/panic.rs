@@ -79,6 +79,20 @@ fn log_panic(callback: &'static str, payload: &(dyn Any + Send)) {
     }
 }
 
+/// Panics caught in the process, by the guard and by the channel workers
+/// (process-wide: a panic is not always an engine's).
+static CAUGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a caught panic (the guard does; so does a worker's catch).
+pub fn count_caught() {
+    CAUGHT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Panics caught in this process so far.
+pub fn caught() -> u64 {
+    CAUGHT.load(Ordering::Relaxed)
+}
+
 /// Runs `body`; on panic logs it and returns `None`.
 pub fn guard<R>(callback: &'static str, body: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(|| {
@@ -87,6 +101,7 @@ pub fn guard<R>(callback: &'static str, body: impl FnOnce() -> R) -> Option<R> {
     })) {
         Ok(value) => Some(value),
         Err(payload) => {
+            count_caught();
             log_panic(callback, payload.as_ref());
             None
         }

@@ -12,6 +12,8 @@
 //! The media thread only ever `try_lock`s the mutex around this (see
 //! link.rs), so the worker must hold it for no more than a copy.
 
+use std::time::Instant;
+
 /// A fixed-capacity FIFO of bytes.
 pub struct ByteRing {
     buf: Box<[u8]>,
@@ -124,6 +126,10 @@ pub struct Playback {
     /// Bytes to hold before the first frame plays (jitter reserve); 0 once
     /// primed.
     prime: usize,
+    /// When the writer first stored bytes of this generation (the SPEAK's
+    /// time to first audio, for the metrics). Set by `push` (the worker),
+    /// never by the media thread.
+    first_stored: Option<(u64, Instant)>,
 }
 
 impl Playback {
@@ -136,6 +142,7 @@ impl Playback {
             limit: capacity,
             played: 0,
             prime: 0,
+            first_stored: None,
         }
     }
 
@@ -189,7 +196,16 @@ impl Playback {
             return Push::Full;
         }
         self.ring.push(data);
+        if !matches!(self.first_stored, Some((g, _)) if g == generation) && !data.is_empty() {
+            self.first_stored = Some((generation, Instant::now()));
+        }
         Push::Stored
+    }
+
+    /// When the writer first stored audio of `generation`, if it did and
+    /// no later SPEAK has stored since.
+    pub fn first_stored(&self, generation: u64) -> Option<Instant> {
+        self.first_stored.filter(|(g, _)| *g == generation).map(|(_, t)| t)
     }
 
     /// The writer has delivered everything for `generation`.
@@ -252,6 +268,26 @@ pub fn apply_gain(frame: &mut [u8], gain: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_stored_audio_of_a_speak_is_noted_until_a_later_speak_stores() {
+        let mut p = Playback::new(4096);
+        let first = p.start(4096, 0);
+        assert_eq!(p.first_stored(first), None);
+        assert_eq!(p.push(first, &[1; 10]), Push::Stored);
+        let at = p.first_stored(first).expect("noted");
+        assert_eq!(p.push(first, &[1; 10]), Push::Stored);
+        assert_eq!(p.first_stored(first), Some(at), "the first push, not the latest");
+        // A STOP and a new SPEAK: the old SPEAK's note stays for its
+        // summary until the new one stores audio.
+        p.stop();
+        let second = p.start(4096, 0);
+        assert_eq!(p.first_stored(first), Some(at));
+        assert_eq!(p.first_stored(second), None);
+        assert_eq!(p.push(second, &[1; 10]), Push::Stored);
+        assert_eq!(p.first_stored(first), None);
+        assert!(p.first_stored(second).is_some());
+    }
 
     #[test]
     fn ring_wraps_and_keeps_order() {

@@ -19,7 +19,7 @@ pub mod warmup;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::cache::{Cache, Policy};
 use crate::config::Config;
 use crate::error::Failure;
+use crate::events::Observers;
 use crate::ffi::panic::describe;
 use crate::ffi::ChannelRef;
 use crate::mrcp::Completion;
@@ -63,6 +64,8 @@ pub struct Job {
     pub cache: Option<Arc<Cache>>,
     /// What the SPEAK's Cache-Control allows.
     pub policy: Policy,
+    /// The engine's observers (metrics), told what happens to the SPEAK.
+    pub observers: Observers,
 }
 
 pub enum Command {
@@ -90,18 +93,29 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// `warm`: a transport with an open connection (`tts::prewarm`), used
     /// for the channel's first SPEAK; without one the worker makes its own.
+    /// `live` counts the engine's running worker threads (for the metrics).
     pub fn spawn(
         name: String,
         channel: ChannelRef,
         shared: Arc<Shared>,
         net: Arc<Network>,
         warm: Option<Transport>,
+        live: Arc<AtomicUsize>,
     ) -> std::io::Result<WorkerHandle> {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let thread_shared = Arc::clone(&shared);
-        let thread =
-            std::thread::Builder::new().name(name).spawn(move || run(channel, thread_shared, rx, net, warm))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            live.fetch_add(1, Ordering::Relaxed);
+            run(channel, thread_shared, rx, net, warm);
+            live.fetch_sub(1, Ordering::Relaxed);
+        })?;
         Ok(WorkerHandle { tx, thread, shared })
+    }
+
+    /// Whether the channel has a SPEAK that has not ended (takes the
+    /// channel's `active` lock for a look).
+    pub fn speaking(&self) -> bool {
+        self.shared.active.lock().as_ref().is_some_and(|s| !s.is_terminated())
     }
 
     /// Queues a command and wakes the thread. Never blocks.
@@ -148,6 +162,7 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
         match result {
             Ok(()) => break,
             Err(payload) => {
+                crate::ffi::panic::count_caught();
                 log::error!("[{}] panic in the synthesis thread: {}", worker.id(), describe(payload.as_ref()));
                 if let Some((job, _)) = worker.draining.take() {
                     worker.end(&job.speak, Completion::error("internal error in the synthesis thread"));

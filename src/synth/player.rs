@@ -14,6 +14,7 @@ use super::spill::{lost_or_stopped, spill_dir, SpillSink};
 use super::{Job, Worker, STOPPED};
 use crate::cache::{Cache, FlightEnd, Key, Lookup, Probe, Tee, REDIS_POLL};
 use crate::error::Failure;
+use crate::events::{Attempt, Event};
 use crate::media::{AudioSink, Push, NO_CUE};
 use crate::plan::{self, Step};
 use crate::tts::capacity::{retry, Health, Next, Permit, Ticket};
@@ -69,7 +70,13 @@ impl Worker {
         let mut redis_lock: Option<String> = None;
         if let (Some(cache), Some(key)) = (job.cache.clone(), key) {
             if job.policy.read {
-                match cache.lookup(key, job.sample_rate, job.policy.max_age, &self.shared.link.waker) {
+                let found = cache.lookup(key, job.sample_rate, job.policy.max_age, &self.shared.link.waker);
+                job.observers.emit(Event::CacheLookup(match &found {
+                    Lookup::Hit(_) => "hit",
+                    Lookup::Follow(_) => "follower",
+                    Lookup::Lead(..) => "miss",
+                }));
+                match found {
                     Lookup::Hit(audio) => {
                         let started = Instant::now();
                         let (fed, first) = self.feed(&job, Source::Memory(audio, 0));
@@ -341,7 +348,9 @@ impl Worker {
             let ticket = capacity.limiter.enqueue(Arc::clone(&self.shared.link.waker), tries > 0, again);
             let queued = Instant::now();
             let slot = self.wait_for_slot(job, ticket, queue_deadline);
-            queue_wait += queued.elapsed();
+            let waited = queued.elapsed();
+            queue_wait += waited;
+            job.observers.emit(Event::Queued { waited });
             let permit = match slot {
                 Slot::Granted(permit) => permit,
                 Slot::Interrupted => {
@@ -377,6 +386,7 @@ impl Worker {
             if pass.is_fallback() {
                 stats.source = "fallback";
             }
+            report_attempt(job, request, &part, &stats, pass.is_fallback());
             if let Some(max) = stats.max_concurrency {
                 capacity.limiter.advertise(max);
             }
@@ -398,6 +408,7 @@ impl Worker {
             let now = Instant::now();
             match next {
                 Next::Requeue if !heard => {
+                    job.observers.emit(Event::Retry { requeue: true });
                     permit.rejected();
                     requeues += 1;
                     again = Some(now + retry::requeue_delay(requeues));
@@ -411,6 +422,7 @@ impl Worker {
                     }
                     retries += 1;
                     again = Some(now + wait);
+                    job.observers.emit(Event::Retry { requeue: false });
                     log::info!(
                         "[{}] SPEAK {}: try {tries} failed ({failure}); retrying in {} ms",
                         self.id(),
@@ -517,4 +529,27 @@ impl Worker {
         };
         (part, stats, tee, sink)
     }
+}
+
+/// Tells the engine's observers how one upstream attempt went.
+fn report_attempt(job: &Job, request: &SpeechRequest, part: &Part, stats: &Stats, fallback: bool) {
+    let detail = match &stats.trouble {
+        Some(Trouble::Status { detail, .. }) => detail.as_deref(),
+        _ => None,
+    };
+    let timeout = match (part, &stats.trouble) {
+        (Part::Failed(Failure::Stalled(_)), _) => Some("stall"),
+        (Part::Failed(Failure::FirstByteTimeout(_)), _) => Some("first_byte"),
+        (Part::Failed(_), Some(Trouble::Timeout)) => Some("connect"),
+        _ => None,
+    };
+    job.observers.emit(Event::Attempt(Attempt {
+        endpoint: if fallback { "fallback" } else { "primary" },
+        http_status: stats.http_status,
+        detail,
+        time_to_first_byte: stats.time_to_first_byte,
+        chars_sent: request.text.chars().count(),
+        characters_billed: stats.characters,
+        timeout,
+    }));
 }

@@ -12,7 +12,7 @@ use crate::media::Link;
 /// Lock order (never take an earlier one while holding a later one):
 ///   engine `workers` → channel `worker` slot → `active` → `link.playback`,
 ///   and `active` → a SPEAK's `last_mark` (a leaf: held for one copy).
-/// `logging_tag`, a flight's state and the events observers are leaves.
+/// `logging_tag`, a flight's state and the metrics' own locks are leaves.
 pub struct Shared {
     pub link: Arc<Link>,
     /// The SPEAK in progress, until its terminal message.

@@ -7,6 +7,7 @@
 //! its response listing the request and no SPEAK-COMPLETE follows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -24,11 +25,20 @@ pub struct Speak {
     /// The last `<mark>` whose SPEECH-MARKER was sent; SPEAK-COMPLETE
     /// repeats it.
     pub last_mark: Mutex<Option<String>>,
+    /// When the SPEAK arrived (for its time to first audio and duration).
+    pub received: Instant,
 }
 
 impl Speak {
     pub fn new(origin: Origin, request_id: u32, generation: u64) -> Self {
-        Speak { origin, request_id, generation, terminated: AtomicBool::new(false), last_mark: Mutex::new(None) }
+        Speak {
+            origin,
+            request_id,
+            generation,
+            terminated: AtomicBool::new(false),
+            last_mark: Mutex::new(None),
+            received: Instant::now(),
+        }
     }
 
     /// True for exactly one caller. Claim while holding the channel's

@@ -1,7 +1,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{Job, Worker};
-use crate::events::{self, Event, SpeakEnded};
+use crate::events::{Event, SpeakEnded};
 use crate::tts::Stats;
 
 impl Worker {
@@ -9,7 +9,8 @@ impl Worker {
     /// any observer's figures).
     pub(super) fn summary(&self, job: &Job, stats: &Stats, cause: &str) {
         let channel = self.id();
-        events::emit(Event::SpeakEnded(SpeakEnded {
+        let first_stored = self.shared.link.playback.lock().first_stored(job.speak.generation);
+        job.observers.emit(Event::SpeakEnded(SpeakEnded {
             channel: &channel,
             request_id: job.speak.request_id,
             chars: job.plan.chars(),
@@ -27,6 +28,8 @@ impl Worker {
             tries: stats.tries,
             queue_wait: stats.queue_wait,
             cause,
+            first_audio: first_stored.map(|t| t.saturating_duration_since(job.speak.received)),
+            duration: job.speak.received.elapsed(),
         }));
     }
 }

@@ -1,0 +1,346 @@
+//! `GET /metrics` over HTTP, served by threads of the exporter's own, so a
+//! slow or hostile scraper can never delay a call: the MRCP Server and
+//! media threads never see a scrape.
+//!
+//! Bounded in every direction: one accepting thread hands connections to
+//! `WORKERS` serving threads through a queue of `QUEUE` (a connection that
+//! finds the queue full is closed at once); a request head larger than
+//! `HEAD_LIMIT` is answered 431 without reading more; a head not complete
+//! within `HEAD_DEADLINE` is answered 408; every write gives up after
+//! `WRITE_TIMEOUT`. One request per connection (`Connection: close`): a
+//! scraper opens a new one each scrape, so no idle keep-alive connection
+//! holds a worker.
+//!
+//! Why not tiny_http (the crate first chosen): it owns the accepted socket
+//! before we can touch it, reads a request line and headers into an
+//! unbounded buffer with no read timeout, and spawns an unnamed thread per
+//! connection without a bound, threads that cannot be joined at engine
+//! close (a connected, silent client keeps one forever). What is needed of
+//! HTTP here is one method on one path, which is less code than wrapping
+//! it would take.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
+
+use super::{Format, Metrics};
+
+/// Threads serving requests: a few concurrent scrapers at once.
+pub const WORKERS: usize = 4;
+/// Accepted connections waiting for a serving thread.
+pub const QUEUE: usize = 16;
+/// The most a request head (request line and headers) may take.
+pub const HEAD_LIMIT: usize = 8 * 1024;
+/// How long a client has to send its request head.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one write may block on a client that does not read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slices of a wait for the head, so that engine close is seen promptly.
+const READ_SLICE: Duration = Duration::from_millis(200);
+
+/// The running endpoint; `stop` ends and joins its threads.
+pub struct Endpoint {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Endpoint {
+    /// Binds `addr` and starts serving. An address in use is the error.
+    pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(QUEUE);
+        let mut workers = Vec::with_capacity(WORKERS);
+        for _ in 0..WORKERS {
+            let (rx, metrics, stop) = (rx.clone(), Arc::clone(&metrics), Arc::clone(&stop));
+            match std::thread::Builder::new().name("elevenlabs-metrics".into()).spawn(move || work(rx, &metrics, &stop))
+            {
+                Ok(handle) => workers.push(handle),
+                Err(e) if workers.is_empty() => return Err(e),
+                Err(e) => {
+                    log::warn!("metrics: only {} of {WORKERS} serving threads ({e})", workers.len());
+                    break;
+                }
+            }
+        }
+        let accept_stop = Arc::clone(&stop);
+        let acceptor = std::thread::Builder::new().name("elevenlabs-metrics".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if accept_stop.load(Ordering::Acquire) {
+                    break;
+                }
+                match conn {
+                    Ok(stream) => match tx.try_send(stream) {
+                        Ok(()) => {}
+                        // Every worker busy and the queue full: closed at
+                        // once (the scraper retries next interval).
+                        Err(TrySendError::Full(stream)) => drop(stream),
+                        Err(TrySendError::Disconnected(_)) => break,
+                    },
+                    // Out of fds, say: do not spin on it.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            // tx goes: the workers end after the connection in hand.
+        });
+        let acceptor = match acceptor {
+            Ok(handle) => handle,
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                drop(rx);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Endpoint { addr, stop, acceptor: Some(acceptor), workers })
+    }
+
+    /// The address it listens on (the port, when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets the serving threads finish the connection in
+    /// hand (bounded by the limits above), joins everything. Not on the
+    /// MRCP Server thread: it may take up to a write timeout.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        // accept() has no timeout: a connection of our own wakes it.
+        let wake = SocketAddr::new(wake_ip(self.addr.ip()), self.addr.port());
+        match TcpStream::connect_timeout(&wake, Duration::from_secs(1)) {
+            Ok(_) => {
+                if let Some(acceptor) = self.acceptor.take() {
+                    let _ = acceptor.join();
+                }
+            }
+            // Left to end at its next connection rather than hang close.
+            Err(e) => log::warn!("metrics: cannot wake the accepting thread on {wake} ({e}); not joined"),
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Where to connect to reach a listener bound to `ip`.
+fn wake_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+fn work(rx: Receiver<TcpStream>, metrics: &Metrics, stop: &AtomicBool) {
+    loop {
+        // Not a plain recv: if the accepting thread could not be woken at
+        // stop, its end of the queue stays open, and this must end anyway.
+        match rx.recv_timeout(READ_SLICE) {
+            Ok(_) if stop.load(Ordering::Acquire) => {} // dropped: closing
+            Ok(stream) => serve(stream, metrics, stop),
+            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Why a request head could not be read.
+enum Refused {
+    /// Answer with this status.
+    Status(u16),
+    /// The client left, or the engine is closing: nothing to answer.
+    Gone,
+}
+
+/// One request, one response, then close.
+fn serve(mut stream: TcpStream, metrics: &Metrics, stop: &AtomicBool) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let response = match read_head(&mut stream, stop) {
+        Ok(head) => respond(&head, metrics),
+        Err(Refused::Status(code)) => Response::plain(code),
+        Err(Refused::Gone) => return,
+    };
+    let _ = stream.write_all(&response.head).and_then(|()| stream.write_all(&response.body));
+    // Closing with unread bytes from the client resets the connection,
+    // which can destroy the response in flight: say we are done, then
+    // read what is left (briefly, bounded) before closing.
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// Reads up to the blank line that ends the head.
+fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Result<Vec<u8>, Refused> {
+    let deadline = Instant::now() + HEAD_DEADLINE;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(Refused::Gone);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Refused::Status(408));
+        }
+        let _ = stream.set_read_timeout(Some((deadline - now).min(READ_SLICE)));
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(Refused::Gone),
+            Ok(n) => {
+                let searched_from = head.len().saturating_sub(3);
+                head.extend_from_slice(&chunk[..n]);
+                if let Some(end) = head_end(&head[searched_from..]) {
+                    head.truncate(searched_from + end);
+                    return Ok(head);
+                }
+                if head.len() > HEAD_LIMIT {
+                    // 414 when the request line alone is too long.
+                    let code = if head.contains(&b'\n') { 431 } else { 414 };
+                    return Err(Refused::Status(code));
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Refused::Gone),
+        }
+    }
+}
+
+/// Where the head ends (after its blank line), if it does in `bytes`.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+struct Response {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn new(code: u16, content_type: &str, body: Vec<u8>, extra: &str, send_body: bool) -> Response {
+        let head = format!(
+            "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+            reason(code),
+            body.len()
+        );
+        Response { head: head.into_bytes(), body: if send_body { body } else { Vec::new() } }
+    }
+
+    fn plain(code: u16) -> Response {
+        let body = format!("{} {}\n", code, reason(code)).into_bytes();
+        Response::new(code, "text/plain; charset=utf-8", body, "", true)
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// The response to a complete head.
+fn respond(head: &[u8], metrics: &Metrics) -> Response {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Response::plain(400);
+    };
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Response::plain(400);
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+        return Response::plain(400);
+    }
+    if !version.starts_with("HTTP/1.") {
+        return Response::plain(505);
+    }
+    let mut accept = None;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("accept") {
+                accept = Some(value.trim());
+            }
+        }
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if path != "/metrics" {
+        return Response::plain(404);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let body = b"405 Method Not Allowed\n".to_vec();
+            return Response::new(405, "text/plain; charset=utf-8", body, "Allow: GET, HEAD\r\n", true);
+        }
+    };
+    let format = Format::from_accept(accept);
+    let body = metrics.render(format).into_bytes();
+    Response::new(200, format.content_type(), body, "", !head_only)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.0\n\n"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn requests_are_answered_by_method_and_path() {
+        let m = Metrics::new("eleven_flash_v2_5", Vec::new());
+        let status = |head: &str| {
+            let r = respond(head.as_bytes(), &m);
+            String::from_utf8(r.head).unwrap().split(' ').nth(1).unwrap().to_owned()
+        };
+        assert_eq!(status("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), "200");
+        assert_eq!(status("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), "200");
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), "404");
+        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), "405");
+        assert_eq!(status("GET /metrics HTTP/2.0\r\n\r\n"), "505");
+        assert_eq!(status("nonsense\r\n\r\n"), "400");
+        let r = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &m);
+        assert!(r.body.is_empty(), "HEAD has no body");
+        let r = respond(b"POST /metrics HTTP/1.1\r\n\r\n", &m);
+        assert!(String::from_utf8(r.head).unwrap().contains("\r\nAllow: GET, HEAD\r\n\r\n"));
+        let om = respond(b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n", &m);
+        assert!(String::from_utf8(om.head).unwrap().contains("application/openmetrics-text"));
+        assert!(String::from_utf8(om.body).unwrap().ends_with("# EOF\n"));
+    }
+}
