@@ -215,7 +215,11 @@ impl ffi::Engine for Engine {
                 if shared.cache.is_some() { "on" } else { "off" }
             );
         }
-        let figures = EngineFigures { shared: Arc::clone(&self.shared), capacity: Arc::clone(&capacity) };
+        let figures = EngineFigures {
+            shared: Arc::clone(&self.shared),
+            capacity: Arc::clone(&capacity),
+            warm_pool: self.warm_pool.lock().clone(),
+        };
         let metrics = Arc::new(Metrics::new(&config.model_id, vec![Box::new(figures)]));
         *self.observers.lock() = Observers::new(vec![Arc::clone(&metrics) as Arc<dyn crate::events::Observer>]);
         let previous = std::mem::replace(&mut *self.exporters.lock(), Exporters::start(&config, &metrics));

@@ -13,10 +13,13 @@ use crate::channel::EngineShared;
 use crate::ffi;
 use crate::metrics::{Reader, Readings};
 use crate::tts::capacity::Capacity;
+use crate::tts::prewarm::Pool;
 
 pub struct EngineFigures {
     pub shared: Arc<EngineShared>,
     pub capacity: Arc<Capacity>,
+    /// The warm connections' pool (None: `prewarm_connections=0`).
+    pub warm_pool: Option<Arc<Pool>>,
 }
 
 impl Reader for EngineFigures {
@@ -70,8 +73,87 @@ impl Reader for EngineFigures {
             );
         }
 
+        if let Some(budget) = &self.capacity.budget {
+            let b = budget.figures();
+            out.gauge(
+                "budget_shared",
+                "1 while the concurrency budget is shared through Redis, 0 while this server runs on its local_share",
+                f64::from(u8::from(b.shared)),
+            );
+            out.counter_with(
+                "budget_mode_changes",
+                "Changes between the Redis-shared budget and the local share",
+                &[],
+                b.mode_changes,
+            );
+            out.gauge("budget_leases_held", "Leases of the shared budget this server holds now", b.leases_held as f64);
+            out.counter_with("budget_leases_acquired", "Leases of the shared budget acquired", &[], b.leases_acquired);
+            out.counter_with(
+                "budget_leases_lost",
+                "Leases that expired in Redis before their renewal",
+                &[],
+                b.leases_lost,
+            );
+            out.counter_with(
+                "budget_lease_overruns",
+                "Transfers that ran on after their lease expired",
+                &[],
+                b.overruns,
+            );
+            out.gauge_with(
+                "budget_acquire_wait_seconds",
+                "Time from a ticket queued in Redis to its lease, over the last 4096 leases",
+                &[("quantile", "0.5")],
+                b.acquire_wait_us_p50 as f64 / 1e6,
+            );
+            out.gauge_with(
+                "budget_acquire_wait_seconds",
+                "Time from a ticket queued in Redis to its lease, over the last 4096 leases",
+                &[("quantile", "0.99")],
+                b.acquire_wait_us_p99 as f64 / 1e6,
+            );
+        }
+
+        if let Some(pool) = &self.warm_pool {
+            out.gauge(
+                "warm_connections_ready",
+                "Warm upstream connections ready for new channels",
+                pool.ready() as f64,
+            );
+            out.counter_with(
+                "warm_connection_probes",
+                "Requests (GET /v1/models) sent to open or refresh warm connections",
+                &[],
+                pool.probes(),
+            );
+            let (taken, missed) = pool.takes();
+            let help = "New channels by whether a warm connection was ready for them";
+            out.counter_with("channel_connections", help, &[("connection", "warm")], taken);
+            out.counter_with("channel_connections", help, &[("connection", "cold")], missed);
+        }
+
         let cache = self.shared.cache.lock().clone();
         if let Some(cache) = cache {
+            if let Some(tier) = cache.redis() {
+                let r = tier.figures();
+                let help = "Lookups in the shared Redis cache tier after a local miss, by result";
+                out.counter_with("cache_redis_lookups", help, &[("result", "hit")], r.hits);
+                out.counter_with("cache_redis_lookups", help, &[("result", "miss")], r.misses);
+                out.counter_with(
+                    "cache_redis_corrupt",
+                    "Redis cache tier entries refused for a bad header or checksum (then deleted; also counted as a miss)",
+                    &[],
+                    r.corrupt,
+                );
+                out.counter_with(
+                    "cache_redis_waits",
+                    "Misses that waited for another server's synthesis of the same prompt",
+                    &[],
+                    r.waits,
+                );
+                out.counter_with("cache_redis_stores", "Entries written to the shared Redis cache tier", &[], r.stores);
+                out.counter_with("cache_redis_errors", "Redis errors of the shared cache tier", &[], r.errors);
+            }
             let c = cache.figures();
             out.gauge(
                 "cache_bytes",

@@ -442,3 +442,62 @@ fn the_dashboard_plots_only_metrics_the_plugin_serves() {
         }
     }
 }
+
+#[test]
+fn warm_connection_figures_are_served() {
+    let rig = rig(&[("metrics_listen", "127.0.0.1:0"), ("prewarm_connections", "2")]);
+    let addr = metrics_addr(&rig.server);
+    // The pre-warm thread fills its pool of two with GET /v1/models.
+    let s = scrape_until(addr, |s| value(s, "warm_connections_ready", &[]) == 2.0);
+    assert_eq!(value(&s, "warm_connections_ready", &[]), 2.0);
+    // One probe per connection opened (the next refresh is 20 s away).
+    assert_eq!(value(&s, "warm_connection_probes_total", &[]), 2.0);
+
+    // A new channel takes one; the next scrape counts it as warm.
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("A warm welcome.");
+    assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
+    let s = scrape_until(addr, |s| value(s, "channel_connections_total", &[("connection", "warm")]) == 1.0);
+    assert_eq!(value(&s, "channel_connections_total", &[("connection", "warm")]), 1.0);
+    assert_eq!(value(&s, "channel_connections_total", &[("connection", "cold")]), 0.0);
+    // Without redis_url no budget figures are served.
+    assert!(!s.samples.iter().any(|x| x.metric.starts_with(&format!("{PREFIX}budget_"))));
+}
+
+#[test]
+fn shared_budget_and_redis_tier_figures_are_served() {
+    let mut redis = common::redis_server::RedisServer::start(None);
+    let cache = temp_dir("redis-tier");
+    let cache_dir = cache.to_string_lossy().into_owned();
+    let url = redis.url();
+    let rig = rig(&[
+        ("metrics_listen", "127.0.0.1:0"),
+        ("redis_url", &url),
+        ("max_concurrent_requests", "5"),
+        ("cache_enabled", "true"),
+        ("cache_dir", &cache_dir),
+        ("cache_redis", "on"),
+    ]);
+    let addr = metrics_addr(&rig.server);
+    let ch = rig.server.open_channel(8000).unwrap();
+    let id = ch.speak("One prompt for every server.");
+    assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
+    let s = scrape_until(addr, |s| value(s, "cache_redis_stores_total", &[]) == 1.0);
+    assert_eq!(value(&s, "budget_shared", &[]), 1.0);
+    assert_eq!(value(&s, "budget_leases_acquired_total", &[]), 1.0, "one request, one lease");
+    assert_eq!(value(&s, "budget_mode_changes_total", &[]), 0.0);
+    assert_eq!(value(&s, "cache_redis_lookups_total", &[("result", "miss")]), 1.0);
+    assert_eq!(value(&s, "cache_redis_lookups_total", &[("result", "hit")]), 0.0);
+    assert_eq!(value(&s, "cache_redis_stores_total", &[]), 1.0);
+    assert_eq!(value(&s, "cache_redis_corrupt_total", &[]), 0.0);
+
+    // Redis gone: the next SPEAK runs on the local share, and the mode
+    // change is counted once.
+    redis.stop();
+    let id = ch.speak("Spoken while Redis is away.");
+    assert_eq!(expect_in_progress_then_complete(&ch, id).completion_cause, Some(NORMAL));
+    let s = scrape_until(addr, |s| value(s, "budget_shared", &[]) == 0.0);
+    assert_eq!(value(&s, "budget_shared", &[]), 0.0);
+    assert_eq!(value(&s, "budget_mode_changes_total", &[]), 1.0);
+    assert!(value(&s, "cache_redis_errors_total", &[]) >= 1.0);
+}

@@ -53,6 +53,10 @@ pub struct Pool {
     stop: AtomicBool,
     /// Probes sent so far (a figure for the close log line and tests).
     probes: AtomicU64,
+    /// New channels that found a warm transport, and those that found
+    /// none (the metrics' warm/cold split).
+    taken: AtomicU64,
+    missed: AtomicU64,
 }
 
 impl Pool {
@@ -61,13 +65,26 @@ impl Pool {
     pub fn take(&self) -> Option<Transport> {
         let warm = self.ready.lock().pop();
         if warm.is_some() {
+            self.taken.fetch_add(1, Ordering::Relaxed);
             let _ = self.wake.try_send(());
+        } else {
+            self.missed.fetch_add(1, Ordering::Relaxed);
         }
         warm.map(|w| w.transport)
     }
 
     pub fn probes(&self) -> u64 {
         self.probes.load(Ordering::Relaxed)
+    }
+
+    /// Warm transports ready now (a copy under the leaf lock).
+    pub fn ready(&self) -> usize {
+        self.ready.lock().len()
+    }
+
+    /// New channels that took a warm transport, and that found none.
+    pub fn takes(&self) -> (u64, u64) {
+        (self.taken.load(Ordering::Relaxed), self.missed.load(Ordering::Relaxed))
     }
 }
 
@@ -96,6 +113,8 @@ impl Prewarm {
             wake,
             stop: AtomicBool::new(false),
             probes: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
         });
         let thread_pool = Arc::clone(&pool);
         let spawned = std::thread::Builder::new()
