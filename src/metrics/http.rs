@@ -17,7 +17,9 @@
 //! connection without a bound, threads that cannot be joined at engine
 //! close (a connected, silent client keeps one forever). What is needed of
 //! HTTP here is one method on one path, which is less code than wrapping
-//! it would take.
+//! it would take. The request head itself is parsed by httparse (the
+//! parser hyper uses), so no HTTP parsing is ours: this file only bounds
+//! the sockets, the threads and the bytes.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -204,11 +206,14 @@ fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Result<Vec<u8>, Refus
         match stream.read(&mut chunk) {
             Ok(0) => return Err(Refused::Gone),
             Ok(n) => {
-                let searched_from = head.len().saturating_sub(3);
                 head.extend_from_slice(&chunk[..n]);
-                if let Some(end) = head_end(&head[searched_from..]) {
-                    head.truncate(searched_from + end);
-                    return Ok(head);
+                match parse_head(&head) {
+                    Head::Complete(end) => {
+                        head.truncate(end);
+                        return Ok(head);
+                    }
+                    Head::Bad(code) => return Err(Refused::Status(code)),
+                    Head::Partial => {}
                 }
                 if head.len() > HEAD_LIMIT {
                     // 414 when the request line alone is too long.
@@ -223,13 +228,38 @@ fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Result<Vec<u8>, Refus
     }
 }
 
-/// Where the head ends (after its blank line), if it does in `bytes`.
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The most header lines a request may have (a scraper sends a handful).
+const MAX_HEADERS: usize = 32;
+
+/// What the bytes read so far make, as far as httparse can tell.
+enum Head {
+    /// More bytes are needed.
+    Partial,
+    /// The head is complete and this long.
+    Complete(usize),
+    /// Not a request head we can answer: this status.
+    Bad(u16),
+}
+
+fn parse_head(bytes: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => Head::Complete(n),
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(e) => Head::Bad(bad_status(e, bytes)),
+    }
+}
+
+/// 505 only for a request that names another HTTP version; garbage
+/// (which httparse reports as a bad version once it has read two words)
+/// is a plain 400.
+fn bad_status(e: httparse::Error, bytes: &[u8]) -> u16 {
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or(bytes);
+    let names_http = line.split(|&b| b == b' ').nth(2).is_some_and(|v| v.starts_with(b"HTTP/"));
+    match e {
+        httparse::Error::Version if names_http => 505,
+        httparse::Error::TooManyHeaders => 431,
+        _ => 400,
     }
 }
 
@@ -270,30 +300,21 @@ fn reason(code: u16) -> &'static str {
 
 /// The response to a complete head.
 fn respond(head: &[u8], metrics: &Metrics) -> Response {
-    let Ok(text) = std::str::from_utf8(head) else {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Response::plain(400),
+        Err(e) => return Response::plain(bad_status(e, head)),
+    }
+    let (Some(method), Some(target)) = (request.method, request.path) else {
         return Response::plain(400);
     };
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Response::plain(400);
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
-        return Response::plain(400);
-    }
-    if !version.starts_with("HTTP/1.") {
-        return Response::plain(505);
-    }
-    let mut accept = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("accept") {
-                accept = Some(value.trim());
-            }
-        }
-    }
+    let accept = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("accept"))
+        .and_then(|h| std::str::from_utf8(h.value).ok());
     let path = target.split('?').next().unwrap_or(target);
     if path != "/metrics" {
         return Response::plain(404);
@@ -317,9 +338,15 @@ mod tests {
 
     #[test]
     fn the_head_ends_at_the_first_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.0\n\n"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        let end = |b: &[u8]| match parse_head(b) {
+            Head::Complete(n) => Some(n),
+            Head::Partial => None,
+            Head::Bad(code) => panic!("{code}"),
+        };
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
+        assert_eq!(end(b"GET / HTTP/1.0\n\n"), Some(16));
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"), Head::Bad(400)));
     }
 
     #[test]
