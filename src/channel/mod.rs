@@ -114,9 +114,16 @@ impl ffi::Channel for Channel {
         let rate = self.negotiated_rate(ch).unwrap_or(8000);
         let needed = buffer_limit(self.config.max_buffer_ms, rate);
         if needed > buffer_capacity(self.config.max_buffer_ms) {
-            let fresh = Playback::new(needed);
-            let old = std::mem::replace(&mut *self.shared.link.playback.lock(), fresh);
-            drop(old);
+            match Playback::new(needed) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *self.shared.link.playback.lock(), fresh);
+                    drop(old); // unmapped outside the lock
+                }
+                Err(e) => log::error!(
+                    "[{}] cannot grow the audio buffer to {needed} bytes for {rate} Hz: {e}; SPEAKs hold less audio ahead",
+                    self.label(ch)
+                ),
+            }
         }
         log::info!("[{}] channel open ({rate} Hz)", self.label(ch));
         ch.open_respond(true);

@@ -11,6 +11,8 @@
 //! * `panic`: the one guard every trampoline runs through.
 //! * `logging`: the `log` crate over `apt_log`.
 //! * `plugin`: the four exported entry points, declared by `declare_plugin!`.
+//! * `pages`: memory mapped from the kernel and unmapped on drop (the
+//!   channels' audio buffers).
 //!
 //! Depends only on `mrcp` (the owned types it converts to and from).
 
@@ -18,11 +20,13 @@ mod codes;
 mod handles;
 pub mod logging;
 mod message;
+mod pages;
 pub mod panic;
 mod plugin;
 pub(crate) mod sys;
 mod vtable;
 
 pub use handles::{ChannelRef, EngineRef};
+pub use pages::Pages;
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
 pub use vtable::{Channel, Engine};

@@ -114,11 +114,21 @@ struct Worker {
     exit: Option<bool>,
     /// Marks of the current SPEAK whose place in its audio is known.
     marks: Marks,
+    /// `Waker::wakeups` when the current SPEAK started (for its summary).
+    wakeups_at: u64,
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>) {
-    let mut worker =
-        Worker { channel, shared, rx, deferred: VecDeque::new(), draining: None, exit: None, marks: Marks::default() };
+    let mut worker = Worker {
+        channel,
+        shared,
+        rx,
+        deferred: VecDeque::new(),
+        draining: None,
+        exit: None,
+        marks: Marks::default(),
+        wakeups_at: 0,
+    };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
     loop {

@@ -6,10 +6,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::marks::PartMarks;
-use super::sources::{Fed, Source, FEED_WAIT};
+use super::sources::{Fed, Source, ROOM_WAIT};
 use super::spill::{lost_or_stopped, spill_dir, SpillSink};
 use super::{Job, Worker, STOPPED};
 use crate::cache::{FlightEnd, Lookup, Tee};
@@ -17,7 +17,7 @@ use crate::error::Failure;
 use crate::media::{AudioSink, Push, NO_CUE};
 use crate::plan::{self, Step};
 use crate::tts::capacity::{retry, Health, Next, Permit, Ticket};
-use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble};
+use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble, READ_BUFFER};
 
 /// Longest sleep while queued for a slot (a grant, a command or the
 /// backoff's end wakes it sooner; this only bounds a missed wake-up).
@@ -45,6 +45,7 @@ impl Worker {
     /// the same buffer generation so everything plays without a gap.
     pub(super) fn synthesize(&mut self, transport: &mut Transport, job: Job) {
         crate::ffi::panic::inject("synthesize");
+        self.wakeups_at = self.shared.link.waker.wakeups();
         self.marks.clear();
         self.shared.link.cue_at.store(NO_CUE, Ordering::Release);
         // Marks are placed from the alignment of a live synthesis; a cached
@@ -212,7 +213,7 @@ impl Worker {
                 // Only when the spill file failed: wait for room.
                 Push::Full => {
                     sink.want(n - skip);
-                    self.shared.link.waker.wait(Some(FEED_WAIT));
+                    self.shared.link.waker.wait(Some(ROOM_WAIT));
                 }
                 Push::Stale => return (lost_or_stopped(sink), pushed),
             }
@@ -406,6 +407,7 @@ impl Worker {
         transfer.first_byte_by(first_byte_by);
         let mut expired: Option<Failure> = None;
         let mut interrupted = false;
+        let mut bytes_before = 0;
         loop {
             let finished = transfer.step();
             let (starts, bytes) = transfer.progress();
@@ -430,8 +432,17 @@ impl Worker {
                 break;
             }
             transfer.unpause_if_room();
-            transfer.wait(self.shared.link.waker.fd(), now);
-            self.shared.link.waker.drain();
+            let got = bytes - bytes_before;
+            bytes_before = bytes;
+            match linger(transfer.ahead(), got, job.sample_rate, request.config.stall_timeout) {
+                // Commands still wake us at once; the upstream's bytes wait
+                // in the socket and are taken in one read.
+                Some(pause) => self.shared.link.waker.wait(Some(pause)),
+                None => {
+                    transfer.wait(self.shared.link.waker.fd(), now);
+                    self.shared.link.waker.drain();
+                }
+            }
         }
         let (outcome, mut stats, tee, sink) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
@@ -446,5 +457,41 @@ impl Worker {
             (None, Outcome::Complete) => Part::Done,
         };
         (part, stats, tee, sink)
+    }
+}
+
+/// Audio ahead of the caller from which a worker stops reading the upstream
+/// at every chunk it sends.
+const LINGER_AHEAD_MS: u64 = 1000;
+/// How long it then lets the upstream's bytes gather: the caller still has
+/// at least LINGER_AHEAD_MS - LINGER of audio when they are read.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Whether the worker may sleep `Some(pause)` (waking only for commands and
+/// the media thread) instead of waiting on the upstream's socket: when the
+/// caller has LINGER_AHEAD_MS or more ahead, and the last read took less
+/// than half a read buffer, so lingering never holds a fast upstream back
+/// (that would keep its slot longer). A small `stall` limit shortens it.
+fn linger(ahead: Option<usize>, got: u64, rate: u32, stall: Duration) -> Option<Duration> {
+    let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
+    let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
+    let slow = got < (READ_BUFFER / 2) as u64;
+    (ahead_ms >= LINGER_AHEAD_MS && slow).then(|| LINGER.min(stall / 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lingers_only_with_a_second_ahead_and_a_slow_upstream() {
+        let stall = Duration::from_secs(5);
+        // 8 kHz: 16 bytes per ms.
+        assert_eq!(linger(Some(16_000), 1601, 8000, stall), Some(LINGER));
+        assert_eq!(linger(Some(15_999), 1601, 8000, stall), None, "less than a second ahead");
+        assert_eq!(linger(Some(31_999), 1601, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(None, 1601, 8000, stall), None, "held back, or no audio yet");
+        assert_eq!(linger(Some(1 << 20), READ_BUFFER as u64, 8000, stall), None, "a fast upstream is read at once");
+        assert_eq!(linger(Some(1 << 20), 0, 8000, Duration::from_millis(100)), Some(Duration::from_millis(25)));
     }
 }

@@ -30,6 +30,11 @@ const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest sleep between checks of the clock-based limits.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE; its
+/// default is 16 KiB): a worker that lets the upstream's bytes gather
+/// while the caller has plenty buffered (synth/player.rs) takes them in one
+/// read. The write callback still gets at most 16 KiB at a time.
+pub const READ_BUFFER: usize = 32 * 1024;
 /// While paused for room, re-check at least this often (a missed wake-up
 /// costs no more than this).
 const PAUSED_WAIT: Duration = Duration::from_millis(20);
@@ -382,6 +387,7 @@ impl Transport {
         easy.tcp_keepalive(true)?;
         easy.signal(false)?;
         easy.follow_location(false)?;
+        easy.buffer_size(READ_BUFFER)?;
         Ok(Transport { multi: Multi::new(), idle: Some(easy) })
     }
 
@@ -521,6 +527,13 @@ impl Transfer<'_> {
                 log::warn!("curl unpause: {e}");
             }
         }
+    }
+
+    /// Audio stored and not yet played (bytes), once the response is
+    /// flowing and not held back for room; None otherwise.
+    pub fn ahead(&self) -> Option<usize> {
+        let c = self.collector();
+        (c.first_byte.is_some() && c.paused_for == 0 && c.ready == 0).then(|| c.sink.ahead())
     }
 
     /// A limit that has run out, as the reason to give.
