@@ -188,7 +188,7 @@ impl ffi::Engine for Engine {
         match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared)) {
             Ok(handle) => {
                 *channel.worker.lock() = Some(handle);
-                self.shared.workers.lock().push(Arc::clone(&channel.worker));
+                self.shared.add_worker(Arc::clone(&channel.worker));
                 log::debug!("channel created (worker elevenlabs-{n})");
                 true
             }

@@ -10,7 +10,7 @@
 
 mod session;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -35,11 +35,45 @@ pub struct EngineShared {
     pub cache: Mutex<Option<Arc<Cache>>>,
     /// Every channel's worker slot, so engine close can stop them all.
     pub workers: Mutex<Vec<WorkerSlot>>,
+    /// Most workers alive since the heap was last trimmed.
+    workers_peak: AtomicUsize,
 }
 
+/// Trim only once at least this many channels went since the peak (or
+/// none is left).
+const TRIM_AFTER_CHANNELS: usize = 8;
+
 impl EngineShared {
+    pub fn add_worker(&self, slot: WorkerSlot) {
+        let alive = {
+            let mut workers = self.workers.lock();
+            workers.push(slot);
+            workers.len()
+        };
+        self.workers_peak.fetch_max(alive, Ordering::Relaxed);
+    }
+
+    /// Forgets a destroyed channel's worker. When the channels alive have
+    /// fallen to half their peak (or to none), gives the heap's free
+    /// memory back to the system: what the workers' threads allocated
+    /// (curl's handles and buffers, a SPEAK's plan) was freed into glibc's
+    /// per-thread arenas, which otherwise keep it, scattered, for good.
     pub fn forget_worker(&self, slot: &WorkerSlot) {
-        self.workers.lock().retain(|s| !Arc::ptr_eq(s, slot));
+        let alive = {
+            let mut workers = self.workers.lock();
+            workers.retain(|s| !Arc::ptr_eq(s, slot));
+            workers.len()
+        };
+        let peak = self.workers_peak.load(Ordering::Relaxed);
+        if alive <= peak / 2 && (alive == 0 || peak - alive >= TRIM_AFTER_CHANNELS) {
+            self.workers_peak.store(alive, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            ffi::release_free_heap();
+            log::debug!(
+                "{peak} -> {alive} channels: free heap memory returned to the system in {} us",
+                started.elapsed().as_micros()
+            );
+        }
     }
 }
 

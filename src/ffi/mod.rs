@@ -27,6 +27,6 @@ pub(crate) mod sys;
 mod vtable;
 
 pub use handles::{ChannelRef, EngineRef};
-pub use pages::Pages;
+pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
 pub use vtable::{Channel, Engine};
