@@ -460,23 +460,26 @@ impl Worker {
     }
 }
 
-/// Audio ahead of the caller from which a worker stops reading the upstream
-/// at every chunk it sends.
-const LINGER_AHEAD_MS: u64 = 1000;
-/// How long it then lets the upstream's bytes gather: the caller still has
-/// at least LINGER_AHEAD_MS - LINGER of audio when they are read.
+/// Audio the caller always keeps ahead while the worker lingers: the
+/// upstream's bytes are read before playback gets closer than this.
+const LINGER_MARGIN_MS: u64 = 250;
+/// The longest the worker lets the upstream's bytes gather.
 const LINGER: Duration = Duration::from_millis(200);
+/// Shorter lingers are not worth a sleep of their own.
+const LINGER_MIN: Duration = Duration::from_millis(20);
 
 /// Whether the worker may sleep `Some(pause)` (waking only for commands and
-/// the media thread) instead of waiting on the upstream's socket: when the
-/// caller has LINGER_AHEAD_MS or more ahead, and the last read took less
-/// than half a read buffer, so lingering never holds a fast upstream back
-/// (that would keep its slot longer). A small `stall` limit shortens it.
+/// the media thread) instead of waiting on the upstream's socket: half of
+/// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER, and
+/// only while the last read took less than half a read buffer, so
+/// lingering never holds a fast upstream back (that would keep its slot
+/// longer). A small `stall` limit shortens it.
 fn linger(ahead: Option<usize>, got: u64, rate: u32, stall: Duration) -> Option<Duration> {
     let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
     let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
     let slow = got < (READ_BUFFER / 2) as u64;
-    (ahead_ms >= LINGER_AHEAD_MS && slow).then(|| LINGER.min(stall / 4))
+    let pause = Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(stall / 4);
+    (slow && pause >= LINGER_MIN).then_some(pause)
 }
 
 #[cfg(test)]
@@ -484,14 +487,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lingers_only_with_a_second_ahead_and_a_slow_upstream() {
+    fn lingers_for_half_the_audio_ahead_beyond_the_margin_and_only_on_a_slow_upstream() {
         let stall = Duration::from_secs(5);
+        let ms = Duration::from_millis;
         // 8 kHz: 16 bytes per ms.
-        assert_eq!(linger(Some(16_000), 1601, 8000, stall), Some(LINGER));
-        assert_eq!(linger(Some(15_999), 1601, 8000, stall), None, "less than a second ahead");
-        assert_eq!(linger(Some(31_999), 1601, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(Some(16_000), 1601, 8000, stall), Some(LINGER), "1 s ahead");
+        assert_eq!(linger(Some(400 * 16), 1601, 8000, stall), Some(ms(75)), "half of what is beyond the margin");
+        assert_eq!(linger(Some(280 * 16), 1601, 8000, stall), None, "too little ahead to be worth a sleep");
+        assert_eq!(linger(Some(400 * 16), 1601, 16000, stall), None, "the rate counts");
         assert_eq!(linger(None, 1601, 8000, stall), None, "held back, or no audio yet");
         assert_eq!(linger(Some(1 << 20), READ_BUFFER as u64, 8000, stall), None, "a fast upstream is read at once");
-        assert_eq!(linger(Some(1 << 20), 0, 8000, Duration::from_millis(100)), Some(Duration::from_millis(25)));
+        assert_eq!(linger(Some(1 << 20), 0, 8000, ms(100)), Some(ms(25)), "a quarter of the stall limit at most");
     }
 }
