@@ -24,6 +24,11 @@
 //! 6. upstream capacity: queue wait and SPEAK time for 30 channels on a
 //!    plan of 5 slots, the time a slot is held per second of audio, and
 //!    SPEAK-COMPLETE time while the circuit is open.
+//! 7. CPU per second of audio by thread (media, MRCP, workers) and worker
+//!    wake-ups, 100 channels, against a baseline plugin playing from memory
+//!    (the host's C fixture); 8. RSS over 10 batches of 200 channels, both
+//!    plugins; 9. latency, read_frame cost and resources at 500 channels
+//!    (benches/plugin/cost.rs).
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -43,6 +48,8 @@
 
 #[path = "plugin/capacity.rs"]
 mod capacity;
+#[path = "plugin/cost.rs"]
+mod cost;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1103,6 +1110,9 @@ fn bench_cache_sharing(plugin: &Path, failures: &mut Failures) -> Result<(), Str
 
 fn main() -> ExitCode {
     unimrcp_shim::anchor();
+    if cost::serve_mock_if_child() {
+        return ExitCode::SUCCESS;
+    }
     let started = Instant::now();
     let plugin = match PluginLibrary::default_path() {
         Ok(p) => p,
@@ -1230,6 +1240,10 @@ fn main() -> ExitCode {
     println!("[6] upstream capacity (8 kHz, real-time clock)");
     if let Err(e) = capacity::bench_capacity(&plugin, &mut failures) {
         failures.add(format!("capacity scenario: {e}"));
+    }
+
+    if let Err(e) = cost::bench_cost(&plugin, &mut failures) {
+        failures.add(format!("cost scenario: {e}"));
     }
 
     println!();

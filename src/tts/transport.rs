@@ -30,11 +30,13 @@ const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest sleep between checks of the clock-based limits.
 const MAX_WAIT: Duration = Duration::from_millis(100);
-/// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE; its
-/// default is 16 KiB): a worker that lets the upstream's bytes gather
-/// while the caller has plenty buffered (synth/player.rs) takes them in one
-/// read. The write callback still gets at most 16 KiB at a time.
-pub const READ_BUFFER: usize = 32 * 1024;
+/// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE, set
+/// explicitly because the linger of synth/player.rs counts on it): what
+/// gathers while a worker lingers (at 8 kHz and 4x real time, 200 ms bring
+/// 12.8 KB) is taken in one read. It is allocated for the channel's life,
+/// so a larger one costs every channel memory (bench [8]) for few reads
+/// saved at high rates.
+pub const READ_BUFFER: usize = 16 * 1024;
 /// While paused for room, re-check at least this often (a missed wake-up
 /// costs no more than this).
 const PAUSED_WAIT: Duration = Duration::from_millis(20);
