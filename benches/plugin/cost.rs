@@ -464,6 +464,27 @@ fn bench_wide(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
         })
         .collect();
     let added: Vec<f64> = measured.iter().map(|m| m.0).collect();
+    // Where a slow one lost its time: before its request reached the
+    // upstream (connection, dispatch), or after.
+    let received: HashMap<String, Instant> =
+        mock.requests().into_iter().filter_map(|r| Some((r.text.clone()?, r.received_at))).collect();
+    let dispatch = sorted_f64(
+        all.iter()
+            .filter_map(|&(c, id)| {
+                let text = format!("Wide probe channel {c} round {}.", (id - 1) as usize);
+                Some(ms_between(channels[c].sent_at(id)?, *received.get(&text)?))
+            })
+            .collect(),
+    );
+    if !dispatch.is_empty() {
+        println!(
+            "    SPEAK sent -> request at the upstream: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
+            pct(&dispatch, 50.0),
+            pct(&dispatch, 99.0),
+            dispatch[dispatch.len() - 1],
+            dispatch.len()
+        );
+    }
     for (first, what) in [(true, "first SPEAK of a channel (new connection)"), (false, "later SPEAKs (keep-alive)")] {
         let part = sorted_f64(measured.iter().filter(|m| m.1 == first).map(|m| m.0).collect());
         if !part.is_empty() {
