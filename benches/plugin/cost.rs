@@ -476,7 +476,30 @@ fn bench_wide(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
             })
             .collect(),
     );
+    let answered = sorted_f64(
+        all.iter()
+            .filter_map(|&(c, id)| {
+                let sent = channels[c].sent_at(id)?;
+                let reply = channels[c].wait_response(id, Duration::ZERO)?;
+                Some(ms_between(sent, reply.at))
+            })
+            .collect(),
+    );
+    if !answered.is_empty() {
+        println!(
+            "    SPEAK sent -> 200 IN-PROGRESS (the MRCP thread): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            pct(&answered, 50.0),
+            pct(&answered, 99.0),
+            answered[answered.len() - 1]
+        );
+    }
     if !dispatch.is_empty() {
+        println!(
+            "    upstream: {} connections, {} requests for {} SPEAKs",
+            mock.connection_count(),
+            mock.request_count(),
+            all.len()
+        );
         println!(
             "    SPEAK sent -> request at the upstream: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
             pct(&dispatch, 50.0),
