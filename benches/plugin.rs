@@ -34,6 +34,11 @@
 //!    without 4 clients scraping `/metrics` as fast as they can, and the
 //!    scrapes served per second (`cargo bench --bench plugin -- metrics`
 //!    runs only this one).
+//! 10. CPU per second of audio by thread (media, MRCP, workers) and worker
+//!     wake-ups, 100 channels, against a baseline plugin playing from
+//!     memory (the host's C fixture) (benches/plugin/cost.rs).
+//! 11. RSS over 10 batches of 200 channels, both plugins.
+//! 12. latency, read_frame cost and resources at 500 channels.
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -57,6 +62,8 @@ mod budget;
 mod capacity;
 #[path = "plugin/connections.rs"]
 mod connections;
+#[path = "plugin/cost.rs"]
+mod cost;
 #[path = "plugin/metrics.rs"]
 mod metrics;
 
@@ -1122,6 +1129,9 @@ fn bench_cache_sharing(plugin: &Path, failures: &mut Failures) -> Result<(), Str
 
 fn main() -> ExitCode {
     unimrcp_shim::anchor();
+    if cost::serve_mock_if_child() {
+        return ExitCode::SUCCESS;
+    }
     let started = Instant::now();
     let plugin = match PluginLibrary::default_path() {
         Ok(p) => p,
@@ -1269,6 +1279,10 @@ fn main() -> ExitCode {
     }
 
     bench_metrics_scenario(&plugin, &mut failures);
+
+    if let Err(e) = cost::bench_cost(&plugin, &mut failures) {
+        failures.add(format!("cost scenario: {e}"));
+    }
 
     let total: usize = results.iter().map(|r| r.added.len()).sum();
     finish(&failures, started, total)

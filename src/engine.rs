@@ -353,7 +353,7 @@ impl ffi::Engine for Engine {
         match WorkerHandle::spawn(format!("elevenlabs-{n}"), ch, Arc::clone(&channel.shared), net, warm, live) {
             Ok(handle) => {
                 *channel.worker.lock() = Some(handle);
-                self.shared.workers.lock().push(Arc::clone(&channel.worker));
+                self.shared.add_worker(Arc::clone(&channel.worker));
                 log::debug!("channel created (worker elevenlabs-{n}, warm connection: {warmed})");
                 true
             }

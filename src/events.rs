@@ -36,6 +36,8 @@ pub struct SpeakEnded<'a> {
     pub http_status: u32,
     /// Frames played as silence after playback started, with audio to come.
     pub underruns: u64,
+    /// Times the channel's worker woke from a sleep during the SPEAK.
+    pub wakeups: u64,
     /// The upstream's id of the last request (its `request-id` header),
     /// for ElevenLabs support and request stitching; None when the audio
     /// did not come from a request of ours.
@@ -134,7 +136,7 @@ fn log_line(e: &SpeakEnded<'_>) {
     let audio_ms = e.audio_bytes / bytes_per_ms.max(1);
     let ttfb = e.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
     log::info!(
-        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} chars_billed={} region={} tries={} queue_ms={} request_id={} cause={}",
+        "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} wakeups={} chars_billed={} region={} tries={} queue_ms={} request_id={} cause={}",
         e.channel,
         e.request_id,
         e.chars,
@@ -147,6 +149,7 @@ fn log_line(e: &SpeakEnded<'_>) {
         e.audio_bytes,
         e.http_status,
         e.underruns,
+        e.wakeups,
         e.characters_billed.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         e.region.unwrap_or("-"),
         e.tries,

@@ -433,3 +433,52 @@ fn without_a_spill_dir_backpressure_holds_the_transfer_and_nothing_is_lost() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `wakeups=` of the SPEAK summary lines logged so far.
+fn summary_wakeups(rig: &Rig) -> Vec<u64> {
+    rig.server
+        .logs()
+        .iter()
+        .filter(|l| l.text.contains(" done: "))
+        .filter_map(|l| l.text.split(" wakeups=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// A worker moving spilled audio into a full buffer sleeps until
+/// `read_frame` finds room for a useful chunk (hysteresis: half the
+/// SPEAK's buffer, at most 16 KiB), not on a timer nor for every frame
+/// taken: over 600 frames played at 1 ms of wall time each, it wakes about
+/// once per chunk. The audio is still exact.
+#[test]
+fn a_worker_held_back_by_a_full_buffer_wakes_once_per_refill_chunk() {
+    let _serial = serial();
+    let rig = rig_with_clock(&[("max_buffer_ms", "200")], MediaClock::Manual);
+    // The whole response in one write: its transfer takes a few reads.
+    rig.upstream.set_default(Behavior::default().with_audio_ms(6000).with_chunk_bytes(0));
+    let ch = rig.server.open_channel(8000).unwrap();
+    let text = "Count the wake-ups of a long menu.";
+    let id = ch.speak(text);
+    wait_until("the response", WAIT, || rig.upstream.requests().iter().any(|r| r.completed));
+    wait_until("the spill", WAIT, || spill_lines(&rig) == 1);
+    let req = request_for(&rig.upstream, text);
+    let mut guard = 0;
+    while ch.wait_complete(id, Duration::ZERO).is_none() {
+        rig.server.tick();
+        std::thread::sleep(Duration::from_millis(1));
+        guard += 1;
+        assert!(guard < 100_000, "SPEAK never completed");
+    }
+    wait_for_log(&rig.server, " done: ", 1);
+    assert_same_audio(&ch.audio(), &padded(&req.audio_sent, 160), "the audio, through the spill");
+    // 8 kHz: the buffer holds 18,304 bytes (its minimum), a refill chunk
+    // is half of that.
+    let spilled = req.audio_sent.len() - 18_304;
+    let chunks = spilled.div_ceil(18_304 / 2) as u64;
+    let wakeups = summary_wakeups(&rig);
+    assert_eq!(wakeups.len(), 1, "one summary line");
+    // Besides the chunks: the transfer's reads, the last frame, the odd
+    // backstop on a busy machine. A worker polling every 20 ms would wake
+    // 30 times more in the 600+ ms the frames took.
+    assert!(wakeups[0] <= chunks + 10, "{} wake-ups for {chunks} refill chunks", wakeups[0]);
+    assert_clean(&rig.server);
+}

@@ -38,11 +38,45 @@ pub struct EngineShared {
     pub workers: Mutex<Vec<WorkerSlot>>,
     /// Worker threads running now (for the metrics).
     pub worker_threads: Arc<AtomicUsize>,
+    /// Most workers alive since the heap was last trimmed.
+    workers_peak: AtomicUsize,
 }
 
+/// Trim only once at least this many channels went since the peak (or
+/// none is left).
+const TRIM_AFTER_CHANNELS: usize = 8;
+
 impl EngineShared {
+    pub fn add_worker(&self, slot: WorkerSlot) {
+        let alive = {
+            let mut workers = self.workers.lock();
+            workers.push(slot);
+            workers.len()
+        };
+        self.workers_peak.fetch_max(alive, Ordering::Relaxed);
+    }
+
+    /// Forgets a destroyed channel's worker. When the channels alive have
+    /// fallen to half their peak (or to none), gives the heap's free
+    /// memory back to the system: what the workers' threads allocated
+    /// (curl's handles and buffers, a SPEAK's plan) was freed into glibc's
+    /// per-thread arenas, which otherwise keep it, scattered, for good.
     pub fn forget_worker(&self, slot: &WorkerSlot) {
-        self.workers.lock().retain(|s| !Arc::ptr_eq(s, slot));
+        let alive = {
+            let mut workers = self.workers.lock();
+            workers.retain(|s| !Arc::ptr_eq(s, slot));
+            workers.len()
+        };
+        let peak = self.workers_peak.load(Ordering::Relaxed);
+        if alive <= peak / 2 && (alive == 0 || peak - alive >= TRIM_AFTER_CHANNELS) {
+            self.workers_peak.store(alive, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            ffi::release_free_heap();
+            log::debug!(
+                "{peak} -> {alive} channels: free heap memory returned to the system in {} us",
+                started.elapsed().as_micros()
+            );
+        }
     }
 }
 
@@ -121,9 +155,16 @@ impl ffi::Channel for Channel {
         let rate = self.negotiated_rate(ch).unwrap_or(8000);
         let needed = buffer_limit(self.config.max_buffer_ms, rate);
         if needed > buffer_capacity(self.config.max_buffer_ms) {
-            let fresh = Playback::new(needed);
-            let old = std::mem::replace(&mut *self.shared.link.playback.lock(), fresh);
-            drop(old);
+            match Playback::new(needed) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *self.shared.link.playback.lock(), fresh);
+                    drop(old); // unmapped outside the lock
+                }
+                Err(e) => log::error!(
+                    "[{}] cannot grow the audio buffer to {needed} bytes for {rate} Hz: {e}; SPEAKs hold less audio ahead",
+                    self.label(ch)
+                ),
+            }
         }
         log::info!("[{}] channel open ({rate} Hz)", self.label(ch));
         ch.open_respond(true);

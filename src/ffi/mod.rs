@@ -14,6 +14,8 @@
 //! * `curl_share`, `curl_multi`: what curl-rust lacks: a share object (DNS
 //!   and TLS sessions across the engine's handles) and a multi handle that
 //!   can move to another thread (warm transports).
+//! * `pages`: memory mapped from the kernel and unmapped on drop (the
+//!   channels' audio buffers).
 //!
 //! Depends only on `mrcp` (the owned types it converts to and from).
 
@@ -23,11 +25,13 @@ pub mod curl_share;
 mod handles;
 pub mod logging;
 mod message;
+mod pages;
 pub mod panic;
 mod plugin;
 pub(crate) mod sys;
 mod vtable;
 
 pub use handles::{ChannelRef, EngineRef};
+pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
 pub use vtable::{Channel, Engine};

@@ -28,7 +28,7 @@ pub struct Link {
 impl Link {
     pub fn new(buffer_capacity: usize) -> std::io::Result<Link> {
         Ok(Link {
-            playback: Mutex::new(Playback::new(buffer_capacity)),
+            playback: Mutex::new(Playback::new(buffer_capacity)?),
             waker: std::sync::Arc::new(Waker::new()?),
             drained: AtomicU64::new(0),
             want_space: AtomicUsize::new(0),

@@ -12,18 +12,21 @@
 //! The media thread only ever `try_lock`s the mutex around this (see
 //! link.rs), so the worker must hold it for no more than a copy.
 
+use crate::ffi::Pages;
 use std::time::Instant;
 
 /// A fixed-capacity FIFO of bytes.
 pub struct ByteRing {
-    buf: Box<[u8]>,
+    /// Its own mapping, so the memory goes back to the system when the
+    /// channel is destroyed (ffi/pages.rs).
+    buf: Pages,
     head: usize,
     len: usize,
 }
 
 impl ByteRing {
-    pub fn with_capacity(capacity: usize) -> Self {
-        ByteRing { buf: vec![0u8; capacity].into_boxed_slice(), head: 0, len: 0 }
+    pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
+        Ok(ByteRing { buf: Pages::zeroed(capacity)?, head: 0, len: 0 })
     }
 
     pub fn capacity(&self) -> usize {
@@ -133,9 +136,9 @@ pub struct Playback {
 }
 
 impl Playback {
-    pub fn new(capacity: usize) -> Self {
-        Playback {
-            ring: ByteRing::with_capacity(capacity),
+    pub fn new(capacity: usize) -> std::io::Result<Self> {
+        Ok(Playback {
+            ring: ByteRing::with_capacity(capacity)?,
             generation: 0,
             state: PlayState::Idle,
             producer_done: false,
@@ -143,11 +146,11 @@ impl Playback {
             played: 0,
             prime: 0,
             first_stored: None,
-        }
+        })
     }
 
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
+    /// Bytes in the buffer, not yet played.
+    pub fn buffered(&self) -> usize {
         self.ring.len()
     }
 
@@ -271,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_first_stored_audio_of_a_speak_is_noted_until_a_later_speak_stores() {
-        let mut p = Playback::new(4096);
+        let mut p = Playback::new(4096).unwrap();
         let first = p.start(4096, 0);
         assert_eq!(p.first_stored(first), None);
         assert_eq!(p.push(first, &[1; 10]), Push::Stored);
@@ -291,7 +294,7 @@ mod tests {
 
     #[test]
     fn ring_wraps_and_keeps_order() {
-        let mut r = ByteRing::with_capacity(7);
+        let mut r = ByteRing::with_capacity(7).unwrap();
         let mut out = [0u8; 4];
         r.push(&[1, 2, 3, 4, 5]);
         assert_eq!(r.pop_into(&mut out), 4);
@@ -306,7 +309,7 @@ mod tests {
 
     #[test]
     fn odd_bytes_carry_over_and_the_last_frame_is_padded() {
-        let mut p = Playback::new(64);
+        let mut p = Playback::new(64).unwrap();
         let g = p.start(64, 0);
         let mut frame = [0xAAu8; 4];
         assert_eq!(p.push(g, &[1, 2, 3]), Push::Stored);
@@ -322,7 +325,7 @@ mod tests {
 
     #[test]
     fn limit_gives_backpressure_and_stop_refuses_late_bytes() {
-        let mut p = Playback::new(16);
+        let mut p = Playback::new(16).unwrap();
         let g = p.start(8, 0);
         assert_eq!(p.push(g, &[0; 6]), Push::Stored);
         assert_eq!(p.push(g, &[0; 3]), Push::Full);
@@ -339,7 +342,7 @@ mod tests {
 
     #[test]
     fn paused_playback_is_silent_but_keeps_filling() {
-        let mut p = Playback::new(16);
+        let mut p = Playback::new(16).unwrap();
         let g = p.start(16, 0);
         p.state = PlayState::Paused;
         assert_eq!(p.push(g, &[9; 4]), Push::Stored);
@@ -352,7 +355,7 @@ mod tests {
 
     #[test]
     fn prebuffer_holds_the_first_frame_until_the_reserve_is_there() {
-        let mut p = Playback::new(64);
+        let mut p = Playback::new(64).unwrap();
         let g = p.start(64, 6);
         let mut frame = [0u8; 2];
         p.push(g, &[1, 2, 3, 4]);
@@ -382,7 +385,7 @@ mod tests {
 
     #[test]
     fn played_counts_the_bytes_taken_in_this_generation() {
-        let mut p = Playback::new(16);
+        let mut p = Playback::new(16).unwrap();
         let g = p.start(16, 0);
         p.push(g, &[1; 7]);
         let mut frame = [0u8; 4];
@@ -397,7 +400,7 @@ mod tests {
 
     #[test]
     fn empty_finished_speak_completes_without_audio() {
-        let mut p = Playback::new(8);
+        let mut p = Playback::new(8).unwrap();
         let g = p.start(8, 0);
         p.finish(g);
         let mut frame = [7u8; 2];

@@ -19,6 +19,11 @@ pub trait AudioSink: Send {
     fn pump(&mut self) -> Push {
         Push::Stored
     }
+    /// Bytes stored and not yet played (the buffer's and any held back):
+    /// how far ahead of the caller the audio is.
+    fn ahead(&self) -> usize {
+        0
+    }
     /// Why audio it had stored cannot be played (a spill file that could
     /// not be read back): the SPEAK fails with this reason.
     fn lost(&self) -> Option<&str> {

@@ -6,10 +6,14 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub struct Waker {
     fd: OwnedFd,
+    /// Times the worker woke from a sleep (each `drain`): the figure that
+    /// the backpressure hysteresis keeps low (SPEAK summary `wakeups=`).
+    wakeups: AtomicU64,
 }
 
 impl Waker {
@@ -20,7 +24,7 @@ impl Waker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor owned by nobody else.
-        Ok(Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) }, wakeups: AtomicU64::new(0) })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -35,11 +39,22 @@ impl Waker {
         unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Consumes pending wake-ups.
+    /// Wake-ups of the worker so far (see `wakeups`).
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Consumes pending wake-ups; called once after every sleep.
     pub fn drain(&self) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+        self.take();
+    }
+
+    /// Consumes pending wake-ups; true when there were any.
+    pub fn take(&self) -> bool {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking fd.
-        unsafe { libc::read(self.fd(), (&mut value as *mut u64).cast(), 8) };
+        unsafe { libc::read(self.fd(), (&mut value as *mut u64).cast(), 8) == 8 }
     }
 
     /// Waits until woken or `timeout` passes (None: no limit).

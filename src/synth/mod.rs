@@ -141,6 +141,8 @@ struct Worker {
     net: Arc<Network>,
     /// A warm transport, until the first `serve` takes it.
     warm: Option<Transport>,
+    /// `Waker::wakeups` when the current SPEAK started (for its summary).
+    wakeups_at: u64,
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc<Network>, warm: Option<Transport>) {
@@ -154,6 +156,7 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
         marks: Marks::default(),
         net,
         warm,
+        wakeups_at: 0,
     };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.

@@ -6,10 +6,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::marks::PartMarks;
-use super::sources::{Fed, Source, FEED_WAIT};
+use super::sources::{Fed, Source, ROOM_WAIT};
 use super::spill::{lost_or_stopped, spill_dir, SpillSink};
 use super::{Job, Worker, STOPPED};
 use crate::cache::{Cache, FlightEnd, Key, Lookup, Probe, Tee, REDIS_POLL};
@@ -18,7 +18,7 @@ use crate::events::{Attempt, Event};
 use crate::media::{AudioSink, Push, NO_CUE};
 use crate::plan::{self, Step};
 use crate::tts::capacity::{retry, Health, Next, Permit, Ticket};
-use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble};
+use crate::tts::{Outcome, SpeechRequest, Stats, Transport, Trouble, READ_BUFFER};
 
 /// Longest sleep while queued for a slot (a grant, a command or the
 /// backoff's end wakes it sooner; this only bounds a missed wake-up).
@@ -55,6 +55,7 @@ impl Worker {
     /// the same buffer generation so everything plays without a gap.
     pub(super) fn synthesize(&mut self, transport: &mut Transport, job: Job) {
         crate::ffi::panic::inject("synthesize");
+        self.wakeups_at = self.shared.link.waker.wakeups();
         self.marks.clear();
         self.shared.link.cue_at.store(NO_CUE, Ordering::Release);
         // Marks are placed from the alignment of a live synthesis; a cached
@@ -289,7 +290,7 @@ impl Worker {
                 // Only when the spill file failed: wait for room.
                 Push::Full => {
                     sink.want(n - skip);
-                    self.shared.link.waker.wait(Some(FEED_WAIT));
+                    self.shared.link.waker.wait(Some(ROOM_WAIT));
                 }
                 Push::Stale => return (lost_or_stopped(sink), pushed),
             }
@@ -488,6 +489,7 @@ impl Worker {
         transfer.first_byte_by(first_byte_by);
         let mut expired: Option<Failure> = None;
         let mut interrupted = false;
+        let mut bytes_before = 0;
         loop {
             let finished = transfer.step();
             let (starts, bytes) = transfer.progress();
@@ -512,8 +514,17 @@ impl Worker {
                 break;
             }
             transfer.unpause_if_room();
-            transfer.wait(self.shared.link.waker.fd(), now);
-            self.shared.link.waker.drain();
+            let got = bytes - bytes_before;
+            bytes_before = bytes;
+            match linger(transfer.ahead(), got, job.sample_rate, request.config.stall_timeout) {
+                // Commands still wake us at once; the upstream's bytes wait
+                // in the socket and are taken in one read.
+                Some(pause) => self.shared.link.waker.wait(Some(pause)),
+                None => {
+                    transfer.wait(self.shared.link.waker.fd(), now);
+                    self.shared.link.waker.drain();
+                }
+            }
         }
         let (outcome, mut stats, tee, sink) = transfer.finish();
         if interrupted || job.speak.is_terminated() {
@@ -552,4 +563,45 @@ fn report_attempt(job: &Job, request: &SpeechRequest, part: &Part, stats: &Stats
         characters_billed: stats.characters,
         timeout,
     }));
+}
+
+/// Audio the caller always keeps ahead while the worker lingers: the
+/// upstream's bytes are read before playback gets closer than this.
+const LINGER_MARGIN_MS: u64 = 250;
+/// The longest the worker lets the upstream's bytes gather.
+const LINGER: Duration = Duration::from_millis(200);
+/// Shorter lingers are not worth a sleep of their own.
+const LINGER_MIN: Duration = Duration::from_millis(20);
+
+/// Whether the worker may sleep `Some(pause)` (waking only for commands and
+/// the media thread) instead of waiting on the upstream's socket: half of
+/// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER, and
+/// only while the last read took less than half a read buffer, so
+/// lingering never holds a fast upstream back (that would keep its slot
+/// longer). A small `stall` limit shortens it.
+fn linger(ahead: Option<usize>, got: u64, rate: u32, stall: Duration) -> Option<Duration> {
+    let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
+    let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
+    let slow = got < (READ_BUFFER / 2) as u64;
+    let pause = Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(stall / 4);
+    (slow && pause >= LINGER_MIN).then_some(pause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lingers_for_half_the_audio_ahead_beyond_the_margin_and_only_on_a_slow_upstream() {
+        let stall = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        // 8 kHz: 16 bytes per ms.
+        assert_eq!(linger(Some(16_000), 1601, 8000, stall), Some(LINGER), "1 s ahead");
+        assert_eq!(linger(Some(400 * 16), 1601, 8000, stall), Some(ms(75)), "half of what is beyond the margin");
+        assert_eq!(linger(Some(280 * 16), 1601, 8000, stall), None, "too little ahead to be worth a sleep");
+        assert_eq!(linger(Some(400 * 16), 1601, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(None, 1601, 8000, stall), None, "held back, or no audio yet");
+        assert_eq!(linger(Some(1 << 20), READ_BUFFER as u64, 8000, stall), None, "a fast upstream is read at once");
+        assert_eq!(linger(Some(1 << 20), 0, 8000, ms(100)), Some(ms(25)), "a quarter of the stall limit at most");
+    }
 }

@@ -15,6 +15,11 @@ use crate::tts::Stats;
 /// follows has nothing new (a wake-up from either cuts it short).
 pub(super) const FEED_WAIT: Duration = Duration::from_millis(20);
 
+/// Longest sleep of a worker waiting for room it asked for
+/// (`Link::want_space`): `read_frame` wakes it as soon as the room is
+/// there, so this is only a backstop, not a polling period.
+pub(super) const ROOM_WAIT: Duration = Duration::from_secs(1);
+
 /// Audio that does not come from a transfer of our own, with how far it
 /// has been pushed into the buffer.
 pub(super) enum Source {
@@ -63,15 +68,20 @@ impl Source {
 
     fn pull(&mut self, playback: &mut Playback, generation: u64) -> Pulled {
         let room = playback.free().min(FEED_CHUNK);
+        // Hysteresis: once the buffer is full, the worker sleeps until a
+        // useful chunk fits (at most half the SPEAK's buffer, so the rest
+        // plays meanwhile), not until the next frame was taken.
+        let useful = FEED_CHUNK.min(playback.limit() / 2).max(1);
         match self {
             Source::Memory(audio, off) => {
                 if *off >= audio.len() {
                     return Pulled::Done;
                 }
-                let n = room.min(audio.len() - *off);
-                if n == 0 {
-                    return Pulled::More { room_wanted: FEED_CHUNK.min(audio.len() - *off) };
+                let wanted = useful.min(audio.len() - *off);
+                if room < wanted {
+                    return Pulled::More { room_wanted: wanted };
                 }
+                let n = room.min(audio.len() - *off);
                 if playback.push(generation, &audio[*off..*off + n]) != Push::Stored {
                     return Pulled::More { room_wanted: 0 }; // stopped: the loop sees it
                 }
@@ -79,8 +89,8 @@ impl Source {
                 Pulled::Progress
             }
             Source::Flight(flight, off) => {
-                if room == 0 {
-                    return Pulled::More { room_wanted: FEED_CHUNK };
+                if room < useful {
+                    return Pulled::More { room_wanted: useful };
                 }
                 let mut stored = true;
                 let (n, end) =
@@ -139,9 +149,13 @@ impl Worker {
             match step {
                 Pulled::More { room_wanted } => {
                     if room_wanted > 0 {
+                        // read_frame wakes us once that much fits.
                         self.shared.link.want_space.store(room_wanted, Ordering::Release);
+                        self.shared.link.waker.wait(Some(ROOM_WAIT));
+                    } else {
+                        // The flight wakes its followers when it has more.
+                        self.shared.link.waker.wait(Some(FEED_WAIT));
                     }
-                    self.shared.link.waker.wait(Some(FEED_WAIT));
                 }
                 Pulled::Progress => {
                     first.get_or_insert_with(Instant::now);

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::player::Part;
-use super::sources::FEED_WAIT;
+use super::sources::ROOM_WAIT;
 use super::{Job, Worker};
 use crate::error::Failure;
 use crate::media::{AudioSink, Link, PlayState, Playback, Push};
@@ -246,6 +246,11 @@ impl AudioSink for SpillSink {
     fn lost(&self) -> Option<&str> {
         self.lost.as_deref()
     }
+
+    fn ahead(&self) -> usize {
+        let buffered = self.link.playback.lock().buffered();
+        buffered.saturating_add(usize::try_from(self.held()).unwrap_or(usize::MAX))
+    }
 }
 
 /// An unnamed file in `dir`, open for reading and writing, 0600: gone from
@@ -293,7 +298,9 @@ impl Worker {
             self.announce(&job.speak, false);
             match sink.pump() {
                 Push::Stored => return Part::Done,
-                Push::Full => self.shared.link.waker.wait(Some(FEED_WAIT)),
+                // `pump` asked read_frame to wake us once a chunk fits
+                // (want_space): no polling per frame.
+                Push::Full => self.shared.link.waker.wait(Some(ROOM_WAIT)),
                 Push::Stale => return lost_or_stopped(sink),
             }
         }
@@ -523,5 +530,44 @@ mod tests {
         assert!(s.lost().is_some_and(|why| why.contains("spill file")));
         assert_eq!(s.push(&[1, 2]), Push::Stale, "the transfer is aborted");
         assert!(matches!(lost_or_stopped(&s), Part::Failed(_)));
+    }
+
+    /// The hysteresis, frame by frame: a sink holding spilled audio is
+    /// woken by `read_frame` once a refill chunk fits, never for a frame,
+    /// and every byte comes out once, in order.
+    #[test]
+    fn a_sink_waiting_for_room_is_woken_once_per_refill_chunk() {
+        let (link, g) = link(40_000);
+        let mut s = sink(&link, g);
+        let all = bytes(0, 200_000);
+        for piece in all.chunks(1601) {
+            assert_eq!(s.push(piece), Push::Stored);
+        }
+        let spilled = s.held();
+        assert!(spilled > 150_000);
+        let mut pumped = s.pump();
+        assert_eq!(pumped, Push::Full);
+        let (mut played, mut frame, mut frames, mut wakes) = (Vec::new(), [0u8; 160], 0u64, 0u64);
+        loop {
+            let before = link.playback.lock().played();
+            link.read_frame(&mut frame);
+            let after = link.playback.lock().played();
+            played.extend_from_slice(&frame[..(after - before) as usize]);
+            frames += 1;
+            if link.waker.take() {
+                wakes += 1;
+                pumped = s.pump();
+                if pumped == Push::Stored {
+                    break;
+                }
+            }
+            assert!(frames < 10_000);
+        }
+        link.playback.lock().finish(g);
+        played.extend(play_out(&link, 160));
+        assert_eq!(played, all, "every byte once, in order");
+        // One wake-up per 16 KiB chunk (the buffer's half is 20,000), for
+        // over a thousand frames.
+        assert_eq!(wakes, spilled.div_ceil(PUMP_CHUNK as u64), "{wakes} wake-ups over {frames} frames");
     }
 }

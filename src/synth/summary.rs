@@ -22,6 +22,7 @@ impl Worker {
             audio_bytes: stats.audio_bytes,
             http_status: stats.http_status,
             underruns: self.shared.link.underruns.swap(0, Ordering::Relaxed),
+            wakeups: self.shared.link.waker.wakeups().saturating_sub(self.wakeups_at),
             upstream_request_id: stats.request_id.as_deref(),
             characters_billed: stats.characters,
             region: stats.region.as_deref(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::config::Config;
 
 pub use network::Network;
-pub use transport::{Outcome, Stats, Transport, Trouble};
+pub use transport::{Outcome, Stats, Transport, Trouble, READ_BUFFER};
 
 /// One upstream request: a part of a SPEAK's text in one voice and style.
 #[derive(Clone, Debug)]

@@ -32,6 +32,13 @@ const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest sleep between checks of the clock-based limits.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE, set
+/// explicitly because the linger of synth/player.rs counts on it): what
+/// gathers while a worker lingers (at 8 kHz and 4x real time, 200 ms bring
+/// 12.8 KB) is taken in one read. It is allocated for the channel's life,
+/// so a larger one costs every channel memory (bench [8]) for few reads
+/// saved at high rates.
+pub const READ_BUFFER: usize = 16 * 1024;
 /// While paused for room, re-check at least this often (a missed wake-up
 /// costs no more than this).
 const PAUSED_WAIT: Duration = Duration::from_millis(20);
@@ -413,6 +420,7 @@ impl Transport {
         easy.tcp_keepalive(true)?;
         easy.signal(false)?;
         easy.follow_location(false)?;
+        easy.buffer_size(READ_BUFFER)?;
         easy.maxage_conn(net.max_age())?;
         if let Some(ca) = net.ca_file() {
             // Peer and host verification stay on (curl's default): only the
@@ -634,6 +642,13 @@ impl Transfer<'_> {
                 log::warn!("curl unpause: {e}");
             }
         }
+    }
+
+    /// Audio stored and not yet played (bytes), once the response is
+    /// flowing and not held back for room; None otherwise.
+    pub fn ahead(&self) -> Option<usize> {
+        let c = self.collector();
+        (c.first_byte.is_some() && c.paused_for == 0 && c.ready == 0).then(|| c.sink.ahead())
     }
 
     /// A limit that has run out, as the reason to give.

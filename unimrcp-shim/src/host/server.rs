@@ -484,6 +484,15 @@ impl Server {
         self.engine_close_answers().len()
     }
 
+    /// Drops what the host recorded about closed channels (their messages,
+    /// frames and audio) and the log lines so far: for long runs whose
+    /// memory figures must show the plugin's, not the host's bookkeeping
+    /// (the benchmark's batches of channels).
+    pub fn forget_closed_channels(&self) {
+        self.shared.channels.lock().retain(|c| c.is_open());
+        self.shared.ctx.logs.lock().clear();
+    }
+
     /// Channels opened and not yet closed.
     pub fn open_channel_count(&self) -> usize {
         self.shared.channels.lock().iter().filter(|c| c.is_open()).count()

@@ -1,0 +1,580 @@
+//! [10] CPU and wake-ups per second of audio, [11] memory over batches of
+//! channels, [12] 500 channels: the plugin against a baseline plugin that
+//! plays the same length of audio from memory (the test host's own C
+//! fixture, `unimrcp-shim/tests/fixtures/fake_synth.c`: one 10 ms frame per
+//! character of the SPEAK's body, written by `read_frame` itself).
+//!
+//! CPU is read per thread from `/proc/self/task/*/schedstat` (nanoseconds
+//! on a CPU) and grouped by thread name: the media thread ("MPF
+//! Scheduler"), the MRCP thread ("MRCP Server"), the plugin's channel
+//! workers ("elevenlabs-N"); the mock upstream's threads and the
+//! benchmark's own are not the plugin's cost and are left out. Wake-ups are
+//! the workers' voluntary context switches (each is one sleep that ended).
+//! The figures are taken while every channel is still open (a worker's
+//! counters go with its thread).
+
+use super::*;
+
+/// [10]: channels, audio per SPEAK, upstream speed, repeats.
+const CPU_CHANNELS: usize = 100;
+const CPU_AUDIO_MS: u32 = 8000;
+const CPU_SPEED: f64 = 4.0;
+const CPU_REPEATS: usize = 3;
+/// How long idle channels are watched for wake-ups.
+const IDLE_WATCH: Duration = Duration::from_secs(2);
+/// [11]: batches of channels, each speaking MEM_AUDIO_MS.
+const MEM_BATCHES: usize = 10;
+const MEM_CHANNELS: usize = 200;
+const MEM_AUDIO_MS: u32 = 5000;
+/// [12]: channels and rounds.
+const WIDE_CHANNELS: usize = 500;
+const WIDE_ROUNDS: usize = 2;
+const WIDE_AUDIO_MS: u32 = 1000;
+const RATE: u32 = 8000;
+
+/// The baseline plugin, compiled as unimrcp-shim/tests/host.rs does.
+fn baseline_plugin() -> Result<PathBuf, String> {
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("unimrcp-shim");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake_synth_bench.so");
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg("-I")
+        .arg(shim.join("include"))
+        .arg(shim.join("tests/fixtures/fake_synth.c"))
+        .arg("-lpthread")
+        .status()
+        .map_err(|e| format!("running the C compiler: {e}"))?;
+    if !status.success() {
+        return Err("compiling the baseline plugin (fake_synth.c) failed".into());
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+enum Group {
+    Media,
+    Mrcp,
+    Workers,
+    /// Not the plugin's: the mock upstream, the benchmark itself.
+    Excluded,
+}
+
+fn group_of(name: &str) -> Group {
+    match name {
+        "MPF Scheduler" => Group::Media,
+        "MRCP Server" => Group::Mrcp,
+        n if n.starts_with("elevenlabs") => Group::Workers,
+        _ => Group::Excluded,
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu_ns: u64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// Per thread (by tid): its group and its counters so far.
+fn thread_usage() -> HashMap<String, (Group, Usage)> {
+    let mut map = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let cpu_ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let field = |key: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        let usage = Usage {
+            cpu_ns,
+            voluntary: field("voluntary_ctxt_switches:"),
+            involuntary: field("nonvoluntary_ctxt_switches:"),
+        };
+        map.insert(task.file_name().to_string_lossy().into_owned(), (group_of(name.trim_end()), usage));
+    }
+    map
+}
+
+/// What each group used between two snapshots (threads present in `after`).
+fn usage_between(
+    before: &HashMap<String, (Group, Usage)>,
+    after: &HashMap<String, (Group, Usage)>,
+) -> HashMap<Group, Usage> {
+    let mut groups: HashMap<Group, Usage> = HashMap::new();
+    for (tid, (group, now)) in after {
+        let was = before.get(tid).map(|(_, u)| *u).unwrap_or_default();
+        let g = groups.entry(*group).or_default();
+        g.cpu_ns += now.cpu_ns.saturating_sub(was.cpu_ns);
+        g.voluntary += now.voluntary.saturating_sub(was.voluntary);
+        g.involuntary += now.involuntary.saturating_sub(was.involuntary);
+    }
+    groups
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Plugin,
+    Baseline,
+}
+
+impl Which {
+    fn label(self) -> &'static str {
+        match self {
+            Which::Plugin => "plugin  ",
+            Which::Baseline => "baseline",
+        }
+    }
+}
+
+/// A server for `which`; the plugin's at its default max_buffer_ms (the
+/// issue's set-up), upstream at `mock`.
+fn server_for(which: Which, plugin: &Path, baseline: &Path, base_url: &str) -> Result<Server, String> {
+    let config = match which {
+        Which::Plugin => {
+            let mut params: Vec<(String, String)> =
+                engine_params(base_url, None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            params.retain(|(k, _)| k != "max_buffer_ms");
+            ServerConfig {
+                params: Some(params),
+                log_sources: vec!["ELEVENLABS-SYNTH".into()],
+                clock: MediaClock::RealTime,
+                ..ServerConfig::default()
+            }
+        }
+        Which::Baseline => ServerConfig {
+            log_sources: vec!["FAKE-SYNTH".into()],
+            clock: MediaClock::RealTime,
+            ..ServerConfig::with_params(&[])
+        },
+    };
+    let path = if which == Which::Plugin { plugin } else { baseline };
+    Server::start(path, config).map_err(|e| format!("server start: {e}"))
+}
+
+/// The SPEAK body that gives `audio_ms` of audio from `which`.
+fn body(which: Which, i: usize, audio_ms: u32) -> String {
+    match which {
+        Which::Plugin => text_of_length(&format!("Caller {i} hears a long menu."), audio_ms),
+        // One frame per character.
+        Which::Baseline => "x".repeat(audio_ms as usize / 10),
+    }
+}
+
+fn mock_at(speed: f64) -> MockUpstream {
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(Behavior::default().with_speed(speed).with_first_byte_delay(FIRST_BYTE_DELAY));
+    mock
+}
+
+/// One CPU run: (µs of CPU per second of audio by group, worker wake-ups
+/// per second of audio, worker wake-ups per idle channel per second).
+struct CpuRun {
+    media: f64,
+    mrcp: f64,
+    workers: f64,
+    wakeups: f64,
+    preempted: f64,
+    idle_wakeups: f64,
+}
+
+impl CpuRun {
+    fn total(&self) -> f64 {
+        self.media + self.mrcp + self.workers
+    }
+}
+
+fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<CpuRun, String> {
+    let mock = mock_at(CPU_SPEED);
+    let server = server_for(which, plugin, baseline, &mock.base_url())?;
+    let channels = open_channels(&server, CPU_CHANNELS, RATE)?;
+    // Idle channels: nothing should wake their workers.
+    thread::sleep(Duration::from_millis(200));
+    let idle_before = thread_usage();
+    thread::sleep(IDLE_WATCH);
+    let idle = usage_between(&idle_before, &thread_usage());
+    let idle_wakeups =
+        idle.get(&Group::Workers).map_or(0, |u| u.voluntary) as f64 / CPU_CHANNELS as f64 / IDLE_WATCH.as_secs_f64();
+
+    let before = thread_usage();
+    let audio_before: usize = channels.iter().map(Channel::audio_len).sum();
+    let speaks: Vec<(usize, u32)> =
+        channels.iter().enumerate().map(|(i, ch)| (i, ch.speak(&body(which, i, CPU_AUDIO_MS)))).collect();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(CPU_AUDIO_MS)) + Duration::from_secs(30);
+    let ok = check_completions(&format!("cpu run ({})", which.label().trim()), &speaks, &channels, deadline, failures);
+    let after = thread_usage();
+    let bytes: usize = channels.iter().map(Channel::audio_len).sum::<usize>() - audio_before;
+    let audio_s = bytes as f64 / (f64::from(RATE) * 2.0);
+    if ok < speaks.len() || audio_s <= 0.0 {
+        teardown(server, channels, mock, failures);
+        return Err(format!("{} of {} SPEAKs completed", ok, speaks.len()));
+    }
+    let used = usage_between(&before, &after);
+    let per_s = |g: Group| used.get(&g).map_or(0.0, |u| u.cpu_ns as f64 / 1000.0 / audio_s);
+    let workers = used.get(&Group::Workers).copied().unwrap_or_default();
+    let run = CpuRun {
+        media: per_s(Group::Media),
+        mrcp: per_s(Group::Mrcp),
+        workers: per_s(Group::Workers),
+        wakeups: workers.voluntary as f64 / audio_s,
+        preempted: workers.involuntary as f64 / audio_s,
+        idle_wakeups,
+    };
+    teardown(server, channels, mock, failures);
+    Ok(run)
+}
+
+fn range(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.0}-{max:.0}")
+}
+
+fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<(), String> {
+    println!();
+    println!(
+        "[10] CPU per second of audio: {CPU_CHANNELS} channels, LPCM {} kHz, {} s of audio per SPEAK, upstream at {CPU_SPEED}x real time, plugin at default max_buffer_ms; baseline = fake_synth.c playing the same length from memory; {CPU_REPEATS} runs each, ranges",
+        RATE / 1000,
+        CPU_AUDIO_MS / 1000
+    );
+    println!("  CPU from /proc/self/task/*/schedstat by thread: media (MPF Scheduler), MRCP Server, workers (elevenlabs-N); mock upstream and benchmark threads excluded");
+    let mut totals = [Vec::new(), Vec::new()];
+    for which in [Which::Baseline, Which::Plugin] {
+        let mut runs = Vec::new();
+        for _ in 0..CPU_REPEATS {
+            runs.push(cpu_run(which, plugin, baseline, failures)?);
+        }
+        let pick = |f: fn(&CpuRun) -> f64| range(&runs.iter().map(f).collect::<Vec<_>>());
+        println!(
+            "  {}: us CPU per s of audio: total {}  (media {}, MRCP {}, workers {}); worker wake-ups per s of audio {} (preempted {}); idle channel wake-ups per s {:.2}",
+            which.label(),
+            pick(CpuRun::total),
+            pick(|r| r.media),
+            pick(|r| r.mrcp),
+            pick(|r| r.workers),
+            pick(|r| r.wakeups),
+            pick(|r| r.preempted),
+            runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
+        );
+        totals[usize::from(which == Which::Plugin)] = runs.iter().map(CpuRun::total).collect();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (base, plug) = (median(&mut totals[0]), median(&mut totals[1]));
+    if base > 0.0 {
+        println!("  plugin / baseline (medians): {:.2}x", plug / base);
+    }
+    Ok(())
+}
+
+/// Set in the child process that serves as the upstream of [11].
+const MOCK_CHILD_ENV: &str = "PLUGIN_BENCH_MOCK_CHILD";
+
+/// In the child started by [`MockProcess::start`]: serves as the upstream
+/// (speed from the variable) until its stdin closes. True when this process
+/// is that child (it must then exit).
+pub fn serve_mock_if_child() -> bool {
+    let Some(speed) = std::env::var_os(MOCK_CHILD_ENV) else {
+        return false;
+    };
+    let speed: f64 = speed.to_string_lossy().parse().unwrap_or(1.0);
+    let mock = mock_at(speed);
+    println!("{}", mock.base_url());
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    drop(mock);
+    true
+}
+
+/// The mock upstream in a process of its own, so that the memory figures
+/// of [11] are the plugin's and the host's alone (the mock's threads and its
+/// records of what it sent would count otherwise).
+struct MockProcess {
+    child: std::process::Child,
+    base_url: String,
+}
+
+impl MockProcess {
+    fn start(speed: f64) -> Result<MockProcess, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+        let mut child = std::process::Command::new(exe)
+            .env(MOCK_CHILD_ENV, speed.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the upstream process: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no stdout of the upstream process")?;
+        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("upstream process: {e}"))?;
+        let base_url = line.trim().to_string();
+        if !base_url.starts_with("http://127.0.0.1:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the upstream process said {base_url:?}"));
+        }
+        Ok(MockProcess { child, base_url })
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // EOF: the child exits
+        let _ = self.child.wait();
+    }
+}
+
+/// What [11] found for one plugin.
+struct MemRun {
+    /// Largest (peak − RSS before the batch) / channels, KiB.
+    peak_per_channel_kib: f64,
+    /// RSS after the last batch − RSS at the start, MiB.
+    left_mib: f64,
+}
+
+fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<MemRun, String> {
+    let upstream = MockProcess::start(CPU_SPEED)?;
+    let server = server_for(which, plugin, baseline, &upstream.base_url)?;
+    server.forget_closed_channels();
+    thread::sleep(Duration::from_millis(100));
+    let start = vm_rss_kib().unwrap_or(0);
+    let mut line = Vec::new();
+    let mut worst_peak = 0u64; // KiB above the batch's start
+    let mut last_after = start;
+    for batch in 0..MEM_BATCHES {
+        let before = vm_rss_kib().unwrap_or(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = spawn_sampler(stop.clone());
+        let channels = open_channels(&server, MEM_CHANNELS, RATE)?;
+        let speaks: Vec<(usize, u32)> =
+            channels.iter().enumerate().map(|(i, ch)| (i, ch.speak(&body(which, i, MEM_AUDIO_MS)))).collect();
+        let deadline = Instant::now() + Duration::from_millis(u64::from(MEM_AUDIO_MS)) + Duration::from_secs(30);
+        let label = format!("memory batch {} ({})", batch + 1, which.label().trim());
+        check_completions(&label, &speaks, &channels, deadline, failures);
+        stop.store(true, Ordering::Relaxed);
+        let peak = sampler.join().map(|p| p.rss_kib).unwrap_or(0);
+        for ch in channels {
+            let id = ch.id();
+            if let Err(e) = ch.close() {
+                failures.add(format!("closing {id}: {e}"));
+            }
+        }
+        server.forget_closed_channels();
+        thread::sleep(Duration::from_millis(300));
+        let after = vm_rss_kib().unwrap_or(0);
+        worst_peak = worst_peak.max(peak.saturating_sub(before));
+        last_after = after;
+        line.push(format!("{:.1}/{:.1}/{:.1}", before as f64 / 1024.0, peak as f64 / 1024.0, after as f64 / 1024.0));
+    }
+    println!(
+        "  {}: RSS MiB at start {:.1}; per batch before/peak/after: {}",
+        which.label(),
+        start as f64 / 1024.0,
+        line.join(" ")
+    );
+    let run = MemRun {
+        peak_per_channel_kib: worst_peak as f64 / MEM_CHANNELS as f64,
+        left_mib: (last_after as f64 - start as f64) / 1024.0,
+    };
+    println!(
+        "  {}: peak above the batch's start, per channel: {:.0} KiB (largest of the batches); after the last batch {:+.1} MiB from start",
+        which.label(),
+        run.peak_per_channel_kib,
+        run.left_mib
+    );
+    if let Err(e) = server.shutdown() {
+        failures.add(format!("server shutdown: {e}"));
+    }
+    drop(upstream);
+    Ok(run)
+}
+
+/// [12]: latency, read_frame cost and resources at 500 channels.
+fn bench_wide(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    println!();
+    println!(
+        "[12] {WIDE_CHANNELS} channels: LPCM {} kHz, {WIDE_ROUNDS} rounds of one {WIDE_AUDIO_MS} ms SPEAK per channel (sent spread over {} ms), upstream at speed 1.0",
+        RATE / 1000,
+        LATENCY_SPREAD.as_millis()
+    );
+    let fds_needed = WIDE_CHANNELS as u64 * FDS_PER_CHANNEL + FDS_BASE;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit that we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && lim.rlim_cur < fds_needed
+    {
+        failures.add(format!(
+            "the limit on open files is {} but the {WIDE_CHANNELS}-channel run needs about {fds_needed}",
+            lim.rlim_cur
+        ));
+        return Ok(());
+    }
+    let mock = MockUpstream::start(API_KEY);
+    mock.set_default(Behavior::realtime().with_first_byte_delay(FIRST_BYTE_DELAY).with_audio_ms(WIDE_AUDIO_MS));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = spawn_sampler(stop.clone());
+    let server = start_server(plugin, &mock)?;
+    let channels = open_channels(&server, WIDE_CHANNELS, RATE)?;
+    let gap = LATENCY_SPREAD / WIDE_CHANNELS as u32;
+    let mut all = Vec::new();
+    let mut completed = 0;
+    for round in 0..WIDE_ROUNDS {
+        let round_start = Instant::now();
+        let mut speaks = Vec::new();
+        for (c, ch) in channels.iter().enumerate() {
+            if let Some(wait) = (round_start + gap * c as u32).checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            let id = ch.speak(&format!("Wide probe channel {c} round {round}."));
+            speaks.push((c, id));
+            all.push((c, id));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        completed += check_completions(
+            &format!("{WIDE_CHANNELS} ch round {}", round + 1),
+            &speaks,
+            &channels,
+            deadline,
+            failures,
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or_default();
+    println!("  SPEAK-COMPLETE 000: {completed} of {} SPEAKs", all.len());
+    let logs: Vec<_> = channels.iter().map(Channel::frames).collect();
+    // (added latency, whether the SPEAK was its channel's first: that one
+    // also opened the connection).
+    let measured: Vec<(f64, bool)> = all
+        .iter()
+        .filter_map(|&(c, id)| {
+            let sent = channels[c].sent_at(id)?;
+            let first = logs[c].first_audible_after(sent)?;
+            Some((ms_between(sent, logs[c].at(&first)) - ms(FIRST_BYTE_DELAY), id == 1))
+        })
+        .collect();
+    let added: Vec<f64> = measured.iter().map(|m| m.0).collect();
+    // Where a slow one lost its time: before its request reached the
+    // upstream (connection, dispatch), or after.
+    let received: HashMap<String, Instant> =
+        mock.requests().into_iter().filter_map(|r| Some((r.text.clone()?, r.received_at))).collect();
+    let dispatch = sorted_f64(
+        all.iter()
+            .filter_map(|&(c, id)| {
+                let text = format!("Wide probe channel {c} round {}.", (id - 1) as usize);
+                Some(ms_between(channels[c].sent_at(id)?, *received.get(&text)?))
+            })
+            .collect(),
+    );
+    let answered = sorted_f64(
+        all.iter()
+            .filter_map(|&(c, id)| {
+                let sent = channels[c].sent_at(id)?;
+                let reply = channels[c].wait_response(id, Duration::ZERO)?;
+                Some(ms_between(sent, reply.at))
+            })
+            .collect(),
+    );
+    if !answered.is_empty() {
+        println!(
+            "    SPEAK sent -> 200 IN-PROGRESS (the MRCP thread): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            pct(&answered, 50.0),
+            pct(&answered, 99.0),
+            answered[answered.len() - 1]
+        );
+    }
+    if !dispatch.is_empty() {
+        println!(
+            "    upstream: {} connections, {} requests for {} SPEAKs",
+            mock.connection_count(),
+            mock.request_count(),
+            all.len()
+        );
+        println!(
+            "    SPEAK sent -> request at the upstream: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
+            pct(&dispatch, 50.0),
+            pct(&dispatch, 99.0),
+            dispatch[dispatch.len() - 1],
+            dispatch.len()
+        );
+    }
+    for (first, what) in [(true, "first SPEAK of a channel (new connection)"), (false, "later SPEAKs (keep-alive)")] {
+        let part = sorted_f64(measured.iter().filter(|m| m.1 == first).map(|m| m.0).collect());
+        if !part.is_empty() {
+            println!(
+                "    {what}: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
+                pct(&part, 50.0),
+                pct(&part, 99.0),
+                part[part.len() - 1],
+                part.len()
+            );
+        }
+    }
+    if added.len() < all.len() {
+        failures.add(format!("{WIDE_CHANNELS} ch: {} SPEAKs without an audible frame", all.len() - added.len()));
+    }
+    if !added.is_empty() {
+        let added = sorted_f64(added);
+        println!(
+            "  added latency @ {WIDE_CHANNELS} ch: p50 {:.1} ms  p99 {:.1} ms  (max {:.1}, n={})",
+            pct(&added, 50.0),
+            pct(&added, 99.0),
+            added[added.len() - 1],
+            added.len()
+        );
+    }
+    let mut nanos = server.read_frame_nanos();
+    nanos.sort_unstable();
+    if !nanos.is_empty() {
+        println!(
+            "  read_frame ns over the whole run ({} calls, speaking and idle): p50 {}  p99 {}  max {}",
+            nanos.len(),
+            pct(&nanos, 50.0),
+            pct(&nanos, 99.0),
+            nanos[nanos.len() - 1]
+        );
+    }
+    println!("  media ticks late by more than one period: {} of {}", server.late_ticks(), server.ticks());
+    let groups: Vec<String> = peak.groups.iter().take(4).map(|(g, n)| format!("{g} {n}")).collect();
+    let kinds: Vec<String> = peak.fd_kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "  peak RSS {:.1} MiB; peak threads {} ({}); peak fds {} of limit {} ({})",
+        peak.rss_kib as f64 / 1024.0,
+        peak.threads,
+        groups.join(", "),
+        peak.fds,
+        rlimit_text(lim.rlim_cur),
+        kinds.join(", ")
+    );
+    teardown(server, channels, mock, failures);
+    Ok(())
+}
+
+pub fn bench_cost(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
+    let baseline = baseline_plugin()?;
+    bench_cpu(plugin, &baseline, failures)?;
+    println!();
+    println!(
+        "[11] memory: {MEM_BATCHES} batches of {MEM_CHANNELS} channels on one server, each channel one SPEAK of {} s (LPCM {} kHz, upstream at {CPU_SPEED}x), closed after (the host then forgets their records); RSS of this process: host and plugin (the upstream runs in a process of its own)",
+        MEM_AUDIO_MS / 1000,
+        RATE / 1000
+    );
+    let base = bench_memory(Which::Baseline, plugin, &baseline, failures)?;
+    let plug = bench_memory(Which::Plugin, plugin, &baseline, failures)?;
+    println!(
+        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB (the host's own records leak a little per channel, in both)",
+        plug.peak_per_channel_kib - base.peak_per_channel_kib,
+        plug.left_mib - base.left_mib
+    );
+    bench_wide(plugin, failures)
+}
