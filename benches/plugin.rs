@@ -36,7 +36,8 @@
 //!    runs only this one).
 //! 10. CPU per second of audio by thread (media, MRCP, workers) and worker
 //!     wake-ups, 100 channels, against a baseline plugin playing from
-//!     memory (the host's C fixture) (benches/plugin/cost.rs).
+//!     memory (the host's C fixture) (benches/plugin/cost.rs;
+//!     `cargo bench --bench plugin -- cost` runs only 10-12).
 //! 11. RSS over 10 batches of 200 channels, both plugins.
 //! 12. latency, read_frame cost and resources at 500 channels.
 //!
@@ -1178,7 +1179,14 @@ fn main() -> ExitCode {
     let baseline_rss = vm_rss_kib().unwrap_or(0);
     let baseline_threads = thread_count();
     let only_metrics = std::env::args().skip(1).any(|a| a == "metrics");
+    let only_cost = std::env::args().skip(1).any(|a| a == "cost");
 
+    if only_cost {
+        if let Err(e) = cost::bench_cost(&plugin, &mut failures) {
+            failures.add(format!("cost scenario: {e}"));
+        }
+        return finish(&failures, started, 0);
+    }
     if only_metrics {
         bench_metrics_scenario(&plugin, &mut failures);
         return finish(&failures, started, 0);
