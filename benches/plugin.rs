@@ -180,8 +180,24 @@ fn start_server(plugin: &Path, mock: &MockUpstream) -> Result<Server, String> {
 }
 
 fn start_server_with_cache(plugin: &Path, mock: &MockUpstream, cache_dir: Option<&Path>) -> Result<Server, String> {
+    start_server_with(plugin, mock, cache_dir, &[])
+}
+
+/// A server with `extra` engine params on top of the benchmark's (they win).
+fn start_server_with(
+    plugin: &Path,
+    mock: &MockUpstream,
+    cache_dir: Option<&Path>,
+    extra: &[(&str, String)],
+) -> Result<Server, String> {
+    let mut params: Vec<(String, String)> =
+        engine_params(&mock.base_url(), cache_dir).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for (k, v) in extra {
+        params.retain(|(name, _)| name != k);
+        params.push((k.to_string(), v.clone()));
+    }
     let config = ServerConfig {
-        params: Some(engine_params(&mock.base_url(), cache_dir).into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        params: Some(params),
         log_sources: vec!["ELEVENLABS-SYNTH".into()],
         clock: MediaClock::RealTime,
         ..ServerConfig::default()
