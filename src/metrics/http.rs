@@ -42,6 +42,8 @@ pub const HEAD_LIMIT: usize = 8 * 1024;
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one write may block on a client that does not read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How old an exposition served again may be (see `Metrics::render_recent`).
+pub const RECENT: Duration = Duration::from_millis(250);
 /// Slices of a wait for the head, so that engine close is seen promptly.
 const READ_SLICE: Duration = Duration::from_millis(200);
 
@@ -328,7 +330,7 @@ fn respond(head: &[u8], metrics: &Metrics) -> Response {
         }
     };
     let format = Format::from_accept(accept);
-    let body = metrics.render(format).into_bytes();
+    let body = metrics.render_recent(format, RECENT).as_bytes().to_vec();
     Response::new(200, format.content_type(), body, "", !head_only)
 }
 

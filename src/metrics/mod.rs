@@ -25,6 +25,11 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use readings::{Reader, Readings};
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
 use crate::events::{Event, Observer};
 use crate::mrcp::Method;
 
@@ -161,6 +166,15 @@ pub struct Metrics {
     first_byte: Histogram,
     speak_duration: Histogram,
     queue_wait: Histogram,
+    /// The last exposition served over HTTP, for `render_recent` (a leaf,
+    /// held for a look or a swap, never while encoding).
+    recent: Mutex<Option<Recent>>,
+}
+
+struct Recent {
+    at: Instant,
+    format: Format,
+    text: Arc<String>,
 }
 
 impl Metrics {
@@ -175,6 +189,7 @@ impl Metrics {
             .map(|m| requests.get_or_create(&vec![("method", method_name(*m).to_owned())]).clone())
             .collect();
         let m = Metrics {
+            recent: Mutex::new(None),
             requests,
             by_method,
             speaks: family(),
@@ -300,6 +315,23 @@ impl Metrics {
         out
     }
 
+    /// The exposition in `format`, encoded anew only when the last one is
+    /// older than `max_age`: a scraper hammering the endpoint then costs
+    /// socket writes, not an encoding of every family per request
+    /// (Prometheus scrapes every few seconds; a figure a fraction of a
+    /// second old is as good). Two scrapes that find it stale at once may
+    /// both encode; the lock is never held while encoding.
+    pub fn render_recent(&self, format: Format, max_age: Duration) -> Arc<String> {
+        if let Some(r) = self.recent.lock().as_ref() {
+            if r.format == format && r.at.elapsed() < max_age {
+                return Arc::clone(&r.text);
+            }
+        }
+        let text = Arc::new(self.render(format));
+        *self.recent.lock() = Some(Recent { at: Instant::now(), format, text: Arc::clone(&text) });
+        text
+    }
+
     fn count(family: &Family<Labels, Counter>, labels: Labels, by: u64) {
         family.get_or_create(&labels).inc_by(by);
     }
@@ -386,6 +418,21 @@ mod tests {
             characters_billed: Some(10),
             timeout: None,
         })
+    }
+
+    #[test]
+    fn a_recent_exposition_is_served_again_until_it_is_too_old() {
+        let m = Metrics::new("eleven_flash_v2_5", Vec::new());
+        let long = Duration::from_secs(3600);
+        let first = m.render_recent(Format::Prometheus, long);
+        m.event(&Event::Request(Method::Speak));
+        let again = m.render_recent(Format::Prometheus, long);
+        assert!(Arc::ptr_eq(&first, &again), "within max_age the same text is served");
+        let other = m.render_recent(Format::OpenMetrics, long);
+        assert!(other.ends_with("# EOF\n"), "another format is encoded anew");
+        let fresh = m.render_recent(Format::Prometheus, Duration::ZERO);
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        assert!(fresh.contains("unimrcp_elevenlabs_mrcp_requests_total{method=\"SPEAK\"} 1"), "{fresh}");
     }
 
     #[test]
