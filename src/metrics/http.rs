@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
+use parking_lot::Mutex;
 
 use super::{Format, Metrics};
 
@@ -42,6 +43,12 @@ pub const HEAD_LIMIT: usize = 8 * 1024;
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one write may block on a client that does not read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most answers the endpoint gives per second, all clients together.
+/// Prometheus scrapes each target every few seconds; a client asking
+/// faster waits its turn (its connection stays queued) instead of taking
+/// the CPU the calls need: on a small server, clients scraping back to back
+/// would otherwise saturate a core between them.
+pub const MAX_ANSWERS_PER_SECOND: u32 = 50;
 /// How old an exposition served again may be (see `Metrics::render_recent`).
 pub const RECENT: Duration = Duration::from_millis(250);
 /// Slices of a wait for the head, so that engine close is seen promptly.
@@ -63,9 +70,12 @@ impl Endpoint {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(QUEUE);
         let mut workers = Vec::with_capacity(WORKERS);
+        let pace = Arc::new(Pace::new());
         for _ in 0..WORKERS {
-            let (rx, metrics, stop) = (rx.clone(), Arc::clone(&metrics), Arc::clone(&stop));
-            match std::thread::Builder::new().name("elevenlabs-metrics".into()).spawn(move || work(rx, &metrics, &stop))
+            let (rx, metrics, stop, pace) = (rx.clone(), Arc::clone(&metrics), Arc::clone(&stop), Arc::clone(&pace));
+            match std::thread::Builder::new()
+                .name("elevenlabs-metrics".into())
+                .spawn(move || work(rx, &metrics, &stop, &pace))
             {
                 Ok(handle) => workers.push(handle),
                 Err(e) if workers.is_empty() => return Err(e),
@@ -145,13 +155,44 @@ fn wake_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn work(rx: Receiver<TcpStream>, metrics: &Metrics, stop: &AtomicBool) {
+/// Spaces the answers of all serving threads at least
+/// 1/MAX_ANSWERS_PER_SECOND apart.
+struct Pace {
+    /// When the next answer may go (a leaf, held to reserve a turn).
+    next: Mutex<Instant>,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace { next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits for this thread's turn; false when the engine is closing.
+    fn turn(&self, stop: &AtomicBool) -> bool {
+        let gap = Duration::from_secs(1) / MAX_ANSWERS_PER_SECOND;
+        let at = {
+            let mut next = self.next.lock();
+            let at = (*next).max(Instant::now());
+            *next = at + gap;
+            at
+        };
+        while let Some(left) = at.checked_duration_since(Instant::now()) {
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(left.min(READ_SLICE));
+        }
+        true
+    }
+}
+
+fn work(rx: Receiver<TcpStream>, metrics: &Metrics, stop: &AtomicBool, pace: &Pace) {
     loop {
         // Not a plain recv: if the accepting thread could not be woken at
         // stop, its end of the queue stays open, and this must end anyway.
         match rx.recv_timeout(READ_SLICE) {
             Ok(_) if stop.load(Ordering::Acquire) => {} // dropped: closing
-            Ok(stream) => serve(stream, metrics, stop),
+            Ok(stream) => serve(stream, metrics, stop, pace),
             Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -168,10 +209,11 @@ enum Refused {
 }
 
 /// One request, one response, then close.
-fn serve(mut stream: TcpStream, metrics: &Metrics, stop: &AtomicBool) {
+fn serve(mut stream: TcpStream, metrics: &Metrics, stop: &AtomicBool, pace: &Pace) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let response = match read_head(&mut stream, stop) {
+        Ok(_) if !pace.turn(stop) => return,
         Ok(head) => respond(&head, metrics),
         Err(Refused::Status(code)) => Response::plain(code),
         Err(Refused::Gone) => return,
@@ -337,6 +379,29 @@ fn respond(head: &[u8], metrics: &Metrics) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_spaced_across_threads() {
+        let pace = Arc::new(Pace::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (pace, stop) = (Arc::clone(&pace), Arc::clone(&stop));
+                std::thread::spawn(move || (0..2).all(|_| pace.turn(&stop)))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
+        // Six turns: the first at once, each next one gap later at least
+        // (a busy machine can only make it longer).
+        let gap = Duration::from_secs(1) / MAX_ANSWERS_PER_SECOND;
+        assert!(started.elapsed() >= gap * 5, "{:?}", started.elapsed());
+        stop.store(true, Ordering::Release);
+        // Closing: a turn still ahead is not waited for. (Ten in a row
+        // reserve turns well ahead; only a turn already due may answer.)
+        let answered = (0..10).filter(|_| pace.turn(&stop)).count();
+        assert!(answered < 10, "a closing engine ends the wait");
+    }
 
     #[test]
     fn the_head_ends_at_the_first_blank_line() {
