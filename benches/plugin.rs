@@ -188,13 +188,13 @@ fn start_server_with(
     plugin: &Path,
     mock: &MockUpstream,
     cache_dir: Option<&Path>,
-    extra: &[(&str, String)],
+    extra: &[(&str, &str)],
 ) -> Result<Server, String> {
     let mut params: Vec<(String, String)> =
         engine_params(&mock.base_url(), cache_dir).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     for (k, v) in extra {
         params.retain(|(name, _)| name != k);
-        params.push((k.to_string(), v.clone()));
+        params.push((k.to_string(), v.to_string()));
     }
     let config = ServerConfig {
         params: Some(params),

@@ -70,19 +70,7 @@ impl Drop for Redis {
 }
 
 fn server(plugin: &Path, mock: &MockUpstream, dir: Option<&Path>, extra: &[(&str, &str)]) -> Result<Server, String> {
-    let mut params: Vec<(String, String)> =
-        engine_params(&mock.base_url(), dir).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    for (k, v) in extra {
-        params.retain(|(name, _)| name != k);
-        params.push((k.to_string(), v.to_string()));
-    }
-    let config = ServerConfig {
-        params: Some(params),
-        log_sources: vec!["ELEVENLABS-SYNTH".into()],
-        clock: MediaClock::RealTime,
-        ..ServerConfig::default()
-    };
-    Server::start(plugin, config).map_err(|e| format!("server start: {e}"))
+    start_server_with(plugin, mock, dir, extra)
 }
 
 /// Closes the channels and the server (the upstream serves every round).

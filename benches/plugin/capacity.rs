@@ -13,19 +13,7 @@ const OPEN_SPEAKS: usize = 50;
 const SEND_BUFFER: usize = 16 * 1024;
 
 fn server_with(plugin: &Path, mock: &MockUpstream, extra: &[(&str, &str)]) -> Result<Server, String> {
-    let mut params: Vec<(String, String)> =
-        engine_params(&mock.base_url(), None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    for (k, v) in extra {
-        params.retain(|(name, _)| name != k);
-        params.push((k.to_string(), v.to_string()));
-    }
-    let config = ServerConfig {
-        params: Some(params),
-        log_sources: vec!["ELEVENLABS-SYNTH".into()],
-        clock: MediaClock::RealTime,
-        ..ServerConfig::default()
-    };
-    Server::start(plugin, config).map_err(|e| format!("server start: {e}"))
+    start_server_with(plugin, mock, None, extra)
 }
 
 /// `queue_ms=` of each SPEAK's summary line.

@@ -428,7 +428,8 @@ fn bench_wide(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     // (256) requests run at once until the upstream states its own; 500
     // overlapping SPEAKs would then queue behind the first 256 for a whole
     // prompt. This run measures the plugin, not the queue ([6] does that).
-    let server = start_server_with(plugin, &mock, None, &[("max_concurrent_requests", WIDE_CHANNELS.to_string())])?;
+    let limit = WIDE_CHANNELS.to_string();
+    let server = start_server_with(plugin, &mock, None, &[("max_concurrent_requests", &limit)])?;
     let channels = open_channels(&server, WIDE_CHANNELS, RATE)?;
     let gap = LATENCY_SPREAD / WIDE_CHANNELS as u32;
     let mut all = Vec::new();

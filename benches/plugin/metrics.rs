@@ -29,16 +29,7 @@ struct RunResult {
 }
 
 fn server_with_metrics(plugin: &Path, mock: &MockUpstream) -> Result<Server, String> {
-    let mut params: Vec<(String, String)> =
-        engine_params(&mock.base_url(), None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    params.push(("metrics_listen".into(), "127.0.0.1:0".into()));
-    let config = ServerConfig {
-        params: Some(params),
-        log_sources: vec!["ELEVENLABS-SYNTH".into()],
-        clock: MediaClock::RealTime,
-        ..ServerConfig::default()
-    };
-    Server::start(plugin, config).map_err(|e| format!("server start: {e}"))
+    start_server_with(plugin, mock, None, &[("metrics_listen", "127.0.0.1:0")])
 }
 
 /// The endpoint's address, from its log line.
