@@ -16,12 +16,14 @@
 //!   can move to another thread (warm transports).
 //! * `pages`: memory mapped from the kernel and unmapped on drop (the
 //!   channels' audio buffers).
+//! * `eventfd`: the kernel counter a worker sleeps on (`media::Waker`).
 //!
 //! Depends only on `mrcp` (the owned types it converts to and from).
 
 mod codes;
 pub mod curl_multi;
 pub mod curl_share;
+mod eventfd;
 mod handles;
 pub mod logging;
 mod message;
@@ -31,6 +33,7 @@ mod plugin;
 pub(crate) mod sys;
 mod vtable;
 
+pub use eventfd::EventFd;
 pub use handles::{ChannelRef, EngineRef};
 pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};

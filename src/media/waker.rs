@@ -5,12 +5,14 @@
 //! so the media thread may use it from `read_frame`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::ffi::EventFd;
+
 pub struct Waker {
-    fd: OwnedFd,
+    fd: EventFd,
     /// Times the worker woke from a sleep (each `drain`): the figure that
     /// the backpressure hysteresis keeps low (SPEAK summary `wakeups=`).
     wakeups: AtomicU64,
@@ -18,25 +20,16 @@ pub struct Waker {
 
 impl Waker {
     pub fn new() -> io::Result<Waker> {
-        // SAFETY: plain syscall; a non-negative return is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor owned by nobody else.
-        Ok(Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) }, wakeups: AtomicU64::new(0) })
+        Ok(Waker { fd: EventFd::new()?, wakeups: AtomicU64::new(0) })
     }
 
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.fd()
     }
 
-    /// Makes the fd readable. Never blocks (a saturated counter is already
-    /// readable, which is all we need).
+    /// Makes the fd readable. Never blocks.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
-        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        self.fd.signal();
     }
 
     /// Wake-ups of the worker so far (see `wakeups`).
@@ -52,17 +45,12 @@ impl Waker {
 
     /// Consumes pending wake-ups; true when there were any.
     pub fn take(&self) -> bool {
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking fd.
-        unsafe { libc::read(self.fd(), (&mut value as *mut u64).cast(), 8) == 8 }
+        self.fd.take()
     }
 
     /// Waits until woken or `timeout` passes (None: no limit).
     pub fn wait(&self, timeout: Option<Duration>) {
-        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(0, i32::MAX as u128) as i32);
-        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.fd.poll(timeout);
         self.drain();
     }
 }
