@@ -233,9 +233,13 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
 }
 
 fn range(values: &[f64]) -> String {
+    range_with(values, 0)
+}
+
+fn range_with(values: &[f64], decimals: usize) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.0}-{max:.0}")
+    format!("{min:.decimals$}-{max:.decimals$}")
 }
 
 fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<(), String> {
@@ -260,7 +264,7 @@ fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
             pick(|r| r.media),
             pick(|r| r.mrcp),
             pick(|r| r.workers),
-            pick(|r| r.wakeups),
+            range_with(&runs.iter().map(|r| r.wakeups).collect::<Vec<_>>(), 1),
             pick(|r| r.preempted),
             runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
         );
