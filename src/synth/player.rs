@@ -489,7 +489,7 @@ impl Worker {
         transfer.first_byte_by(first_byte_by);
         let mut expired: Option<Failure> = None;
         let mut interrupted = false;
-        let mut bytes_before = 0;
+        let mut body_before = 0;
         loop {
             let finished = transfer.step();
             let (starts, bytes) = transfer.progress();
@@ -514,8 +514,11 @@ impl Worker {
                 break;
             }
             transfer.unpause_if_room();
-            let got = bytes - bytes_before;
-            bytes_before = bytes;
+            // What the last read took from the socket, encoded or not (an
+            // encoded stream's full read decodes to less audio).
+            let body = transfer.body_bytes();
+            let got = body - body_before;
+            body_before = body;
             match linger(transfer.ahead(), got, job.sample_rate, request.config.stall_timeout) {
                 // Commands still wake us at once; the upstream's bytes wait
                 // in the socket and are taken in one read.
@@ -580,7 +583,8 @@ const SLOW_READ: u64 = (READ_BUFFER - READ_BUFFER / 8) as u64;
 /// the media thread) instead of waiting on the upstream's socket: half of
 /// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER, and
 /// only while the last read left the socket empty (it took less than a
-/// read buffer, less the chunked framing: SLOW_READ), so lingering never
+/// read buffer, less the chunked framing: SLOW_READ; counted in body bytes
+/// before any decoding, as a base64 stream decodes to less), so lingering never
 /// holds a fast upstream back (that would keep its slot longer). The read
 /// that ends a linger brings what gathered meanwhile (12.8 KB after 200 ms
 /// at 4x real time and 8 kHz): judged by half a buffer, as before, that
