@@ -233,9 +233,13 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
 }
 
 fn range(values: &[f64]) -> String {
+    range_with(values, 0)
+}
+
+fn range_with(values: &[f64], decimals: usize) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.0}-{max:.0}")
+    format!("{min:.decimals$}-{max:.decimals$}")
 }
 
 fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<(), String> {
@@ -260,7 +264,7 @@ fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
             pick(|r| r.media),
             pick(|r| r.mrcp),
             pick(|r| r.workers),
-            pick(|r| r.wakeups),
+            range_with(&runs.iter().map(|r| r.wakeups).collect::<Vec<_>>(), 1),
             pick(|r| r.preempted),
             runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
         );
@@ -350,12 +354,15 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
     let start = vm_rss_kib().unwrap_or(0);
     let mut line = Vec::new();
     let mut worst_peak = 0u64; // KiB above the batch's start
+    let mut worst_open = 0u64; // the same, channels open but idle
     let mut last_after = start;
     for batch in 0..MEM_BATCHES {
         let before = vm_rss_kib().unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = spawn_sampler(stop.clone());
         let channels = open_channels(&server, MEM_CHANNELS, RATE)?;
+        // Channels open and idle: what they cost before any SPEAK.
+        worst_open = worst_open.max(vm_rss_kib().unwrap_or(0).saturating_sub(before));
         let speaks: Vec<(usize, u32)> =
             channels.iter().enumerate().map(|(i, ch)| (i, ch.speak(&body(which, i, MEM_AUDIO_MS)))).collect();
         let deadline = Instant::now() + Duration::from_millis(u64::from(MEM_AUDIO_MS)) + Duration::from_secs(30);
@@ -387,9 +394,10 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
         left_mib: (last_after as f64 - start as f64) / 1024.0,
     };
     println!(
-        "  {}: peak above the batch's start, per channel: {:.0} KiB (largest of the batches); after the last batch {:+.1} MiB from start",
+        "  {}: peak above the batch's start, per channel: {:.0} KiB (largest of the batches; {:.0} KiB of it once open, before any SPEAK); after the last batch {:+.1} MiB from start",
         which.label(),
         run.peak_per_channel_kib,
+        worst_open as f64 / MEM_CHANNELS as f64,
         run.left_mib
     );
     if let Err(e) = server.shutdown() {
@@ -565,21 +573,40 @@ fn bench_wide(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     Ok(())
 }
 
+/// Which of [10]-[12] to run: the numbers among the benchmark's arguments
+/// (`cargo bench --bench plugin -- cost 10`), all when none is given.
+fn selected(scenario: &str) -> bool {
+    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["10", "11", "12"].contains(&a.as_str())).collect();
+    picked.is_empty() || picked.iter().any(|a| a == scenario)
+}
+
 pub fn bench_cost(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     let baseline = baseline_plugin()?;
-    bench_cpu(plugin, &baseline, failures)?;
+    if selected("10") {
+        bench_cpu(plugin, &baseline, failures)?;
+    }
+    if selected("11") {
+        bench_mem(plugin, &baseline, failures)?;
+    }
+    if selected("12") {
+        bench_wide(plugin, failures)?;
+    }
+    Ok(())
+}
+
+fn bench_mem(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<(), String> {
     println!();
     println!(
         "[11] memory: {MEM_BATCHES} batches of {MEM_CHANNELS} channels on one server, each channel one SPEAK of {} s (LPCM {} kHz, upstream at {CPU_SPEED}x), closed after (the host then forgets their records); RSS of this process: host and plugin (the upstream runs in a process of its own)",
         MEM_AUDIO_MS / 1000,
         RATE / 1000
     );
-    let base = bench_memory(Which::Baseline, plugin, &baseline, failures)?;
-    let plug = bench_memory(Which::Plugin, plugin, &baseline, failures)?;
+    let base = bench_memory(Which::Baseline, plugin, baseline, failures)?;
+    let plug = bench_memory(Which::Plugin, plugin, baseline, failures)?;
     println!(
         "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB (the host's own records leak a little per channel, in both)",
         plug.peak_per_channel_kib - base.peak_per_channel_kib,
         plug.left_mib - base.left_mib
     );
-    bench_wide(plugin, failures)
+    Ok(())
 }

@@ -37,4 +37,4 @@ pub use eventfd::EventFd;
 pub use handles::{ChannelRef, EngineRef};
 pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
-pub use vtable::{Channel, Engine};
+pub use vtable::{Channel, Engine, Stream};

@@ -40,8 +40,16 @@ use super::{Job, Worker};
 use crate::error::Failure;
 use crate::media::{AudioSink, Link, PlayState, Playback, Push};
 
-/// Bytes moved from the file into the buffer per hold of its lock.
-const PUMP_CHUNK: usize = 16 * 1024;
+/// Room the worker waits for before it refills the buffer from the file
+/// (at most half the SPEAK's buffer): each refill is one wake-up of the
+/// worker, so the larger, the fewer (two per 4 s of audio spilled at
+/// 8 kHz and the default max_buffer_ms, bench [10]).
+const PUMP_WAKE: usize = 32 * 1024;
+/// Bytes moved from the file into the buffer per read and per hold of its
+/// lock; a refill fills all the room there is in pieces this size. The
+/// piece is allocated for as long as the SPEAK spills, so it is small
+/// (bench [11]); a piece is one `pread`, a few per refill.
+const PUMP_COPY: usize = 4 * 1024;
 
 /// One SPEAK's way into the channel's buffer, spilling what does not fit.
 pub(super) struct SpillSink {
@@ -115,7 +123,7 @@ impl SpillSink {
                         self.dir.display()
                     );
                     self.file = Some(file);
-                    self.chunk = vec![0; PUMP_CHUNK];
+                    self.chunk = vec![0; PUMP_COPY];
                 }
                 Err(e) => return self.give_up(&format!("cannot create a spill file in {}: {e}", self.dir.display())),
             }
@@ -197,6 +205,8 @@ impl AudioSink for SpillSink {
         if self.stale || self.lost.is_some() {
             return Push::Stale;
         }
+        // Once a refill has started, it fills all the room there is.
+        let mut refilling = false;
         loop {
             let held = self.held();
             if held == 0 {
@@ -212,18 +222,19 @@ impl AudioSink for SpillSink {
                     self.stale = true;
                     return Push::Stale;
                 }
-                // Woken once a useful chunk fits, not at every frame: a
-                // chunk, at most half the SPEAK's buffer (so the rest
+                // Woken once a useful refill fits, not at every frame:
+                // PUMP_WAKE, at most half the SPEAK's buffer (so the rest
                 // still plays while the worker wakes), at most what is held.
                 let wanted =
-                    PUMP_CHUNK.min(playback.limit() / 2).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
+                    PUMP_WAKE.min(playback.limit() / 2).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
                 (playback.free(), wanted)
             };
-            if room < wanted {
+            if room == 0 || (!refilling && room < wanted) {
                 self.want(wanted);
                 return Push::Full;
             }
-            let n = room.min(PUMP_CHUNK).min(usize::try_from(held).unwrap_or(usize::MAX));
+            refilling = true;
+            let n = room.min(PUMP_COPY).min(usize::try_from(held).unwrap_or(usize::MAX));
             let file = self.file.as_ref().expect("bytes are held only in the file");
             if let Err(e) = file.read_exact_at(&mut self.chunk[..n], self.read) {
                 log::error!("[{}] SPEAK {}: cannot read the spill file back: {e}", self.label, self.request_id);
@@ -380,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn pump_moves_a_bounded_chunk_and_asks_to_be_woken_for_a_useful_one() {
+    fn pump_waits_for_a_useful_refill_then_fills_all_the_room() {
         let (link, g) = link(40_000);
         let mut s = sink(&link, g);
         assert_eq!(s.push(&bytes(0, 40_000)), Push::Stored);
@@ -391,16 +402,32 @@ mod tests {
         link.read_frame(&mut frame);
         assert_eq!(s.pump(), Push::Full);
         assert_eq!(s.held(), 50_000);
-        assert_eq!(link.want_space.load(Ordering::Acquire), PUMP_CHUNK);
-        // The media thread wakes the worker once a chunk fits, and clears
+        assert_eq!(link.want_space.load(Ordering::Acquire), 20_000, "half the buffer");
+        // The media thread wakes the worker once a refill fits, and clears
         // the request.
-        let mut big = vec![0u8; PUMP_CHUNK];
+        let mut big = vec![0u8; 20_000 - 320];
         link.read_frame(&mut big);
         assert_eq!(link.want_space.load(Ordering::Acquire), 0);
+        // The refill fills all the room, in pieces.
         assert_eq!(s.pump(), Push::Full);
-        assert_eq!(s.held(), 50_000 - PUMP_CHUNK as u64, "one chunk per lock hold");
-        assert_eq!(link.playback.lock().free(), 320, "less than a chunk waits for the next wake-up");
-        assert_eq!(link.want_space.load(Ordering::Acquire), PUMP_CHUNK);
+        assert_eq!(s.held(), 30_000);
+        assert_eq!(link.playback.lock().free(), 0);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 20_000);
+        // Less than a refill's room waits for the next wake-up.
+        link.read_frame(&mut frame);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.held(), 30_000);
+    }
+
+    #[test]
+    fn a_large_buffer_is_refilled_per_pump_wake_bytes() {
+        let link = Arc::new(Link::new(256 * 1024).unwrap());
+        let g = link.playback.lock().start(200_000, 0);
+        let mut s = sink(&link, g);
+        assert_eq!(s.push(&bytes(0, 200_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(200_000, 250_000)), Push::Stored);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(link.want_space.load(Ordering::Acquire), PUMP_WAKE, "not half of this buffer");
     }
 
     #[test]
@@ -536,7 +563,7 @@ mod tests {
     /// woken by `read_frame` once a refill chunk fits, never for a frame,
     /// and every byte comes out once, in order.
     #[test]
-    fn a_sink_waiting_for_room_is_woken_once_per_refill_chunk() {
+    fn a_sink_waiting_for_room_is_woken_once_per_refill() {
         let (link, g) = link(40_000);
         let mut s = sink(&link, g);
         let all = bytes(0, 200_000);
@@ -566,8 +593,8 @@ mod tests {
         link.playback.lock().finish(g);
         played.extend(play_out(&link, 160));
         assert_eq!(played, all, "every byte once, in order");
-        // One wake-up per 16 KiB chunk (the buffer's half is 20,000), for
+        // One wake-up per refill of half the buffer (20,000 bytes), for
         // over a thousand frames.
-        assert_eq!(wakes, spilled.div_ceil(PUMP_CHUNK as u64), "{wakes} wake-ups over {frames} frames");
+        assert_eq!(wakes, spilled.div_ceil(20_000), "{wakes} wake-ups over {frames} frames");
     }
 }

@@ -69,6 +69,9 @@ pub struct Collector {
     /// PCM bytes the response carried, before any skip: what tells an
     /// empty answer from one whose audio was all heard already.
     received: u64,
+    /// Body bytes curl handed over (audio or encoded, before decoding): what
+    /// a read took from the socket, for the worker's linger.
+    body_bytes: u64,
     pub started: Instant,
     pub first_byte: Option<Instant>,
     last_byte: Instant,
@@ -113,6 +116,7 @@ impl Collector {
             error_body: Vec::new(),
             audio_bytes: 0,
             received: 0,
+            body_bytes: 0,
             started: now,
             first_byte: None,
             last_byte: now,
@@ -153,6 +157,7 @@ impl Collector {
         self.error_body.clear();
         self.audio_bytes = 0;
         self.received = 0;
+        self.body_bytes = 0;
         self.started = now;
         self.first_byte = None;
         self.last_byte = now;
@@ -338,6 +343,7 @@ impl Handler for Collector {
     }
 
     fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        self.body_bytes += data.len() as u64;
         let now = Instant::now();
         self.first_byte.get_or_insert(now);
         self.last_byte = now;
@@ -606,6 +612,13 @@ impl Transfer<'_> {
 
     /// Start times (seconds) of the characters aligned so far, and the
     /// bytes of this request already in the buffer.
+    /// Body bytes taken from the socket so far (encoded ones included; a
+    /// chunk curl was paused on and hands back again counts again, which
+    /// only makes a read look larger).
+    pub fn body_bytes(&self) -> u64 {
+        self.collector().body_bytes
+    }
+
     pub fn progress(&self) -> (&[f64], u64) {
         let c = self.collector();
         (&c.char_starts, c.audio_bytes)
