@@ -190,7 +190,12 @@ fn stop_while_the_spill_drains_is_answered_at_once_and_the_next_speak_is_exact()
     assert_eq!(done.completion_cause, Some(NORMAL));
     let req2 = request_for(&rig.upstream, second_text);
     assert_same_audio(&ch.audio()[before..], &padded(&req2.audio_sent, 160), "only the second SPEAK's audio");
-    assert_eq!(spill_lines(&rig), 2, "both SPEAKs spilled");
+    // The first SPEAK spilled (its transfer ended while it still had
+    // seconds to play). Whether the second one also spills depends on how
+    // fast the worker reads a 3 s response against a 200 ms buffer, which
+    // a busy machine changes; what this test is about is that its audio is
+    // exact after a STOP during a drain.
+    assert!(spill_lines(&rig) >= 1, "the first SPEAK spilled");
     assert_clean(&rig.server);
 }
 
