@@ -427,6 +427,10 @@ impl Transport {
         easy.signal(false)?;
         easy.follow_location(false)?;
         easy.buffer_size(READ_BUFFER)?;
+        // The upload buffer defaults to 64 KiB; our request bodies are a
+        // few KiB of JSON, so its minimum, 16 KiB, is plenty and bounds what
+        // a handle may hold per channel.
+        easy.upload_buffer_size(16 * 1024)?;
         easy.maxage_conn(net.max_age())?;
         if let Some(ca) = net.ca_file() {
             // Peer and host verification stay on (curl's default): only the
