@@ -285,6 +285,7 @@ impl ffi::Engine for Engine {
         self.warm_pool.lock().take();
         let prewarm = self.prewarm.lock().take();
         let exporters = std::mem::take(&mut *self.exporters.lock());
+        let shared = Arc::clone(&self.shared);
         // Joining may wait for a transfer to unwind: never on the MRCP
         // Server thread.
         let stop_all = move || {
@@ -307,6 +308,7 @@ impl ffi::Engine for Engine {
                 cache.stop();
             }
             exporters.stop();
+            shared.join_trim();
             engine.close_respond();
         };
         let mut closer = self.closer.lock();
@@ -368,5 +370,7 @@ impl ffi::Engine for Engine {
         if let Some(closer) = self.closer.lock().take() {
             let _ = closer.join();
         }
+        // A trim started by a channel destroyed after engine close.
+        self.shared.join_trim();
     }
 }
