@@ -590,6 +590,13 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// A config from the two required params plus `extra`.
+    fn with_key_and_voice(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut p = vec![("api_key", "k"), ("voice_id", "v")];
+        p.extend_from_slice(extra);
+        Config::from_params(&params(&p), no_file)
+    }
+
     fn no_file(_: &str) -> std::io::Result<String> {
         Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
     }
@@ -738,12 +745,7 @@ mod tests {
 
     #[test]
     fn capacity_params_have_their_defaults_and_bounds() {
-        let base = [("api_key", "k"), ("voice_id", "v")];
-        let with = |extra: &[(&str, &str)]| {
-            let mut p = base.to_vec();
-            p.extend_from_slice(extra);
-            Config::from_params(&params(&p), no_file)
-        };
+        let with = with_key_and_voice;
         let c = with(&[]).unwrap();
         assert_eq!(c.max_concurrent_requests, None, "learned");
         assert_eq!(c.queue_timeout, c.first_byte_timeout, "the first-byte budget");
@@ -774,12 +776,7 @@ mod tests {
 
     #[test]
     fn connection_params_have_their_defaults_and_bounds() {
-        let base = [("api_key", "k"), ("voice_id", "v")];
-        let with = |extra: &[(&str, &str)]| {
-            let mut p = base.to_vec();
-            p.extend_from_slice(extra);
-            Config::from_params(&params(&p), no_file)
-        };
+        let with = with_key_and_voice;
         let c = with(&[]).unwrap();
         assert_eq!(c.prewarm_connections, 2);
         assert_eq!(c.prewarm_refresh, Duration::from_millis(20_000));
