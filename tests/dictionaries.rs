@@ -359,6 +359,9 @@ fn mark_fires_at_its_frame(shape: AlignmentShape) {
     while !rig.upstream.requests().iter().all(|r| r.completed) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    // All written by the upstream; now all read by the worker (it batches
+    // reads while audio is far ahead), then a moment to file the marks.
+    assert!(wait_until_upstream_read(rig.upstream.addr().port(), WAIT), "the worker read the whole response");
     std::thread::sleep(Duration::from_millis(100));
     let r = &rig.upstream.requests()[0];
     assert!(reqs[0].with_timestamps);

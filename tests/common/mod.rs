@@ -176,3 +176,35 @@ pub fn wait_for_log(server: &unimrcp_shim::host::Server, needle: &str, count: us
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Waits until every TCP connection of this process to `port` (the test
+/// upstream's) has no unread bytes in its receive queue
+/// (`/proc/self/net/tcp`'s rx_queue): the plugin has taken all the
+/// upstream sent. An event to wait on, where a sleep would race the
+/// worker's batching of reads (it may linger up to 200 ms with audio
+/// ahead, as it has with a manual media clock).
+pub fn wait_until_upstream_read(port: u16, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let unread = || -> usize {
+        let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = u16::from_str_radix(fields.get(2)?.rsplit(':').next()?, 16).ok()?;
+                let rx = usize::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()?;
+                (remote_port == port).then_some(rx)
+            })
+            .sum()
+    };
+    loop {
+        if unread() == 0 {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
