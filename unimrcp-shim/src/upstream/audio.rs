@@ -138,7 +138,7 @@ impl Synth {
         }
         let n = self.next_sample;
         self.next_sample += 1;
-        if n % ANCHOR == 0 {
+        if n.is_multiple_of(ANCHOR) {
             let t = n as f64 / self.rate;
             for k in 0..4 {
                 let (s, c) = (self.omegas[k] * t + self.phases[k]).sin_cos();
