@@ -53,7 +53,7 @@ impl Worker {
     /// the same prompt already in progress, or upstream (one request per
     /// part: long texts are split at sentence ends, see split.rs), all into
     /// the same buffer generation so everything plays without a gap.
-    pub(super) fn synthesize(&mut self, transport: &mut Transport, job: Job) {
+    pub(super) fn synthesize(&mut self, transport: &mut Transport, job: Box<Job>) {
         crate::ffi::panic::inject("synthesize");
         self.wakeups_at = self.shared.link.waker.wakeups();
         self.marks.clear();
