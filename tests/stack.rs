@@ -43,7 +43,7 @@ fn an_idle_worker_gives_back_the_stack_its_speak_touched() {
     }
     let figures = idle_figures(&rig);
     assert_eq!(figures.len(), 2, "{figures:?}");
-    for (during, released) in figures {
+    for &(during, released) in &figures {
         assert!(during <= SPEAK_STACK_KIB, "a SPEAK used {during} KiB of stack");
         assert!(released < during, "nothing given back: {during} KiB, then {released} KiB");
         assert!(released <= IDLE_STACK_KIB, "{released} KiB of stack left resident when idle");
