@@ -259,8 +259,9 @@ impl Worker {
     /// Gives back the stack pages a SPEAK touched below the idle loop's
     /// frame (curl's, the transfer's, the logger's): a thread keeps every
     /// page it ever touched, so each idle channel would otherwise hold the
-    /// deepest moment of its last SPEAK. One syscall per SPEAK; the next
-    /// SPEAK faults in what it needs again.
+    /// deepest moment of its last SPEAK. A madvise per SPEAK (two, and two
+    /// mincore, with its debug line); the next SPEAK faults in what it needs
+    /// again.
     fn rest_stack(&self) {
         if !log::log_enabled!(log::Level::Debug) {
             let _ = stack::release_stack_below();
