@@ -79,7 +79,7 @@ impl Channel {
         );
         // IN-PROGRESS goes out before the worker can possibly complete.
         respond_in_progress(ch, request.origin);
-        let job = Job {
+        let job = Box::new(Job {
             speak: Arc::clone(&speak),
             plan,
             sample_rate: rate,
@@ -89,7 +89,7 @@ impl Channel {
             cache: self.engine.cache.lock().clone(),
             policy: Policy::from_header(request.cache_control.as_deref()),
             observers: self.observers.clone(),
-        };
+        });
         if !self.send_to_worker(Command::Speak(job)) {
             let mut active = self.shared.active.lock();
             if speak.claim() {

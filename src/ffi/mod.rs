@@ -17,6 +17,8 @@
 //! * `pages`: memory mapped from the kernel and unmapped on drop (the
 //!   channels' audio buffers).
 //! * `eventfd`: the kernel counter a worker sleeps on (`media::Waker`).
+//! * `stack`: how much of a thread's stack is resident; giving back the
+//!   pages below the current frame.
 //!
 //! Depends only on `mrcp` (the owned types it converts to and from).
 
@@ -30,6 +32,7 @@ mod message;
 mod pages;
 pub mod panic;
 mod plugin;
+pub mod stack;
 pub(crate) mod sys;
 mod vtable;
 

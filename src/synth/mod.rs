@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::Failure;
 use crate::events::Observers;
 use crate::ffi::panic::describe;
-use crate::ffi::ChannelRef;
+use crate::ffi::{stack, ChannelRef};
 use crate::mrcp::Completion;
 use crate::plan::Plan;
 use crate::tts::capacity::Capacity;
@@ -41,9 +41,15 @@ use marks::Marks;
 pub use shared::Shared;
 pub use speak::{send_complete, Speak};
 
-/// Commands queue here; a handful per SPEAK at most, so a full queue means
-/// the worker is wedged and the sender reports failure instead of waiting.
-pub const COMMAND_QUEUE: usize = 64;
+/// Commands queue here. The MRCP Server thread never waits on the queue
+/// (`try_send`): a full one means the worker is wedged, and the sender
+/// reports failure instead. A SPEAK brings at most a Speak and a Cancel,
+/// and the next one is refused (busy) until it has ended, so 16 slots take
+/// eight SPEAK/STOP rounds within one stall of the worker (which reads its
+/// queue at every wake-up, even mid-transfer). Every slot is allocated and
+/// touched when the channel is made (crossbeam's array), hence few, small
+/// ones: `Command` is 32 bytes since its `Job` is boxed (bench [11]).
+pub const COMMAND_QUEUE: usize = 16;
 
 /// Summary label of a SPEAK ended by STOP or BARGE-IN-OCCURRED (no
 /// SPEAK-COMPLETE is sent for those).
@@ -69,18 +75,14 @@ pub struct Job {
 }
 
 pub enum Command {
-    Speak(Job),
+    /// Boxed: the queue's slots are as large as its largest command.
+    Speak(Box<Job>),
     /// Abort the transfer for this generation (STOP, BARGE-IN); the MRCP
     /// Server thread has already answered and ended the SPEAK.
-    Cancel {
-        generation: u64,
-    },
+    Cancel { generation: u64 },
     /// End everything and exit. With `respond_close`, answer channel close
     /// once the transfer is down.
-    Shutdown {
-        respond_close: bool,
-        reason: &'static str,
-    },
+    Shutdown { respond_close: bool, reason: &'static str },
 }
 
 /// The MRCP side's handle on a worker.
@@ -133,7 +135,7 @@ struct Worker {
     /// Commands that arrived during a transfer and must run after it.
     deferred: VecDeque<Command>,
     /// A SPEAK whose audio is all buffered, waiting for its last frame.
-    draining: Option<(Job, Stats)>,
+    draining: Option<(Box<Job>, Stats)>,
     exit: Option<bool>,
     /// Marks of the current SPEAK whose place in its audio is known.
     marks: Marks,
@@ -143,6 +145,10 @@ struct Worker {
     warm: Option<Transport>,
     /// `Waker::wakeups` when the current SPEAK started (for its summary).
     wakeups_at: u64,
+    /// A SPEAK ran since the stack was last given back (`rest_stack`).
+    /// (Not set at the start: making the curl handles stays within the
+    /// idle loop's pages, measured.)
+    stack_used: bool,
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc<Network>, warm: Option<Transport>) {
@@ -157,6 +163,7 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
         net,
         warm,
         wakeups_at: 0,
+        stack_used: false,
     };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
@@ -215,6 +222,9 @@ impl Worker {
                 None => match self.rx.try_recv() {
                     Ok(c) => c,
                     Err(TryRecvError::Empty) => {
+                        if std::mem::take(&mut self.stack_used) {
+                            self.rest_stack();
+                        }
                         self.shared.link.waker.wait(None);
                         continue;
                     }
@@ -225,12 +235,15 @@ impl Worker {
                 },
             };
             match command {
-                Command::Speak(job) => match transport.as_mut() {
-                    Some(t) => self.synthesize(t, job),
-                    None => {
-                        self.end(&job.speak, Completion::error("internal: no curl handle for this channel"));
+                Command::Speak(job) => {
+                    self.stack_used = true;
+                    match transport.as_mut() {
+                        Some(t) => self.synthesize(t, job),
+                        None => {
+                            self.end(&job.speak, Completion::error("internal: no curl handle for this channel"));
+                        }
                     }
-                },
+                }
                 Command::Cancel { generation } => {
                     if self.draining.as_ref().is_some_and(|(j, _)| j.speak.generation == generation) {
                         let (job, stats) = self.draining.take().expect("checked above");
@@ -241,6 +254,35 @@ impl Worker {
                 Command::Shutdown { respond_close, reason } => self.shutdown(respond_close, reason),
             }
         }
+    }
+
+    /// Gives back the stack pages a SPEAK touched below the idle loop's
+    /// frame (curl's, the transfer's, the logger's): a thread keeps every
+    /// page it ever touched, so each idle channel would otherwise hold the
+    /// deepest moment of its last SPEAK. A madvise per SPEAK (two, and two
+    /// mincore, with its debug line); the next SPEAK faults in what it needs
+    /// again.
+    fn rest_stack(&self) {
+        if !log::log_enabled!(log::Level::Debug) {
+            let _ = stack::release_stack_below();
+            return;
+        }
+        let before = stack::resident_stack_bytes();
+        let released = stack::release_stack_below();
+        match (before, released, stack::resident_stack_bytes()) {
+            (Ok(before), Ok(()), Ok(after)) => log::debug!(
+                "[{}] worker idle: stack {} KiB resident, {} KiB once released",
+                self.id(),
+                before / 1024,
+                after / 1024
+            ),
+            (_, Err(e), _) | (Err(e), ..) | (.., Err(e)) => {
+                log::debug!("[{}] worker idle: stack not released: {e}", self.id())
+            }
+        }
+        // Writing the line went below this frame again (formatting, the
+        // server's logger).
+        let _ = stack::release_stack_below();
     }
 
     fn shutdown(&mut self, respond_close: bool, reason: &'static str) {
@@ -267,7 +309,7 @@ impl Worker {
     }
 
     /// All audio is in the buffer: the SPEAK completes once it is played.
-    fn finish_buffering(&mut self, job: Job, stats: Stats) {
+    fn finish_buffering(&mut self, job: Box<Job>, stats: Stats) {
         let finished = self.shared.link.playback.lock().finish(job.speak.generation);
         if finished {
             self.draining = Some((job, stats));
@@ -354,5 +396,18 @@ pub fn join(thread: JoinHandle<()>, id: &str) {
     }
     if started.elapsed() > JOIN_WARN_AFTER {
         log::warn!("[{id}] synthesis thread took {:?} to stop", started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each channel's queue allocates and touches all its slots up front,
+    /// each as large as the largest command: a `Job` held inline made them
+    /// 128 bytes (8.7 KiB a channel at 64 slots).
+    #[test]
+    fn commands_stay_small_for_the_queue_slots() {
+        assert!(std::mem::size_of::<Command>() <= 32, "{} bytes", std::mem::size_of::<Command>());
     }
 }

@@ -113,7 +113,7 @@ impl Source {
 
 impl Worker {
     /// The end of a local feed, as for an upstream transfer.
-    pub(super) fn fed(&mut self, job: Job, fed: Fed, source: &'static str, first_byte: Option<Duration>) {
+    pub(super) fn fed(&mut self, job: Box<Job>, fed: Fed, source: &'static str, first_byte: Option<Duration>) {
         let stats = Stats {
             audio_bytes: fed.bytes() as u64,
             time_to_first_byte: first_byte,
