@@ -524,8 +524,8 @@ impl Worker {
                 // in the socket and are taken in one read.
                 Some(pause) => self.shared.link.waker.wait(Some(pause)),
                 None => {
-                    transfer.wait(self.shared.link.waker.fd(), now);
-                    self.shared.link.waker.drain();
+                    let signalled = transfer.wait(self.shared.link.waker.fd(), now);
+                    self.shared.link.waker.woke(signalled);
                 }
             }
         }
