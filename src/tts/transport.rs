@@ -39,8 +39,8 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE, set
 /// explicitly because the linger of synth/player.rs counts on it): what
-/// gathers while a worker lingers (at 8 kHz and 4x real time, 200 ms bring
-/// 12.8 KB) is taken in one read. It is allocated for the channel's life,
+/// gathers while a worker lingers (GATHER there) is taken in two reads of
+/// one wake-up. It is allocated for the channel's life,
 /// so a larger one costs every channel memory (bench [8]) for few reads
 /// saved at high rates.
 pub const READ_BUFFER: usize = 16 * 1024;
