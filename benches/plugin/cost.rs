@@ -9,7 +9,10 @@
 //! Scheduler"), the MRCP thread ("MRCP Server"), the plugin's channel
 //! workers ("elevenlabs-N"); the mock upstream's threads and the
 //! benchmark's own are not the plugin's cost and are left out. Wake-ups are
-//! the workers' voluntary context switches (each is one sleep that ended).
+//! the workers' voluntary context switches (each is one sleep that ended);
+//! their read- and write-type syscalls come from `/proc/self/task/*/io`
+//! (`syscr` + `syscw`: eventfd, socket and spill file; polls are not
+//! counted there).
 //! The figures are taken while every channel is still open (a worker's
 //! counters go with its thread).
 
