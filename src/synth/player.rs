@@ -528,8 +528,9 @@ impl Worker {
                 pace = Some(gather_time(got, now.saturating_duration_since(data_at)));
                 data_at = now;
             }
-            // Requests queued for a slot: ours is given back sooner.
-            let queued = job.capacity.limiter.figures().waiting > 0;
+            // Requests queued for a slot: ours is given back sooner (the
+            // limiter's lock is taken only for a linger that long).
+            let queued = || job.capacity.limiter.figures().waiting > 0;
             match linger(transfer.ahead(), pace, queued, job.sample_rate, request.config.stall_timeout) {
                 // Commands still wake us at once; the upstream's bytes wait
                 // in the socket and are taken in one read.
@@ -608,7 +609,8 @@ fn gather_time(got: u64, over: Duration) -> Duration {
 /// Whether the worker may sleep `Some(pause)` (waking only for commands and
 /// the media thread) instead of waiting on the upstream's socket: half of
 /// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER (or
-/// LINGER_QUEUED while other requests are `queued` for a slot), and at most
+/// LINGER_QUEUED while other requests are `queued` for a slot: asked only
+/// of a pause longer than that), and at most
 /// the time the upstream takes to send GATHER bytes at its last pace
 /// (`pace`, from `gather_time`; None: no body yet). So what a wake-up reads
 /// is bounded in bytes, not only in time: a fast upstream, which would fill
@@ -617,12 +619,20 @@ fn gather_time(got: u64, over: Duration) -> Duration {
 /// of a buffer, a linger at 4x real time and 8 kHz gathered 12.8 KB: 2.8
 /// wake-ups per s of audio in bench [10] (1.9 this way). A small `stall`
 /// limit shortens it.
-fn linger(ahead: Option<usize>, pace: Option<Duration>, queued: bool, rate: u32, stall: Duration) -> Option<Duration> {
+fn linger(
+    ahead: Option<usize>,
+    pace: Option<Duration>,
+    queued: impl FnOnce() -> bool,
+    rate: u32,
+    stall: Duration,
+) -> Option<Duration> {
     let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
     let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
-    let most = if queued { LINGER_QUEUED } else { LINGER };
-    let pause =
-        Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(most).min(pace?).min(stall / 4);
+    let mut pause =
+        Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(pace?).min(stall / 4);
+    if pause > LINGER_QUEUED && queued() {
+        pause = LINGER_QUEUED;
+    }
     (pause >= LINGER_MIN).then_some(pause)
 }
 
@@ -635,20 +645,37 @@ mod tests {
         let stall = Duration::from_secs(5);
         let ms = Duration::from_millis;
         let slow = Some(Duration::from_secs(10));
+        let no_queue = || false;
+        let queue = || true;
         // 8 kHz: 16 bytes per ms.
-        assert_eq!(linger(Some(16_000), slow, false, 8000, stall), Some(ms(375)), "1 s ahead");
-        assert_eq!(linger(Some(1 << 20), slow, false, 8000, stall), Some(LINGER), "at most LINGER");
-        assert_eq!(linger(Some(400 * 16), slow, false, 8000, stall), Some(ms(75)), "half of what is beyond the margin");
-        assert_eq!(linger(Some(280 * 16), slow, false, 8000, stall), None, "too little ahead to be worth a sleep");
-        assert_eq!(linger(Some(400 * 16), slow, false, 16000, stall), None, "the rate counts");
-        assert_eq!(linger(None, slow, false, 8000, stall), None, "held back, or no audio yet");
-        assert_eq!(linger(Some(1 << 20), None, false, 8000, stall), None, "no body yet: its pace is unknown");
-        assert_eq!(linger(Some(1 << 20), Some(ms(120)), false, 8000, stall), Some(ms(120)), "GATHER bytes at the pace");
-        assert_eq!(linger(Some(1 << 20), Some(ms(19)), false, 8000, stall), None, "a fast upstream is read at once");
-        assert_eq!(linger(Some(1 << 20), slow, true, 8000, stall), Some(LINGER_QUEUED), "others wait for a slot");
-        assert_eq!(linger(Some(400 * 16), slow, true, 8000, stall), Some(ms(75)), "the audio ahead still counts");
+        assert_eq!(linger(Some(16_000), slow, no_queue, 8000, stall), Some(ms(375)), "1 s ahead");
+        assert_eq!(linger(Some(1 << 20), slow, no_queue, 8000, stall), Some(LINGER), "at most LINGER");
         assert_eq!(
-            linger(Some(1 << 20), slow, false, 8000, ms(100)),
+            linger(Some(400 * 16), slow, no_queue, 8000, stall),
+            Some(ms(75)),
+            "half of what is beyond the margin"
+        );
+        assert_eq!(linger(Some(280 * 16), slow, no_queue, 8000, stall), None, "too little ahead to be worth a sleep");
+        assert_eq!(linger(Some(400 * 16), slow, no_queue, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(None, slow, no_queue, 8000, stall), None, "held back, or no audio yet");
+        assert_eq!(linger(Some(1 << 20), None, no_queue, 8000, stall), None, "no body yet: its pace is unknown");
+        assert_eq!(
+            linger(Some(1 << 20), Some(ms(120)), no_queue, 8000, stall),
+            Some(ms(120)),
+            "GATHER bytes at the pace"
+        );
+        assert_eq!(linger(Some(1 << 20), Some(ms(19)), no_queue, 8000, stall), None, "a fast upstream is read at once");
+        assert_eq!(linger(Some(1 << 20), slow, queue, 8000, stall), Some(LINGER_QUEUED), "others wait for a slot");
+        assert_eq!(linger(Some(400 * 16), slow, queue, 8000, stall), Some(ms(75)), "the audio ahead still counts");
+        let asked = std::cell::Cell::new(false);
+        let watched = || {
+            asked.set(true);
+            true
+        };
+        assert_eq!(linger(Some(400 * 16), slow, watched, 8000, stall), Some(ms(75)));
+        assert!(!asked.get(), "the queue is looked at only for a pause it could shorten");
+        assert_eq!(
+            linger(Some(1 << 20), slow, no_queue, 8000, ms(100)),
             Some(ms(25)),
             "a quarter of the stall limit at most"
         );
