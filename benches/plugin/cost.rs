@@ -9,7 +9,10 @@
 //! Scheduler"), the MRCP thread ("MRCP Server"), the plugin's channel
 //! workers ("elevenlabs-N"); the mock upstream's threads and the
 //! benchmark's own are not the plugin's cost and are left out. Wake-ups are
-//! the workers' voluntary context switches (each is one sleep that ended).
+//! the workers' voluntary context switches (each is one sleep that ended);
+//! their read- and write-type syscalls come from `/proc/self/task/*/io`
+//! (`syscr` + `syscw`: eventfd, socket and spill file; polls are not
+//! counted there).
 //! The figures are taken while every channel is still open (a worker's
 //! counters go with its thread).
 
@@ -74,6 +77,9 @@ struct Usage {
     cpu_ns: u64,
     voluntary: u64,
     involuntary: u64,
+    /// Read- and write-type syscalls (`io`: syscr + syscw; eventfd, socket
+    /// and spill file reads and writes; polls are not among them).
+    rw_syscalls: u64,
 }
 
 /// Per thread (by tid): its group and its counters so far.
@@ -94,10 +100,14 @@ fn thread_usage() -> HashMap<String, (Group, Usage)> {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
                 .unwrap_or(0)
         };
+        let io = std::fs::read_to_string(path.join("io")).unwrap_or_default();
+        let io_field =
+            |key: &str| -> u64 { io.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0) };
         let usage = Usage {
             cpu_ns,
             voluntary: field("voluntary_ctxt_switches:"),
             involuntary: field("nonvoluntary_ctxt_switches:"),
+            rw_syscalls: io_field("syscr:") + io_field("syscw:"),
         };
         map.insert(task.file_name().to_string_lossy().into_owned(), (group_of(name.trim_end()), usage));
     }
@@ -116,6 +126,7 @@ fn usage_between(
         g.cpu_ns += now.cpu_ns.saturating_sub(was.cpu_ns);
         g.voluntary += now.voluntary.saturating_sub(was.voluntary);
         g.involuntary += now.involuntary.saturating_sub(was.involuntary);
+        g.rw_syscalls += now.rw_syscalls.saturating_sub(was.rw_syscalls);
     }
     groups
 }
@@ -184,6 +195,8 @@ struct CpuRun {
     wakeups: f64,
     preempted: f64,
     idle_wakeups: f64,
+    /// Workers' read/write syscalls per second of audio.
+    rw_syscalls: f64,
 }
 
 impl CpuRun {
@@ -227,6 +240,7 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
         wakeups: workers.voluntary as f64 / audio_s,
         preempted: workers.involuntary as f64 / audio_s,
         idle_wakeups,
+        rw_syscalls: workers.rw_syscalls as f64 / audio_s,
     };
     teardown(server, channels, mock, failures);
     Ok(run)
@@ -268,6 +282,12 @@ fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
             pick(|r| r.preempted),
             runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
         );
+        if which == Which::Plugin {
+            println!(
+                "  plugin  : worker read/write syscalls per s of audio {} (/proc/self/task/*/io syscr + syscw: eventfd, socket, spill file; polls not counted)",
+                range_with(&runs.iter().map(|r| r.rw_syscalls).collect::<Vec<_>>(), 1)
+            );
+        }
         totals[usize::from(which == Which::Plugin)] = runs.iter().map(CpuRun::total).collect();
     }
     let median = |v: &mut Vec<f64>| {

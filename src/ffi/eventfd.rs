@@ -43,11 +43,14 @@ impl EventFd {
     }
 
     /// Waits until the fd is readable or `timeout` passes (None: no limit).
-    /// Leaves the counter as it is.
-    pub fn poll(&self, timeout: Option<Duration>) {
+    /// Leaves the counter as it is. True when the fd may be signalled: it is
+    /// readable, or the poll itself failed (EINTR, say) and nobody knows.
+    /// False only when the time ran out with the counter at zero.
+    pub fn poll(&self, timeout: Option<Duration>) -> bool {
         let ms = timeout.map_or(-1, |t| t.as_millis().clamp(0, i32::MAX as u128) as i32);
         let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n != 0
     }
 }

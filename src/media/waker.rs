@@ -37,10 +37,18 @@ impl Waker {
         self.wakeups.load(Ordering::Relaxed)
     }
 
-    /// Consumes pending wake-ups; called once after every sleep.
-    pub fn drain(&self) {
+    /// Ends a sleep: counts the wake-up, and consumes pending wake-ups when
+    /// the sleep saw the fd `signalled` (curl's multi wait reports it). A
+    /// sleep that ended on its timeout or on the network leaves the counter
+    /// alone: reading it then would be a syscall that finds nothing (one per
+    /// wake-up of a transfer, bench [10]); a signal that lands just after
+    /// the sleep stays pending and ends the next one at once, so none is
+    /// lost.
+    pub fn woke(&self, signalled: bool) {
         self.wakeups.fetch_add(1, Ordering::Relaxed);
-        self.take();
+        if signalled {
+            self.take();
+        }
     }
 
     /// Consumes pending wake-ups; true when there were any.
@@ -50,8 +58,8 @@ impl Waker {
 
     /// Waits until woken or `timeout` passes (None: no limit).
     pub fn wait(&self, timeout: Option<Duration>) {
-        self.fd.poll(timeout);
-        self.drain();
+        let signalled = self.fd.poll(timeout);
+        self.woke(signalled);
     }
 }
 
@@ -68,6 +76,26 @@ mod tests {
         let t = Instant::now();
         w.wait(Some(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_wake_up_is_consumed_only_by_a_sleep_that_saw_it() {
+        let w = Waker::new().unwrap();
+        w.wake();
+        // A sleep that ended on the network: the signal stays pending.
+        w.woke(false);
+        assert_eq!(w.wakeups(), 1);
+        assert!(w.take(), "still pending for the next sleep");
+        w.wake();
+        w.woke(true);
+        assert_eq!(w.wakeups(), 2);
+        assert!(!w.take(), "consumed by the sleep that saw it");
+        // A sleep that ran out leaves a later signal to the next one.
+        w.wait(Some(Duration::from_millis(1)));
+        w.wake();
+        w.wait(Some(Duration::from_secs(5)));
+        assert!(!w.take(), "the pending signal ended the sleep, which consumed it");
+        assert_eq!(w.wakeups(), 4);
     }
 
     #[test]

@@ -497,6 +497,10 @@ impl Worker {
         let mut expired: Option<Failure> = None;
         let mut interrupted = false;
         let mut body_before = 0;
+        // When the last read that brought body bytes was, and how long the
+        // upstream takes to send GATHER bytes at the pace it last showed.
+        let mut data_at = Instant::now();
+        let mut pace: Option<Duration> = None;
         loop {
             let finished = transfer.step();
             let (starts, bytes) = transfer.progress();
@@ -521,18 +525,26 @@ impl Worker {
                 break;
             }
             transfer.unpause_if_room();
-            // What the last read took from the socket, encoded or not (an
-            // encoded stream's full read decodes to less audio).
+            // What the reads since the last that brought anything took from
+            // the socket, encoded or not (an encoded stream's full read
+            // decodes to less audio), and over how long it gathered there.
             let body = transfer.body_bytes();
             let got = body - body_before;
             body_before = body;
-            match linger(transfer.ahead(), got, job.sample_rate, request.config.stall_timeout) {
+            if got > 0 {
+                pace = Some(gather_time(got, now.saturating_duration_since(data_at)));
+                data_at = now;
+            }
+            // Requests queued for a slot: ours is given back sooner (the
+            // limiter's lock is taken only for a linger that long).
+            let queued = || job.capacity.limiter.figures().waiting > 0;
+            match linger(transfer.ahead(), pace, queued, job.sample_rate, request.config.stall_timeout) {
                 // Commands still wake us at once; the upstream's bytes wait
                 // in the socket and are taken in one read.
                 Some(pause) => self.shared.link.waker.wait(Some(pause)),
                 None => {
-                    transfer.wait(self.shared.link.waker.fd(), now);
-                    self.shared.link.waker.drain();
+                    let signalled = transfer.wait(self.shared.link.waker.fd(), now);
+                    self.shared.link.waker.woke(signalled);
                 }
             }
         }
@@ -578,32 +590,57 @@ fn report_attempt(job: &Job, request: &SpeechRequest, part: &Part, stats: &Stats
 /// Audio the caller always keeps ahead while the worker lingers: the
 /// upstream's bytes are read before playback gets closer than this.
 const LINGER_MARGIN_MS: u64 = 250;
-/// The longest the worker lets the upstream's bytes gather.
-const LINGER: Duration = Duration::from_millis(200);
+/// The longest the worker lets the upstream's bytes gather: also the
+/// longest it may take to see that a transfer has ended (its slot is given
+/// back then).
+const LINGER: Duration = Duration::from_millis(500);
+/// The same while other requests wait for a slot (the limiter's queue):
+/// each of them would wait up to this much longer.
+const LINGER_QUEUED: Duration = Duration::from_millis(200);
 /// Shorter lingers are not worth a sleep of their own.
 const LINGER_MIN: Duration = Duration::from_millis(20);
-/// Audio bytes of a read that may have left more in the socket: a whole
-/// read buffer but for its chunk framing (under 1/8 of it).
-const SLOW_READ: u64 = (READ_BUFFER - READ_BUFFER / 8) as u64;
+/// Body bytes a linger lets gather in the socket, at the upstream's last
+/// pace: two reads (READ_BUFFER each) per wake-up, a fraction of a socket's
+/// receive buffer (Linux starts one at 128 KiB), so the upstream never
+/// finds its window closed and is never held back by a linger (that would
+/// keep its slot longer, bench [6]).
+const GATHER: u64 = 2 * READ_BUFFER as u64;
+
+/// How long the upstream takes to send GATHER body bytes, having sent `got`
+/// over `over` (the time since the previous read that brought any).
+fn gather_time(got: u64, over: Duration) -> Duration {
+    let nanos = over.as_nanos().saturating_mul(u128::from(GATHER)) / u128::from(got.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
 
 /// Whether the worker may sleep `Some(pause)` (waking only for commands and
 /// the media thread) instead of waiting on the upstream's socket: half of
-/// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER, and
-/// only while the last read left the socket empty (it took less than a
-/// read buffer, less the chunked framing: SLOW_READ; counted in body bytes
-/// before any decoding, as a base64 stream decodes to less), so lingering never
-/// holds a fast upstream back (that would keep its slot longer). The read
-/// that ends a linger brings what gathered meanwhile (12.8 KB after 200 ms
-/// at 4x real time and 8 kHz): judged by half a buffer, as before, that
-/// counted as fast and every other wake-up was a short wait on the socket
-/// for the next network chunk (bench [10]). A small `stall` limit
-/// shortens it.
-fn linger(ahead: Option<usize>, got: u64, rate: u32, stall: Duration) -> Option<Duration> {
+/// what the caller has ahead beyond LINGER_MARGIN_MS, at most LINGER (or
+/// LINGER_QUEUED while other requests are `queued` for a slot: asked only
+/// of a pause longer than that), and at most
+/// the time the upstream takes to send GATHER bytes at its last pace
+/// (`pace`, from `gather_time`; None: no body yet). So what a wake-up reads
+/// is bounded in bytes, not only in time: a fast upstream, which would fill
+/// the socket beyond GATHER within LINGER_MIN, is read at every network
+/// chunk. Bounded by 200 ms and judged by whether the last read filled most
+/// of a buffer, a linger at 4x real time and 8 kHz gathered 12.8 KB: 2.8
+/// wake-ups per s of audio in bench [10] (1.9 this way). A small `stall`
+/// limit shortens it.
+fn linger(
+    ahead: Option<usize>,
+    pace: Option<Duration>,
+    queued: impl FnOnce() -> bool,
+    rate: u32,
+    stall: Duration,
+) -> Option<Duration> {
     let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
     let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
-    let slow = got < SLOW_READ;
-    let pause = Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(stall / 4);
-    (slow && pause >= LINGER_MIN).then_some(pause)
+    let mut pause =
+        Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(pace?).min(stall / 4);
+    if pause > LINGER_QUEUED && queued() {
+        pause = LINGER_QUEUED;
+    }
+    (pause >= LINGER_MIN).then_some(pause)
 }
 
 #[cfg(test)]
@@ -611,22 +648,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lingers_for_half_the_audio_ahead_beyond_the_margin_and_only_on_a_slow_upstream() {
+    fn lingers_for_half_the_audio_ahead_beyond_the_margin_and_only_while_the_upstream_sends_little() {
         let stall = Duration::from_secs(5);
         let ms = Duration::from_millis;
+        let slow = Some(Duration::from_secs(10));
+        let no_queue = || false;
+        let queue = || true;
         // 8 kHz: 16 bytes per ms.
-        assert_eq!(linger(Some(16_000), 1601, 8000, stall), Some(LINGER), "1 s ahead");
-        assert_eq!(linger(Some(400 * 16), 1601, 8000, stall), Some(ms(75)), "half of what is beyond the margin");
-        assert_eq!(linger(Some(280 * 16), 1601, 8000, stall), None, "too little ahead to be worth a sleep");
-        assert_eq!(linger(Some(400 * 16), 1601, 16000, stall), None, "the rate counts");
-        assert_eq!(linger(None, 1601, 8000, stall), None, "held back, or no audio yet");
-        assert_eq!(linger(Some(1 << 20), READ_BUFFER as u64, 8000, stall), None, "a fast upstream is read at once");
-        assert_eq!(linger(Some(1 << 20), SLOW_READ, 8000, stall), None, "a full buffer less its framing is full");
+        assert_eq!(linger(Some(16_000), slow, no_queue, 8000, stall), Some(ms(375)), "1 s ahead");
+        assert_eq!(linger(Some(1 << 20), slow, no_queue, 8000, stall), Some(LINGER), "at most LINGER");
         assert_eq!(
-            linger(Some(1 << 20), 12_800, 8000, stall),
-            Some(LINGER),
-            "what 200 ms at 4x bring: the socket is empty"
+            linger(Some(400 * 16), slow, no_queue, 8000, stall),
+            Some(ms(75)),
+            "half of what is beyond the margin"
         );
-        assert_eq!(linger(Some(1 << 20), 0, 8000, ms(100)), Some(ms(25)), "a quarter of the stall limit at most");
+        assert_eq!(linger(Some(280 * 16), slow, no_queue, 8000, stall), None, "too little ahead to be worth a sleep");
+        assert_eq!(linger(Some(400 * 16), slow, no_queue, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(None, slow, no_queue, 8000, stall), None, "held back, or no audio yet");
+        assert_eq!(linger(Some(1 << 20), None, no_queue, 8000, stall), None, "no body yet: its pace is unknown");
+        assert_eq!(
+            linger(Some(1 << 20), Some(ms(120)), no_queue, 8000, stall),
+            Some(ms(120)),
+            "GATHER bytes at the pace"
+        );
+        assert_eq!(linger(Some(1 << 20), Some(ms(19)), no_queue, 8000, stall), None, "a fast upstream is read at once");
+        assert_eq!(linger(Some(1 << 20), slow, queue, 8000, stall), Some(LINGER_QUEUED), "others wait for a slot");
+        assert_eq!(linger(Some(400 * 16), slow, queue, 8000, stall), Some(ms(75)), "the audio ahead still counts");
+        let asked = std::cell::Cell::new(false);
+        let watched = || {
+            asked.set(true);
+            true
+        };
+        assert_eq!(linger(Some(400 * 16), slow, watched, 8000, stall), Some(ms(75)));
+        assert!(!asked.get(), "the queue is looked at only for a pause it could shorten");
+        assert_eq!(
+            linger(Some(1 << 20), slow, no_queue, 8000, ms(100)),
+            Some(ms(25)),
+            "a quarter of the stall limit at most"
+        );
+    }
+
+    #[test]
+    fn gather_time_is_the_time_for_gather_bytes_at_the_pace_seen() {
+        let ms = Duration::from_millis;
+        // 4x real time at 8 kHz: 64 KB/s, 12.8 KB in 200 ms.
+        assert_eq!(gather_time(12_800, ms(200)), ms(512));
+        assert_eq!(gather_time(GATHER, ms(30)), ms(30));
+        assert_eq!(gather_time(4 * GATHER, ms(40)), ms(10), "a fast upstream: too short a linger");
+        assert_eq!(gather_time(0, ms(5)), ms(5) * GATHER as u32, "no bytes: as slow as can be");
+        assert_eq!(gather_time(1, Duration::MAX), Duration::from_nanos(u64::MAX), "saturates");
     }
 }

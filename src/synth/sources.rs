@@ -17,8 +17,11 @@ pub(super) const FEED_WAIT: Duration = Duration::from_millis(20);
 
 /// Longest sleep of a worker waiting for room it asked for
 /// (`Link::want_space`): `read_frame` wakes it as soon as the room is
-/// there, so this is only a backstop, not a polling period.
-pub(super) const ROOM_WAIT: Duration = Duration::from_secs(1);
+/// there, so this is only a backstop, not a polling period. It is longer
+/// than the longest wait for a refill of the spill (32 KiB at 8 kHz play in
+/// 2 s, spill.rs): at 1 s, every SPEAK that spilled woke once for nothing
+/// while its buffer played down (bench [10]).
+pub(super) const ROOM_WAIT: Duration = Duration::from_secs(3);
 
 /// Audio that does not come from a transfer of our own, with how far it
 /// has been pushed into the buffer.

@@ -265,8 +265,8 @@ fn warm(
                 }
                 continue;
             }
-            transfer.wait(waker.fd(), now);
-            waker.drain();
+            let signalled = transfer.wait(waker.fd(), now);
+            waker.woke(signalled);
         }
         let (outcome, stats, back, _) = transfer.finish();
         if let Some(max) = stats.max_concurrency {

@@ -30,12 +30,17 @@ use crate::media::{apply_gain, AudioSink, Discard, Push};
 const USER_AGENT: &str = concat!("unimrcp-elevenlabs/", env!("CARGO_PKG_VERSION"));
 /// Enough of an error body to read the vendor's JSON detail.
 const MAX_ERROR_BODY: usize = 16 * 1024;
-/// Longest sleep between checks of the clock-based limits.
-const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait on the network, only a backstop: the wait already ends at
+/// the next limit (first byte, stall) and at curl's own timers, and the
+/// worker's eventfd wakes it for commands and room. At 100 ms, a wait for
+/// the first byte woke once per 100 ms for nothing (bench [10]: one wasted
+/// wake-up of every SPEAK at its upstream's 100 ms; ElevenLabs takes a few
+/// hundred).
+const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Bytes curl reads from the socket at once (CURLOPT_BUFFERSIZE, set
 /// explicitly because the linger of synth/player.rs counts on it): what
-/// gathers while a worker lingers (at 8 kHz and 4x real time, 200 ms bring
-/// 12.8 KB) is taken in one read. It is allocated for the channel's life,
+/// gathers while a worker lingers (GATHER there) is taken in two reads of
+/// one wake-up. It is allocated for the channel's life,
 /// so a larger one costs every channel memory (bench [8]) for few reads
 /// saved at high rates.
 pub const READ_BUFFER: usize = 16 * 1024;
@@ -681,7 +686,9 @@ impl Transfer<'_> {
     }
 
     /// Waits for network activity, a wake-up on `wake_fd`, or the next limit.
-    pub fn wait(&self, wake_fd: i32, now: Instant) {
+    /// True when `wake_fd` may have been signalled (curl's wait reports it;
+    /// a failed wait cannot tell), so that its owner reads it only then.
+    pub fn wait(&self, wake_fd: i32, now: Instant) -> bool {
         let c = self.collector();
         let deadline = match c.first_byte {
             None => c.first_byte_deadline,
@@ -694,10 +701,13 @@ impl Transfer<'_> {
         let mut fd = WaitFd::new();
         fd.set_fd(wake_fd);
         fd.poll_on_read(true);
-        if let Err(e) = self.transport.multi.wait(&mut [fd], timeout.max(Duration::from_millis(1))) {
+        let mut fds = [fd];
+        if let Err(e) = self.transport.multi.wait(&mut fds, timeout.max(Duration::from_millis(1))) {
             log::warn!("curl multi wait: {e}");
             std::thread::sleep(Duration::from_millis(5));
+            return true;
         }
+        fds[0].received_read()
     }
 
     /// Ends the transfer (aborting it if it is still running), gives the

@@ -181,7 +181,7 @@ pub fn wait_for_log(server: &unimrcp_shim::host::Server, needle: &str, count: us
 /// upstream's) has no unread bytes in its receive queue
 /// (`/proc/self/net/tcp`'s rx_queue): the plugin has taken all the
 /// upstream sent. An event to wait on, where a sleep would race the
-/// worker's batching of reads (it may linger up to 200 ms with audio
+/// worker's batching of reads (it may linger up to 500 ms with audio
 /// ahead, as it has with a manual media clock).
 pub fn wait_until_upstream_read(port: u16, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;

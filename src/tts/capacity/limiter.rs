@@ -519,7 +519,7 @@ mod tests {
         let pa = a.take().unwrap();
         let w = waker();
         let mut b = limiter.enqueue(Arc::clone(&w), false, None);
-        w.drain();
+        w.take();
         drop(pa);
         // The eventfd is readable now: a zero wait returns at once.
         let started = Instant::now();
