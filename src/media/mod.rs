@@ -22,7 +22,9 @@ mod waker;
 
 pub use link::{Link, NO_CUE};
 pub use playback::{apply_gain, Frame, PlayState, Playback, Push};
-pub use pool::{spill_buffers, BufferPool, Loan, PoolFigures, SPILL_BUFFER_BYTES};
+pub use pool::{spill_buffers, BufferPool, Loan};
+#[cfg(test)]
+pub use pool::{PoolFigures, SPILL_BUFFER_BYTES};
 pub use sink::{AudioSink, Discard};
 pub use waker::Waker;
 

@@ -17,6 +17,7 @@
 //! a buffer is mapped, unmapped or used).
 
 use std::ops::{Deref, DerefMut};
+#[cfg(test)]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -47,13 +48,17 @@ pub struct BufferPool {
     keep: usize,
     idle: Mutex<Vec<Pages>>,
     /// Buffers out on loan now, and the most ever at once.
+    #[cfg(test)]
     lent: AtomicUsize,
+    #[cfg(test)]
     most_lent: AtomicUsize,
     /// Buffers mapped so far (a loan the idle list could not serve).
+    #[cfg(test)]
     mapped: AtomicUsize,
 }
 
-/// What a pool holds and has done, for tests and figures.
+/// What a pool holds and has done, for tests.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolFigures {
     pub lent: usize,
@@ -68,8 +73,11 @@ impl BufferPool {
             size,
             keep,
             idle: Mutex::new(Vec::with_capacity(keep)),
+            #[cfg(test)]
             lent: AtomicUsize::new(0),
+            #[cfg(test)]
             most_lent: AtomicUsize::new(0),
+            #[cfg(test)]
             mapped: AtomicUsize::new(0),
         })
     }
@@ -87,16 +95,21 @@ impl BufferPool {
             Some(pages) => pages,
             None => {
                 let pages = Pages::zeroed(self.size)?;
+                #[cfg(test)]
                 self.mapped.fetch_add(1, Ordering::Relaxed);
                 pages
             }
         };
-        let lent = self.lent.fetch_add(1, Ordering::Relaxed) + 1;
-        self.most_lent.fetch_max(lent, Ordering::Relaxed);
+        #[cfg(test)]
+        {
+            let lent = self.lent.fetch_add(1, Ordering::Relaxed) + 1;
+            self.most_lent.fetch_max(lent, Ordering::Relaxed);
+        }
         Ok(Loan { pages: Some(pages), pool: Arc::clone(self) })
     }
 
     fn give_back(&self, pages: Pages) {
+        #[cfg(test)]
         self.lent.fetch_sub(1, Ordering::Relaxed);
         let mut idle = self.idle.lock();
         if idle.len() < self.keep {
@@ -107,6 +120,7 @@ impl BufferPool {
         drop(pages); // unmapped outside the lock
     }
 
+    #[cfg(test)]
     pub fn figures(&self) -> PoolFigures {
         PoolFigures {
             lent: self.lent.load(Ordering::Relaxed),
