@@ -9,16 +9,22 @@
 //!   (through the worker's spill, synth/spill.rs), or nowhere (cache
 //!   warm-up).
 //! * `waker`: the eventfd that wakes a worker.
+//! * `pool`: the buffers lent to SPEAKs while they spill (their stage and
+//!   their refills), shared by every channel.
 //!
 //! Depends on nothing else in the crate.
 
 mod link;
 mod playback;
+mod pool;
 mod sink;
 mod waker;
 
 pub use link::{Link, NO_CUE};
 pub use playback::{apply_gain, Frame, PlayState, Playback, Push};
+pub use pool::{spill_buffers, BufferPool, Loan};
+#[cfg(test)]
+pub use pool::{PoolFigures, SPILL_BUFFER_BYTES};
 pub use sink::{AudioSink, Discard};
 pub use waker::Waker;
 

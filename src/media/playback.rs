@@ -22,11 +22,23 @@ pub struct ByteRing {
     buf: Pages,
     head: usize,
     len: usize,
+    /// Bytes at the start of `buf` the FIFO wraps within: the SPEAK's
+    /// limit, so that a SPEAK never touches (makes resident) more of the
+    /// mapping than it may hold: an 8 kHz call in a buffer sized for
+    /// 16 kHz uses half of it (bench [11]).
+    wrap: usize,
 }
 
 impl ByteRing {
     pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
-        Ok(ByteRing { buf: Pages::zeroed(capacity)?, head: 0, len: 0 })
+        Ok(ByteRing { buf: Pages::zeroed(capacity)?, head: 0, len: 0, wrap: capacity })
+    }
+
+    /// Empties it and wraps it within the first `window` bytes (at most
+    /// the capacity).
+    fn reset(&mut self, window: usize) {
+        self.clear();
+        self.wrap = window.clamp(1, self.capacity().max(1));
     }
 
     pub fn capacity(&self) -> usize {
@@ -48,8 +60,13 @@ impl ByteRing {
 
     /// Appends all of `data`; the caller checked there is room.
     fn push(&mut self, data: &[u8]) {
-        debug_assert!(data.len() <= self.capacity() - self.len);
-        let cap = self.capacity();
+        if self.len == 0 && data.len() > self.wrap {
+            // A chunk larger than the window into an empty ring (head is
+            // 0): it may use the whole capacity from now on.
+            self.wrap = self.capacity();
+        }
+        debug_assert!(data.len() <= self.wrap - self.len);
+        let cap = self.wrap;
         let tail = (self.head + self.len) % cap;
         let first = data.len().min(cap - tail);
         self.buf[tail..tail + first].copy_from_slice(&data[..first]);
@@ -63,7 +80,7 @@ impl ByteRing {
         if n == 0 {
             return 0;
         }
-        let cap = self.capacity();
+        let cap = self.wrap;
         let first = n.min(cap - self.head);
         out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
         out[first..n].copy_from_slice(&self.buf[..n - first]);
@@ -175,9 +192,9 @@ impl Playback {
         self.played = 0;
         self.prime = prebuffer.min(limit);
         self.generation += 1;
-        self.ring.clear();
         self.producer_done = false;
         self.limit = limit.clamp(1, self.ring.capacity());
+        self.ring.reset(self.limit);
         self.state = PlayState::Playing;
         self.generation
     }
@@ -305,6 +322,38 @@ mod tests {
         assert_eq!(r.pop_into(&mut all), 6);
         assert_eq!(all, [5, 6, 7, 8, 9, 10]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_speak_uses_only_its_limit_of_the_buffer() {
+        let mut p = Playback::new(1000).unwrap();
+        let g = p.start(300, 0);
+        let mut frame = [0u8; 10];
+        let mut next = 0u32;
+        let mut expected = 0u32;
+        for _ in 0..200 {
+            while p.free() >= 7 {
+                let piece: Vec<u8> = (next..next + 7).map(|i| (i % 251 + 1) as u8).collect();
+                assert_eq!(p.push(g, &piece), Push::Stored);
+                next += 7;
+            }
+            assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+            for b in frame {
+                assert_eq!(b, (expected % 251 + 1) as u8, "in order across the wraps");
+                expected += 1;
+            }
+        }
+        assert!(next > 2000, "wrapped many times");
+        assert!(p.ring.buf[300..].iter().all(|&b| b == 0), "nothing written past the limit");
+        // A chunk larger than the limit still fits the empty buffer.
+        let g = p.start(300, 0);
+        assert_eq!(p.push(g, &[9; 800]), Push::Stored);
+        let mut big = [0u8; 800];
+        assert_eq!(p.take_frame(&mut big), Frame::Audio);
+        assert_eq!(big, [9; 800]);
+        assert_eq!(p.push(g, &[5; 250]), Push::Stored);
+        assert_eq!(p.take_frame(&mut frame), Frame::Audio);
+        assert_eq!(frame, [5; 10]);
     }
 
     #[test]

@@ -11,14 +11,22 @@ pub trait AudioSink: Send {
     fn fits(&self, n: usize) -> bool;
     /// Asks for a wake-up once `n` bytes fit (0: no longer waiting).
     fn want(&self, n: usize);
-    /// Moves audio it stored outside the channel's buffer (a spill file)
-    /// into the buffer, as far as there is room; when some must wait, it
-    /// asks for a wake-up (`Link::want_space`) and says `Full`. `Stored`:
-    /// nothing is held back any more; `Stale`: stopped, or the held audio
-    /// was lost (`lost`). The transfer's owner calls it whenever it wakes.
+    /// Moves audio it stored outside the channel's buffer (a spill file,
+    /// or its in-memory stage) into the buffer, as far as there is room;
+    /// when some must wait, it asks for a wake-up (`Link::want_space`),
+    /// secures the rest as `flush` does, and says `Full`. `Stored`: nothing
+    /// is held back any more; `Stale`: stopped, or the held audio was lost
+    /// (`lost`). The transfer's owner calls it before every sleep while a
+    /// transfer runs, and while it drains what is held.
     fn pump(&mut self) -> Push {
         Push::Stored
     }
+    /// The worker is about to sleep without pumping (waiting for an
+    /// upstream slot): audio it staged in memory goes to the spill file and
+    /// the memory goes back to the engine's pool, so nothing sits in a
+    /// stage while the worker sleeps. Order is kept: the staged bytes
+    /// follow what the file holds and precede what comes next.
+    fn flush(&mut self) {}
     /// Bytes stored and not yet played (the buffer's and any held back):
     /// how far ahead of the caller the audio is.
     fn ahead(&self) -> usize {

@@ -355,6 +355,8 @@ impl Worker {
             };
             let ticket = capacity.limiter.enqueue(Arc::clone(&self.shared.link.waker), tries > 0, again);
             let queued = Instant::now();
+            // Nothing stays staged in memory while queued (spill.rs).
+            sink.flush();
             let slot = self.wait_for_slot(job, ticket, queue_deadline);
             let waited = queued.elapsed();
             queue_wait += waited;

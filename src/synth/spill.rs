@@ -5,27 +5,34 @@
 //!
 //! `SpillSink` is the SPEAK's `AudioSink` for all of its buffer generation:
 //! every upstream request and every `<break>`'s silence goes through it, in
-//! order. While nothing is spilled, bytes that fit go straight into the
-//! buffer; anything else is appended to the file, and the worker moves it
-//! into the buffer (`pump`) as the media thread makes room, a bounded chunk
-//! per hold of the buffer's lock, woken through `Link::want_space` once a
-//! useful chunk fits. After the last request the worker drains what is
-//! left (`Worker::drain_spill`) while serving commands, then lets the
-//! buffer play out as before.
+//! order. While nothing is held back, bytes that fit go straight into the
+//! buffer; anything else joins what is held, which is, in order, the
+//! file's part (`read..written`) and then the stage: a buffer lent by the
+//! engine's pool (media/pool.rs) where spilled bytes gather, so that the
+//! file is written in large pieces (a full stage, or whatever is staged
+//! when the worker goes to sleep: `pump` and `flush`), not once per network
+//! chunk. The worker moves what is held into the buffer (`pump`) as the
+//! media thread makes room, a refill per wake-up, woken through
+//! `Link::want_space` once a useful refill fits: the file's part in reads
+//! of a pool buffer, then the staged bytes straight from memory. After the
+//! last request the worker drains what is left (`Worker::drain_spill`)
+//! while serving commands, then lets the buffer play out as before.
 //!
 //! The file is made on the first byte that does not fit, in the cache dir
 //! when the cache is on (else the system's temp dir), unlinked at once
 //! (`O_TMPFILE`, or a unique name removed right away), 0600, and closed
 //! when the sink is dropped at the SPEAK's end: it never outlives the
 //! SPEAK, and holds at most the SPEAK's own audio (it is reused from its
-//! start whenever it has been drained). If it cannot be made or written,
-//! that is logged once and the SPEAK falls back to backpressure: `push`
-//! says `Full` and the transfer is paused until there is room, as it was
+//! start whenever its part has been drained). If it cannot be made or
+//! written, that is logged once and the SPEAK falls back to backpressure:
+//! what is held (staged bytes included) still drains in order, and `push`
+//! says `Full` (the transfer is paused) until there is room, as it was
 //! before the spill existed.
 //!
-//! Locks: only `link.playback`, for a copy; no other lock is held with it,
-//! and the file is never touched under it. The media thread is not
-//! involved beyond what it always did (`read_frame` sees `want_space`).
+//! Locks: `link.playback`, for a copy, and the pool's list, for a push or
+//! a pop; never together, and the file is never touched under either. The
+//! media thread is not involved beyond what it always did (`read_frame`
+//! sees `want_space`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -38,18 +45,14 @@ use super::player::Part;
 use super::sources::ROOM_WAIT;
 use super::{Job, Worker};
 use crate::error::Failure;
-use crate::media::{AudioSink, Link, PlayState, Playback, Push};
+use crate::media::{spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
 
-/// Room the worker waits for before it refills the buffer from the file
-/// (at most half the SPEAK's buffer): each refill is one wake-up of the
-/// worker, so the larger, the fewer (two per 4 s of audio spilled at
-/// 8 kHz and the default max_buffer_ms, bench [10]).
+/// Room the worker waits for before it refills the buffer from what is
+/// held (at most half the SPEAK's buffer): each refill is one wake-up of
+/// the worker, so the larger, the fewer (two per 4 s of audio spilled at
+/// 8 kHz and a buffer of 64 KB or more, bench [10]). At most a pool
+/// buffer, so that a refill is one read of the file.
 const PUMP_WAKE: usize = 32 * 1024;
-/// Bytes moved from the file into the buffer per read and per hold of its
-/// lock; a refill fills all the room there is in pieces this size. The
-/// piece is allocated for as long as the SPEAK spills, so it is small
-/// (bench [11]); a piece is one `pread`, a few per refill.
-const PUMP_COPY: usize = 4 * 1024;
 
 /// One SPEAK's way into the channel's buffer, spilling what does not fit.
 pub(super) struct SpillSink {
@@ -60,21 +63,29 @@ pub(super) struct SpillSink {
     /// The channel's label and the SPEAK's request id, for log lines.
     label: String,
     request_id: u32,
+    /// Lends the stage and the refills' buffers.
+    pool: Arc<BufferPool>,
     /// Made on the first byte that does not fit.
     file: Option<File>,
     /// Bytes `read..written` of the file are held: spilled, not yet in the
     /// buffer.
     read: u64,
     written: u64,
-    /// Reused for every chunk moved into the buffer; allocated with the
-    /// file.
-    chunk: Vec<u8>,
+    /// Bytes `staged..stage_end` of `stage` are held after the file's part:
+    /// accepted, not yet written (nor in the buffer). The loan is kept only
+    /// while it holds bytes (and within a wake-up that is filling it).
+    stage: Option<Loan>,
+    staged: usize,
+    stage_end: usize,
     /// The file could not be made or written: backpressure from now on.
     failed: bool,
     /// The SPEAK was stopped (its generation is gone).
     stale: bool,
     /// Held audio could not be read back.
     lost: Option<String>,
+    /// Writes to the file and reads from it so far.
+    writes: u64,
+    reads: u64,
     /// Test hook: file writes fail once this many bytes were written.
     #[cfg(test)]
     fail_writes_after: Option<u64>,
@@ -82,36 +93,76 @@ pub(super) struct SpillSink {
 
 impl SpillSink {
     pub(super) fn new(link: Arc<Link>, generation: u64, dir: PathBuf, label: String, request_id: u32) -> SpillSink {
+        SpillSink::with_pool(link, generation, dir, label, request_id, Arc::clone(spill_buffers()))
+    }
+
+    fn with_pool(
+        link: Arc<Link>,
+        generation: u64,
+        dir: PathBuf,
+        label: String,
+        request_id: u32,
+        pool: Arc<BufferPool>,
+    ) -> SpillSink {
         SpillSink {
             link,
             generation,
             dir,
             label,
             request_id,
+            pool,
             file: None,
             read: 0,
             written: 0,
-            chunk: Vec::new(),
+            stage: None,
+            staged: 0,
+            stage_end: 0,
             failed: false,
             stale: false,
             lost: None,
+            writes: 0,
+            reads: 0,
             #[cfg(test)]
             fail_writes_after: None,
         }
     }
 
-    /// Bytes spilled and not yet in the buffer.
-    fn held(&self) -> u64 {
+    /// Bytes held back in the file.
+    fn in_file(&self) -> u64 {
         self.written - self.read
+    }
+
+    /// Bytes held back in the stage.
+    fn in_stage(&self) -> usize {
+        self.stage_end - self.staged
+    }
+
+    /// Bytes held back: spilled or staged, not yet in the buffer.
+    fn held(&self) -> u64 {
+        self.in_file() + self.in_stage() as u64
     }
 
     fn gone(&self, playback: &Playback) -> bool {
         playback.generation != self.generation || playback.state == PlayState::Idle
     }
 
-    /// Appends `data` to the file (made now if need be). False, logged
-    /// once, when that cannot be done: the sink then falls back to
-    /// backpressure for the rest of the SPEAK.
+    /// Stopped: what is held goes nowhere, its memory back to the pool.
+    fn go_stale(&mut self) -> Push {
+        self.stale = true;
+        self.drop_stage();
+        Push::Stale
+    }
+
+    fn drop_stage(&mut self) {
+        self.stage = None;
+        self.staged = 0;
+        self.stage_end = 0;
+    }
+
+    /// Takes `data` behind what is held: into the stage, which goes to the
+    /// file whenever it is full (the file made now if need be). False,
+    /// logged once, when that cannot be done: nothing of `data` is taken
+    /// and the sink falls back to backpressure for the rest of the SPEAK.
     fn spill(&mut self, data: &[u8]) -> bool {
         if self.file.is_none() {
             match create(&self.dir) {
@@ -123,12 +174,55 @@ impl SpillSink {
                         self.dir.display()
                     );
                     self.file = Some(file);
-                    self.chunk = vec![0; PUMP_COPY];
                 }
                 Err(e) => return self.give_up(&format!("cannot create a spill file in {}: {e}", self.dir.display())),
             }
         }
-        let file = self.file.as_ref().expect("made above");
+        let size = self.pool.size();
+        if self.stage_end + data.len() > size {
+            // No room behind the staged bytes: they go first.
+            if !self.write_stage() {
+                return false;
+            }
+            if data.len() >= size {
+                // Larger than a stage: straight behind them.
+                return self.write(data);
+            }
+        }
+        if self.stage.is_none() {
+            match self.pool.lend() {
+                Ok(loan) => self.stage = Some(loan),
+                Err(e) => return self.give_up(&format!("no memory to stage spilled audio: {e}")),
+            }
+        }
+        let stage = self.stage.as_mut().expect("lent above");
+        stage[self.stage_end..self.stage_end + data.len()].copy_from_slice(data);
+        self.stage_end += data.len();
+        true
+    }
+
+    /// Writes the staged bytes behind the file's part; the (empty) stage
+    /// stays lent. False when the write failed: the bytes stay staged.
+    fn write_stage(&mut self) -> bool {
+        if self.in_stage() == 0 {
+            self.staged = 0;
+            self.stage_end = 0;
+            return true;
+        }
+        let Some(stage) = self.stage.take() else { return true };
+        let written = self.write(&stage[self.staged..self.stage_end]);
+        self.stage = Some(stage);
+        if written {
+            self.staged = 0;
+            self.stage_end = 0;
+        }
+        written
+    }
+
+    /// Appends `data` to the file's part; false (logged) when it cannot.
+    fn write(&mut self, data: &[u8]) -> bool {
+        let file = self.file.as_ref().expect("made before anything is held");
+        self.writes += 1;
         #[cfg(test)]
         if self.fail_writes_after.is_some_and(|n| self.written + data.len() as u64 > n) {
             return self.give_up("cannot write the spill file: injected failure");
@@ -151,13 +245,99 @@ impl SpillSink {
         self.failed = true;
         false
     }
+
+    /// Moves what is held into the buffer once a useful refill fits
+    /// (`PUMP_WAKE`), then all the room there is: the file's part first, in
+    /// reads of a pool buffer lent for the refill, then the staged bytes.
+    fn refill(&mut self) -> Push {
+        if self.stale || self.lost.is_some() {
+            return Push::Stale;
+        }
+        let mut refilling = false;
+        let mut scratch: Option<Loan> = None;
+        loop {
+            let held = self.held();
+            if held == 0 {
+                return Push::Stored;
+            }
+            let (room, wanted) = {
+                let playback = self.link.playback.lock();
+                if self.gone(&playback) {
+                    drop(playback);
+                    return self.go_stale();
+                }
+                // Woken once a useful refill fits, not at every frame:
+                // PUMP_WAKE, at most half the SPEAK's buffer (so the rest
+                // still plays while the worker wakes), at most what is held.
+                let wanted =
+                    PUMP_WAKE.min(playback.limit() / 2).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
+                (playback.free(), wanted)
+            };
+            if room == 0 || (!refilling && room < wanted) {
+                self.want(wanted);
+                return Push::Full;
+            }
+            refilling = true;
+            let outcome = if self.in_file() > 0 {
+                if scratch.is_none() {
+                    match self.pool.lend() {
+                        Ok(loan) => scratch = Some(loan),
+                        Err(e) => return self.lose(&format!("no memory to read the spill file back: {e}")),
+                    }
+                }
+                let buf = scratch.as_mut().expect("lent above");
+                let n = room.min(buf.len()).min(usize::try_from(self.in_file()).unwrap_or(usize::MAX));
+                let file = self.file.as_ref().expect("bytes are held in the file");
+                self.reads += 1;
+                if let Err(e) = file.read_exact_at(&mut buf[..n], self.read) {
+                    return self.lose(&format!("cannot read the spill file back: {e}"));
+                }
+                // Room only grows meanwhile (the media thread takes bytes out).
+                let outcome = self.link.playback.lock().push(self.generation, &buf[..n]);
+                if outcome == Push::Stored {
+                    self.read += n as u64;
+                    if self.read == self.written {
+                        // The file's part is all in the buffer: it is
+                        // reused from its start (staged bytes go there).
+                        self.read = 0;
+                        self.written = 0;
+                    }
+                }
+                outcome
+            } else {
+                let stage = self.stage.as_ref().expect("held bytes not in the file are staged");
+                let n = room.min(self.in_stage());
+                let outcome = self.link.playback.lock().push(self.generation, &stage[self.staged..self.staged + n]);
+                if outcome == Push::Stored {
+                    self.staged += n;
+                    if self.in_stage() == 0 {
+                        self.drop_stage();
+                    }
+                }
+                outcome
+            };
+            match outcome {
+                Push::Stored => {}
+                Push::Stale => return self.go_stale(),
+                Push::Full => return Push::Full,
+            }
+        }
+    }
+
+    /// Held audio cannot be read back: the SPEAK fails.
+    fn lose(&mut self, why: &str) -> Push {
+        log::error!("[{}] SPEAK {}: {why}", self.label, self.request_id);
+        self.lost = Some(format!("internal: {why}"));
+        self.drop_stage();
+        Push::Stale
+    }
 }
 
 impl AudioSink for SpillSink {
     /// Into the buffer while nothing is held and it fits; otherwise, behind
-    /// what is held, into the file. `Full` only once the file has failed.
+    /// what is held, into the stage. `Full` only once the file has failed.
     fn push(&mut self, data: &[u8]) -> Push {
-        if self.held() > 0 && self.pump() == Push::Stale {
+        if self.held() > 0 && self.refill() == Push::Stale {
             return Push::Stale;
         }
         if self.stale || self.lost.is_some() {
@@ -166,10 +346,7 @@ impl AudioSink for SpillSink {
         if self.held() == 0 {
             let outcome = self.link.playback.lock().push(self.generation, data);
             match outcome {
-                Push::Stale => {
-                    self.stale = true;
-                    return Push::Stale;
-                }
+                Push::Stale => return self.go_stale(),
                 Push::Full if !self.failed => {}
                 other => return other,
             }
@@ -202,55 +379,22 @@ impl AudioSink for SpillSink {
     }
 
     fn pump(&mut self) -> Push {
-        if self.stale || self.lost.is_some() {
-            return Push::Stale;
+        let outcome = self.refill();
+        if outcome == Push::Full {
+            self.flush();
         }
-        // Once a refill has started, it fills all the room there is.
-        let mut refilling = false;
-        loop {
-            let held = self.held();
-            if held == 0 {
-                // All in the buffer: the file is reused from its start.
-                self.read = 0;
-                self.written = 0;
-                return Push::Stored;
-            }
-            let (room, wanted) = {
-                let playback = self.link.playback.lock();
-                if self.gone(&playback) {
-                    drop(playback);
-                    self.stale = true;
-                    return Push::Stale;
-                }
-                // Woken once a useful refill fits, not at every frame:
-                // PUMP_WAKE, at most half the SPEAK's buffer (so the rest
-                // still plays while the worker wakes), at most what is held.
-                let wanted =
-                    PUMP_WAKE.min(playback.limit() / 2).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
-                (playback.free(), wanted)
-            };
-            if room == 0 || (!refilling && room < wanted) {
-                self.want(wanted);
-                return Push::Full;
-            }
-            refilling = true;
-            let n = room.min(PUMP_COPY).min(usize::try_from(held).unwrap_or(usize::MAX));
-            let file = self.file.as_ref().expect("bytes are held only in the file");
-            if let Err(e) = file.read_exact_at(&mut self.chunk[..n], self.read) {
-                log::error!("[{}] SPEAK {}: cannot read the spill file back: {e}", self.label, self.request_id);
-                self.lost = Some(format!("internal: cannot read the spill file back: {e}"));
-                return Push::Stale;
-            }
-            // Room only grows meanwhile (the media thread takes bytes out).
-            let outcome = self.link.playback.lock().push(self.generation, &self.chunk[..n]);
-            match outcome {
-                Push::Stored => self.read += n as u64,
-                Push::Stale => {
-                    self.stale = true;
-                    return Push::Stale;
-                }
-                Push::Full => return Push::Full,
-            }
+        outcome
+    }
+
+    fn flush(&mut self) {
+        if self.stale || self.lost.is_some() {
+            self.drop_stage();
+            return;
+        }
+        // After a failed write the staged bytes stay (lent) until they
+        // drain into the buffer.
+        if !self.failed && self.write_stage() {
+            self.drop_stage();
         }
     }
 
@@ -338,8 +482,14 @@ mod tests {
         (link, generation)
     }
 
+    /// A sink with a pool of its own, so that its figures are the test's.
     fn sink(link: &Arc<Link>, generation: u64) -> SpillSink {
-        SpillSink::new(Arc::clone(link), generation, std::env::temp_dir(), "test".into(), 1)
+        sink_in(link, generation, std::env::temp_dir())
+    }
+
+    fn sink_in(link: &Arc<Link>, generation: u64, dir: PathBuf) -> SpillSink {
+        let pool = BufferPool::new(crate::media::SPILL_BUFFER_BYTES, 2);
+        SpillSink::with_pool(Arc::clone(link), generation, dir, "test".into(), 1, pool)
     }
 
     fn bytes(from: usize, n: usize) -> Vec<u8> {
@@ -461,9 +611,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spill-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (link, g) = link(1000);
-        let mut s = SpillSink::new(Arc::clone(&link), g, dir.clone(), "test".into(), 1);
+        let mut s = sink_in(&link, g, dir.clone());
         assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
         assert_eq!(s.push(&bytes(1000, 4000)), Push::Stored);
+        s.flush();
         let file = s.file.as_ref().expect("spilled");
         let meta = file.metadata().unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -499,7 +650,7 @@ mod tests {
     #[test]
     fn no_spill_dir_falls_back_to_backpressure() {
         let (link, g) = link(1000);
-        let mut s = SpillSink::new(Arc::clone(&link), g, "/nonexistent/spill/dir".into(), "test".into(), 1);
+        let mut s = sink_in(&link, g, "/nonexistent/spill/dir".into());
         assert_eq!(s.push(&bytes(0, 800)), Push::Stored, "what fits goes straight in");
         assert_eq!(s.push(&bytes(800, 300)), Push::Full, "nothing stored: the transfer waits");
         assert!(s.failed && s.file.is_none());
@@ -513,20 +664,25 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_keeps_order_and_drains_what_was_spilled_first() {
+    fn a_failed_write_keeps_order_and_drains_what_was_spilled_and_staged_first() {
         let (link, g) = link(1000);
         let mut s = sink(&link, g);
         s.fail_writes_after = Some(1000);
         let all = bytes(0, 4000);
         assert_eq!(s.push(&all[..1000]), Push::Stored);
-        assert_eq!(s.push(&all[1000..1600]), Push::Stored, "spilled");
-        assert_eq!(s.push(&all[1600..2200]), Push::Full, "the disk is full: backpressure");
-        assert_eq!(s.held(), 600);
+        assert_eq!(s.push(&all[1000..1600]), Push::Stored, "staged");
+        s.flush();
+        assert_eq!((s.written, s.writes, s.in_stage()), (600, 1, 0), "written, the stage given back");
+        assert_eq!(s.push(&all[1600..2200]), Push::Stored, "staged: the failure shows at the next write");
+        s.flush();
+        assert!(s.failed, "the disk is full: backpressure");
+        assert_eq!((s.in_file(), s.in_stage()), (600, 600), "the staged bytes are kept, lent");
+        assert_eq!(s.pool.figures().lent, 1);
         assert_eq!(s.free(), 0, "held bytes go first");
         assert!(!s.fits(1));
-        assert_eq!(s.push(&all[1600..2200]), Push::Full, "still nothing stored out of order");
+        assert_eq!(s.push(&all[2200..2800]), Push::Full, "nothing stored out of order");
         let mut played = Vec::new();
-        let mut at = 1600;
+        let mut at = 2200;
         while at < all.len() {
             played.extend(play_out(&link, 160));
             let n = (all.len() - at).min(600);
@@ -536,6 +692,8 @@ mod tests {
                 Push::Stale => panic!("stale"),
             }
         }
+        assert_eq!(s.writes, 2, "the failed write is not tried again");
+        assert_eq!(s.pool.figures().lent, 0, "the stage went back once drained");
         link.playback.lock().finish(g);
         played.extend(play_out(&link, 160));
         assert_eq!(played, all);
@@ -547,6 +705,8 @@ mod tests {
         let mut s = sink(&link, g);
         assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
         assert_eq!(s.push(&bytes(1000, 2000)), Push::Stored);
+        s.flush();
+        assert_eq!(s.in_file(), 2000);
         // A file that cannot be read: opened write-only.
         let path = std::env::temp_dir().join(format!("spill-wo-{}", std::process::id()));
         s.file = Some(OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap());
@@ -596,5 +756,170 @@ mod tests {
         // One wake-up per refill of half the buffer (20,000 bytes), for
         // over a thousand frames.
         assert_eq!(wakes, spilled.div_ceil(20_000), "{wakes} wake-ups over {frames} frames");
+    }
+
+    /// Network-sized pieces (2.4 KB, as curl hands them over) within one
+    /// wake-up: staged, then one write when the worker goes to sleep.
+    #[test]
+    fn spilled_pieces_are_written_in_one_piece_per_sleep_or_full_stage() {
+        let (link, g) = link(1000);
+        let mut s = sink(&link, g);
+        let all = bytes(0, 1000 + 10 * 2400);
+        assert_eq!(s.push(&all[..1000]), Push::Stored);
+        for piece in all[1000..].chunks(2400) {
+            assert_eq!(s.push(piece), Push::Stored);
+        }
+        assert_eq!((s.writes, s.in_stage()), (0, 24_000), "all staged, nothing written yet");
+        assert_eq!(s.pump(), Push::Full, "no room");
+        assert_eq!((s.writes, s.in_file(), s.in_stage()), (1, 24_000, 0), "one write before the sleep");
+        assert!(s.stage.is_none());
+        assert_eq!(s.pool.figures().lent, 0, "nothing lent while the worker sleeps");
+        // More than a stage between two sleeps: one write per full stage.
+        let size = s.pool.size();
+        let more = bytes(all.len(), 3 * size + 100);
+        for piece in more.chunks(1000) {
+            assert_eq!(s.push(piece), Push::Stored);
+        }
+        assert_eq!(s.writes, 1 + 3);
+        s.flush();
+        assert_eq!(s.writes, 1 + 4);
+        assert_eq!(s.in_file(), (24_000 + 3 * size + 100) as u64);
+        let mut played = Vec::new();
+        loop {
+            let pumped = s.pump();
+            played.extend(play_out(&link, 160));
+            if pumped == Push::Stored {
+                break;
+            }
+        }
+        link.playback.lock().finish(g);
+        played.extend(play_out(&link, 160));
+        assert_eq!(played, [all, more].concat(), "every byte once, in order");
+        assert_eq!(s.pool.figures().lent, 0);
+    }
+
+    /// Once the file's part is in the buffer, staged bytes go straight in:
+    /// no write, no read.
+    #[test]
+    fn staged_bytes_go_straight_into_the_buffer_after_the_files_part() {
+        let (link, g) = link(8000);
+        let mut s = sink(&link, g);
+        let all = bytes(0, 8000 + 3000 + 2000);
+        assert_eq!(s.push(&all[..8000]), Push::Stored);
+        assert_eq!(s.push(&all[8000..11_000]), Push::Stored);
+        s.flush();
+        assert_eq!((s.writes, s.in_file()), (1, 3000));
+        assert_eq!(s.push(&all[11_000..]), Push::Stored);
+        assert_eq!(s.in_stage(), 2000, "behind the file's part");
+        // Room for all of it: one read of the file's part, then the stage.
+        let mut out = vec![0u8; 6000];
+        link.read_frame(&mut out);
+        assert_eq!(s.pump(), Push::Stored, "nothing held any more");
+        assert_eq!((s.writes, s.reads), (1, 1), "the staged bytes never went through the file");
+        assert_eq!((s.read, s.written), (0, 0), "the file is reused from its start");
+        assert_eq!(s.pool.figures().lent, 0);
+        link.playback.lock().finish(g);
+        let played = [out, play_out(&link, 160)].concat();
+        assert_eq!(played, all);
+    }
+
+    /// Staged only (the file's part drained, or never written): a refill
+    /// serves the stage from memory and gives the loan back once empty.
+    #[test]
+    fn a_refill_serves_the_stage_and_gives_it_back_when_empty() {
+        let (link, g) = link(4000);
+        let mut s = sink(&link, g);
+        let all = bytes(0, 7000);
+        assert_eq!(s.push(&all[..4000]), Push::Stored);
+        assert_eq!(s.push(&all[4000..]), Push::Stored);
+        assert_eq!(s.pool.figures().lent, 1, "the stage");
+        let mut out = vec![0u8; 2000];
+        link.read_frame(&mut out);
+        // Half the buffer is free: a refill, from the stage alone.
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!((s.writes, s.reads, s.in_stage()), (1, 0, 0), "the rest written before the sleep");
+        assert_eq!(s.in_file(), 1000);
+        assert_eq!(s.pool.figures().lent, 0);
+        let mut rest = vec![0u8; 2000];
+        link.read_frame(&mut rest);
+        assert_eq!(s.pump(), Push::Stored);
+        assert_eq!(s.reads, 1);
+        link.playback.lock().finish(g);
+        assert_eq!([out, rest, play_out(&link, 160)].concat(), all);
+    }
+
+    /// A refill fills the room with as few reads as the pool's buffers
+    /// allow: one for a refill of up to a buffer.
+    #[test]
+    fn a_refill_is_one_read_per_pool_buffer() {
+        let link = Arc::new(Link::new(256 * 1024).unwrap());
+        let g = link.playback.lock().start(200_000, 0);
+        let mut s = sink(&link, g);
+        let size = s.pool.size();
+        assert_eq!(s.push(&bytes(0, 200_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(200_000, 150_000)), Push::Stored);
+        s.flush();
+        let mut out = vec![0u8; PUMP_WAKE];
+        link.read_frame(&mut out);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.reads, 1, "one read for {PUMP_WAKE} bytes of room");
+        let mut out = vec![0u8; 3 * size + 10];
+        link.read_frame(&mut out);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.reads, 1 + 4, "three full buffers and a bit");
+        assert_eq!(s.pool.figures(), crate::media::PoolFigures { lent: 0, most_lent: 1, idle: 1, mapped: 1 });
+    }
+
+    #[test]
+    fn a_stop_mid_spill_gives_the_stage_back() {
+        let (link, g) = link(1000);
+        let mut s = sink(&link, g);
+        assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
+        assert_eq!(s.push(&bytes(1000, 3000)), Push::Stored);
+        s.flush();
+        assert_eq!(s.push(&bytes(4000, 500)), Push::Stored);
+        assert_eq!(s.pool.figures().lent, 1);
+        link.playback.lock().stop();
+        assert_eq!(s.push(&bytes(4500, 10)), Push::Stale);
+        assert_eq!(s.pool.figures().lent, 0, "given back at once, not at the sink's drop");
+        s.flush();
+        assert_eq!(s.writes, 1, "a stopped SPEAK's stage is not written");
+        assert_eq!(s.pump(), Push::Stale);
+    }
+
+    /// A transfer that fails leaves the sink to the next request (a retry)
+    /// or to its drop (the SPEAK fails): the staged bytes keep their place
+    /// in the first case, and the loan comes back in the second.
+    #[test]
+    fn the_stage_survives_a_transfers_end_and_goes_back_with_the_sink() {
+        let (link, g) = link(1000);
+        let mut s = sink(&link, g);
+        let all = bytes(0, 3000);
+        assert_eq!(s.push(&all[..1000]), Push::Stored);
+        assert_eq!(s.push(&all[1000..1500]), Push::Stored);
+        // Queued for a slot for the next request: flushed.
+        s.flush();
+        assert_eq!((s.in_file(), s.in_stage(), s.pool.figures().lent), (500, 0, 0));
+        assert_eq!(s.push(&all[1500..3000]), Push::Stored);
+        let mut played = Vec::new();
+        loop {
+            let pumped = s.pump();
+            played.extend(play_out(&link, 160));
+            if pumped == Push::Stored {
+                break;
+            }
+        }
+        link.playback.lock().finish(g);
+        played.extend(play_out(&link, 160));
+        assert_eq!(played, all);
+
+        let (link2, g2) = super::tests::link(1000);
+        let mut s = sink(&link2, g2);
+        assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
+        assert_eq!(s.push(&bytes(1000, 500)), Push::Stored);
+        let pool = Arc::clone(&s.pool);
+        assert_eq!(pool.figures().lent, 1);
+        drop(s);
+        assert_eq!(pool.figures(), crate::media::PoolFigures { lent: 0, most_lent: 1, idle: 1, mapped: 1 });
     }
 }
