@@ -487,3 +487,50 @@ fn a_worker_held_back_by_a_full_buffer_wakes_once_per_refill_chunk() {
     assert!(wakeups[0] <= chunks + 10, "{} wake-ups for {chunks} refill chunks", wakeups[0]);
     assert_clean(&rig.server);
 }
+
+/// Audio an earlier part spilled keeps playing while the next part waits
+/// for an upstream slot: the worker refills the buffer from the file while
+/// it is queued. Channel A's first part (4 s of audio at 8x: spilled, the
+/// buffer holds 1 s) ends long before its second part gets the only slot,
+/// which B's request (queued behind A's first part, its first byte 2 s
+/// late) holds meanwhile. Without refills while queued, A's buffer ran dry
+/// a second into its audio and the caller heard over a second of nothing.
+#[test]
+fn spilled_audio_keeps_playing_while_the_next_part_waits_for_a_slot() {
+    let _serial = serial();
+    let rig = rig_with_clock(
+        &[("max_buffer_ms", "1000"), ("max_request_chars", "20"), ("max_concurrent_requests", "1")],
+        MediaClock::RealTime,
+    );
+    rig.upstream.set_default(Behavior::default().with_speed(8.0).with_audio_ms(4000));
+    rig.upstream.when_text_contains("Delta", Behavior::default().with_speed(8.0).with_audio_ms(300));
+    rig.upstream.when_text_contains(
+        "Blocker",
+        Behavior::default().with_speed(8.0).with_audio_ms(200).with_first_byte_delay(Duration::from_secs(2)),
+    );
+    let a = rig.server.open_channel(8000).unwrap();
+    let b = rig.server.open_channel(8000).unwrap();
+    let before = a.audio_len();
+    let id = a.speak("Alpha beta gamma. Delta epsilon zeta.");
+    // B queues behind A's first part, so A's second part queues behind B.
+    rig.upstream.wait_for_requests(1, WAIT);
+    let blocker = b.speak("Blocker here.");
+    let done = expect_in_progress_then_complete(&a, id);
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    expect_in_progress_then_complete(&b, blocker);
+    let reqs = rig.upstream.requests();
+    let texts: Vec<&str> = reqs.iter().filter_map(|r| r.text.as_deref()).collect();
+    assert_eq!(texts, ["Alpha beta gamma.", "Blocker here.", "Delta epsilon zeta."], "the order the slot went in");
+    assert_eq!(rig.upstream.max_concurrent(), 1);
+    let expected: Vec<u8> = [&reqs[0], &reqs[2]].iter().flat_map(|r| r.audio_sent.iter().copied()).collect();
+    assert_same_audio(&a.audio()[before..], &padded(&expected, 160), "both parts, whole");
+    // No tick without audio between the SPEAK's first and last audio frame.
+    let log = a.frames();
+    let sent = a.sent_at(id).expect("sent");
+    let ticks: Vec<bool> = log.frames.iter().filter(|f| log.at(f) >= sent).map(|f| f.is_audio()).collect();
+    let first = ticks.iter().position(|&audio| audio).expect("audio played");
+    let last = ticks.iter().rposition(|&audio| audio).expect("audio played");
+    let gaps = ticks[first..=last].iter().filter(|&&audio| !audio).count();
+    assert_eq!(gaps, 0, "ticks without audio in the middle of the SPEAK");
+    assert_clean(&rig.server);
+}

@@ -357,7 +357,7 @@ impl Worker {
             let queued = Instant::now();
             // Nothing stays staged in memory while queued (spill.rs).
             sink.flush();
-            let slot = self.wait_for_slot(job, ticket, queue_deadline);
+            let slot = self.wait_for_slot(job, ticket, queue_deadline, sink.as_mut());
             let waited = queued.elapsed();
             queue_wait += waited;
             job.observers.emit(Event::Queued { waited });
@@ -455,9 +455,15 @@ impl Worker {
 
     /// Waits in the engine's queue for an upstream slot, serving commands
     /// (a STOP takes the SPEAK out of the queue at once: dropping the
-    /// ticket leaves it).
-    fn wait_for_slot(&mut self, job: &Job, mut ticket: Ticket, deadline: Instant) -> Slot {
+    /// ticket leaves it) and keeping the buffer fed from the spill: audio
+    /// an earlier part (or a failed attempt) spilled must keep playing
+    /// while the next request waits, or the caller hears a gap as long as
+    /// the wait beyond the buffer. `pump` asks the media thread to wake us
+    /// once a refill fits.
+    fn wait_for_slot(&mut self, job: &Job, mut ticket: Ticket, deadline: Instant, sink: &mut dyn AudioSink) -> Slot {
         loop {
+            // Stale (a STOP) is seen by serve_commands below.
+            let _ = sink.pump();
             if let Some(permit) = ticket.take() {
                 return Slot::Granted(permit);
             }
