@@ -4,11 +4,12 @@
 //! does closing (close → wait for the answer → close_rx → destroy).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use once_cell::sync::Lazy;
 use parking_lot::{Condvar, Mutex};
 
 use super::context::{thread_name, violation};
@@ -53,6 +54,8 @@ pub(crate) struct ChannelState {
 }
 
 pub(crate) struct ChannelShared {
+    /// Its key in `ROUTES`.
+    route: usize,
     id: String,
     session_id: String,
     rate: u32,
@@ -75,19 +78,36 @@ static CHANNEL_EVENTS: sys::mrcp_engine_channel_event_vtable_t = sys::mrcp_engin
     on_message: Some(channel_on_message),
 };
 
-/// The channel behind an engine channel's event_obj (a leaked `Weak`).
+/// Channels by route number, the number the host puts in each engine
+/// channel's `event_obj` (instead of a pointer): a respond/send call after
+/// the channel is gone finds no entry and is reported, never touching freed
+/// memory, and a finished channel leaves nothing behind (a leaked `Weak`
+/// would keep its whole allocation, for every channel of a long run).
+/// A leaf lock, held only to look up, insert or remove.
+static ROUTES: Lazy<Mutex<HashMap<usize, Weak<ChannelShared>>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// Route numbers are never reused (0 is never one: a NULL event_obj).
+static NEXT_ROUTE: AtomicUsize = AtomicUsize::new(1);
+
+/// The channel behind an engine channel's event_obj (a route number).
 unsafe fn channel_router(ch: *mut sys::mrcp_engine_channel_t) -> Option<Arc<ChannelShared>> {
     if ch.is_null() {
         return None;
     }
     // SAFETY: ch is the plugin's channel, whose event_obj the host set to a
-    // leaked Box<Weak<ChannelShared>>.
-    let router = unsafe { (*ch).event_obj }.cast::<Weak<ChannelShared>>();
-    if router.is_null() {
+    // route number.
+    let route = unsafe { (*ch).event_obj } as usize;
+    if route == 0 {
         return None;
     }
-    // SAFETY: see above; the Weak is never freed.
-    unsafe { (*router).upgrade() }
+    let weak = ROUTES.lock().get(&route).cloned();
+    weak?.upgrade()
+}
+
+impl Drop for ChannelShared {
+    fn drop(&mut self) {
+        let weak = ROUTES.lock().remove(&self.route);
+        drop(weak);
+    }
 }
 
 unsafe extern "C" fn channel_on_open(ch: *mut sys::mrcp_engine_channel_t, status: sys::apt_bool_t) -> sys::apt_bool_t {
@@ -250,7 +270,9 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // SAFETY: the termination pointer comes from the plugin.
     let stream = unsafe { stream_of(raw.termination) };
     let media = Arc::new(ChannelMedia::new(server.ctx.epoch, rate as usize / 100 * 2, server.tick_lock.clone()));
+    let route = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed);
     let chan = Arc::new(ChannelShared {
+        route,
         id: id.clone(),
         session_id: session_id.clone(),
         rate,
@@ -274,7 +296,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
         cv: Condvar::new(),
         next_request_id: AtomicU32::new(1),
     });
-    let router: &'static Weak<ChannelShared> = Box::leak(Box::new(Arc::downgrade(&chan)));
+    ROUTES.lock().insert(route, Arc::downgrade(&chan));
     let id_str = {
         let st = chan.state.lock();
         st.session_pool.as_ref().map(|p| p.apt_str(&id)).expect("session pool")
@@ -282,7 +304,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // What the server sets after create_channel; no other thread uses the
     // channel until it is opened below.
     raw.event_vtable = &CHANNEL_EVENTS;
-    raw.event_obj = (router as *const Weak<ChannelShared>).cast_mut().cast();
+    raw.event_obj = route as *mut std::ffi::c_void;
     raw.id = id_str;
     raw.mrcp_version = sys::MRCP_VERSION_2;
     raw.attribs = std::ptr::null_mut();
@@ -388,6 +410,10 @@ impl ChannelShared {
 
     pub(crate) fn is_open(&self) -> bool {
         self.state.lock().phase == Phase::Open
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().phase == Phase::Closed
     }
 
     pub(crate) fn is_stuck(&self) -> bool {
@@ -690,7 +716,7 @@ impl Channel {
 
     /// Every byte of every frame read_frame flagged AUDIO, concatenated.
     pub fn audio(&self) -> Vec<u8> {
-        self.inner.media.read(|log| log.audio.clone())
+        self.inner.media.read(|log| log.audio.to_vec())
     }
 
     /// Bytes of audio so far (cheaper than `audio().len()`).
