@@ -2,6 +2,9 @@
 //! (anonymous `mmap`, grown with `mremap`), for the host's big recordings
 //! (each channel's audio and frame log, the read_frame durations).
 //!
+//! Pool blocks and pool headers (pool.rs) come from [`map_pages`] for the
+//! same reason.
+//!
 //! Why not a `Vec`: those recordings grow by doubling to tens or hundreds of
 //! KiB per channel, hundreds of channels at a time, and are all freed when
 //! the channels go. In glibc's heap that churn leaves the freed space behind
@@ -35,10 +38,47 @@ unsafe impl<T: Copy + Send> Send for MappedVec<T> {}
 // SAFETY: &MappedVec only gives out shared slices of T.
 unsafe impl<T: Copy + Sync> Sync for MappedVec<T> {}
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+/// A fresh zeroed private anonymous mapping of `bytes` (a multiple of the
+/// page size), page-aligned; aborts like a failed allocation if the kernel
+/// refuses. Give it back with [`unmap`].
+pub(crate) fn map_pages(bytes: usize) -> NonNull<u8> {
+    // SAFETY: a fresh private anonymous mapping; no existing memory is
+    // affected.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    mapped_or_abort(addr, bytes)
+}
+
+fn mapped_or_abort(addr: *mut libc::c_void, bytes: usize) -> NonNull<u8> {
+    if addr == libc::MAP_FAILED {
+        let layout = std::alloc::Layout::from_size_align(bytes, page_size()).expect("mapping layout");
+        std::alloc::handle_alloc_error(layout);
+    }
+    NonNull::new(addr.cast::<u8>()).expect("mmap returned NULL")
+}
+
+/// Unmaps what [`map_pages`] returned.
+///
+/// # Safety
+/// `ptr` and `bytes` must be exactly one mapping from `map_pages` (or
+/// `MappedVec`'s), not used afterwards.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
+    // SAFETY: per the function contract.
+    unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
 }
 
 impl<T: Copy> Default for MappedVec<T> {
@@ -65,29 +105,16 @@ impl<T: Copy> MappedVec<T> {
         assert!(std::mem::align_of::<T>() <= page);
         let new_bytes = needed.max(self.cap_bytes.saturating_mul(2)).div_ceil(page) * page;
         let addr = if self.cap_bytes == 0 {
-            // SAFETY: a fresh private anonymous mapping; no existing memory
-            // is affected.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    new_bytes,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            }
+            map_pages(new_bytes)
         } else {
             // SAFETY: ptr/cap_bytes describe exactly the mapping this value
             // owns; with MREMAP_MAYMOVE the kernel keeps its contents, and
             // no reference into it outlives this &mut borrow.
-            unsafe { libc::mremap(self.ptr.as_ptr().cast(), self.cap_bytes, new_bytes, libc::MREMAP_MAYMOVE) }
+            let addr =
+                unsafe { libc::mremap(self.ptr.as_ptr().cast(), self.cap_bytes, new_bytes, libc::MREMAP_MAYMOVE) };
+            mapped_or_abort(addr, new_bytes)
         };
-        if addr == libc::MAP_FAILED {
-            let layout = std::alloc::Layout::from_size_align(new_bytes, page).expect("mapping layout");
-            std::alloc::handle_alloc_error(layout);
-        }
-        self.ptr = NonNull::new(addr.cast::<T>()).expect("mmap returned NULL");
+        self.ptr = addr.cast::<T>();
         self.cap_bytes = new_bytes;
     }
 
@@ -122,7 +149,7 @@ impl<T: Copy> Drop for MappedVec<T> {
     fn drop(&mut self) {
         if self.cap_bytes > 0 {
             // SAFETY: the mapping is ours and nothing borrows it any more.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap_bytes) };
+            unsafe { unmap(self.ptr.cast(), self.cap_bytes) };
         }
     }
 }
