@@ -77,9 +77,12 @@ fn group_of(name: &str) -> Group {
 /// The groups that are the plugin's (or the baseline's) cost, in print order.
 const GROUPS: [Group; 3] = [Group::Media, Group::Mrcp, Group::Workers];
 
-/// What the kernel's per-task `syscr`/`syscw` counters include (checked on
-/// Linux 6.x: send/recv on a socket leave both unchanged).
-const SYSCALLS_COUNTED: &str = "syscr = read-like calls (read, readv, pread64, preadv), syscw = write-like calls (write, writev, pwrite64, pwritev), both also counting sendfile/copy_file_range; NOT counted: send/recv/sendmsg/recvmsg on sockets, poll/epoll/select, futex, sleeps";
+/// What the kernel's per-task `syscr`/`syscw` counters include: the
+/// read(2) and write(2) families on any descriptor (files, pipes, eventfds,
+/// sockets read with read(2)); socket calls of their own (send, recv,
+/// sendmsg, recvmsg: what curl uses) are not counted (checked: they leave
+/// both unchanged), nor are poll/epoll, futex and sleeps.
+const SYSCALLS_COUNTED: &str = "syscr = read-like calls (read, readv, pread64, preadv), syscw = write-like calls (write, writev, pwrite64, pwritev), on any descriptor; NOT counted: send/recv/sendmsg/recvmsg on sockets (curl's socket I/O), poll/epoll, futex, sleeps";
 
 #[derive(Clone, Copy, Default)]
 struct Usage {
@@ -411,6 +414,8 @@ struct MemRun {
     peak_per_channel_kib: f64,
     /// RSS after the last batch − RSS at the start, MiB.
     left_mib: f64,
+    /// RSS after each batch − RSS at the start, MiB.
+    left_per_batch: Vec<f64>,
 }
 
 fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<MemRun, String> {
@@ -469,6 +474,7 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
     let run = MemRun {
         peak_per_channel_kib: worst_peak as f64 / MEM_CHANNELS as f64,
         left_mib: (last_after as f64 - start as f64) / 1024.0,
+        left_per_batch: left,
     };
     println!(
         "  {}: peak above the batch's start, per channel: {:.0} KiB (largest of the batches; {:.0} KiB of it once open, before any SPEAK); after the last batch {:+.1} MiB from start",
@@ -680,10 +686,15 @@ fn bench_mem(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
     );
     let base = bench_memory(Which::Baseline, plugin, baseline, failures)?;
     let plug = bench_memory(Which::Plugin, plugin, baseline, failures)?;
+    let diff: Vec<String> =
+        plug.left_per_batch.iter().zip(&base.left_per_batch).map(|(p, b)| format!("{:+.1}", p - b)).collect();
     println!(
-        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB (the host's own records leak a little per channel, in both)",
+        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB; after - start per batch, MiB: {} (in both, the host keeps {} bytes per pool it ever made, 2 pools per channel here: {:.0} KiB a batch)",
         plug.peak_per_channel_kib - base.peak_per_channel_kib,
-        plug.left_mib - base.left_mib
+        plug.left_mib - base.left_mib,
+        diff.join(" "),
+        unimrcp_shim::host::pool::DEAD_POOL_BYTES,
+        (2 * MEM_CHANNELS * unimrcp_shim::host::pool::DEAD_POOL_BYTES) as f64 / 1024.0
     );
     Ok(())
 }
