@@ -4,12 +4,11 @@
 //! does closing (close → wait for the answer → close_rx → destroy).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use once_cell::sync::Lazy;
 use parking_lot::{Condvar, Mutex};
 
 use super::context::{thread_name, violation};
@@ -54,8 +53,8 @@ pub(crate) struct ChannelState {
 }
 
 pub(crate) struct ChannelShared {
-    /// Its key in `ROUTES`.
-    route: usize,
+    /// What its engine channel's event_obj points to.
+    route: &'static Route,
     id: String,
     session_id: String,
     rate: u32,
@@ -78,34 +77,34 @@ static CHANNEL_EVENTS: sys::mrcp_engine_channel_event_vtable_t = sys::mrcp_engin
     on_message: Some(channel_on_message),
 };
 
-/// Channels by route number, the number the host puts in each engine
-/// channel's `event_obj` (instead of a pointer): a respond/send call after
-/// the channel is gone finds no entry and is reported, never touching freed
-/// memory, and a finished channel leaves nothing behind (a leaked `Weak`
-/// would keep its whole allocation, for every channel of a long run).
-/// A leaf lock, held only to look up, insert or remove.
-static ROUTES: Lazy<Mutex<HashMap<usize, Weak<ChannelShared>>>> = Lazy::new(|| Mutex::new(HashMap::new()));
-/// Route numbers are never reused (0 is never one: a NULL event_obj).
-static NEXT_ROUTE: AtomicUsize = AtomicUsize::new(1);
+/// What a channel's `event_obj` points to. Leaked on purpose, so a
+/// respond/send call through a channel that is long gone still finds it and
+/// is reported instead of touching freed memory; but small (a lock and a
+/// pointer), and emptied when the channel is dropped, so the channel's own
+/// memory goes (a leaked `Weak<ChannelShared>` would keep the whole
+/// allocation, for every channel of a long run). A leaf lock, held only to
+/// upgrade or empty it.
+struct Route(Mutex<Weak<ChannelShared>>);
 
-/// The channel behind an engine channel's event_obj (a route number).
+/// The channel behind an engine channel's event_obj (a leaked `Route`).
 unsafe fn channel_router(ch: *mut sys::mrcp_engine_channel_t) -> Option<Arc<ChannelShared>> {
     if ch.is_null() {
         return None;
     }
     // SAFETY: ch is the plugin's channel, whose event_obj the host set to a
-    // route number.
-    let route = unsafe { (*ch).event_obj } as usize;
-    if route == 0 {
+    // leaked Route.
+    let route = unsafe { (*ch).event_obj }.cast::<Route>();
+    if route.is_null() {
         return None;
     }
-    let weak = ROUTES.lock().get(&route).cloned();
-    weak?.upgrade()
+    // SAFETY: see above; the Route is never freed.
+    let weak = unsafe { (*route).0.lock().clone() };
+    weak.upgrade()
 }
 
 impl Drop for ChannelShared {
     fn drop(&mut self) {
-        let weak = ROUTES.lock().remove(&self.route);
+        let weak = std::mem::take(&mut *self.route.0.lock());
         drop(weak);
     }
 }
@@ -270,7 +269,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // SAFETY: the termination pointer comes from the plugin.
     let stream = unsafe { stream_of(raw.termination) };
     let media = Arc::new(ChannelMedia::new(server.ctx.epoch, rate as usize / 100 * 2, server.tick_lock.clone()));
-    let route = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed);
+    let route: &'static Route = Box::leak(Box::new(Route(Mutex::new(Weak::new()))));
     let chan = Arc::new(ChannelShared {
         route,
         id: id.clone(),
@@ -296,7 +295,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
         cv: Condvar::new(),
         next_request_id: AtomicU32::new(1),
     });
-    ROUTES.lock().insert(route, Arc::downgrade(&chan));
+    *route.0.lock() = Arc::downgrade(&chan);
     let id_str = {
         let st = chan.state.lock();
         st.session_pool.as_ref().map(|p| p.apt_str(&id)).expect("session pool")
@@ -304,7 +303,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // What the server sets after create_channel; no other thread uses the
     // channel until it is opened below.
     raw.event_vtable = &CHANNEL_EVENTS;
-    raw.event_obj = route as *mut std::ffi::c_void;
+    raw.event_obj = (route as *const Route).cast_mut().cast();
     raw.id = id_str;
     raw.mrcp_version = sys::MRCP_VERSION_2;
     raw.attribs = std::ptr::null_mut();
