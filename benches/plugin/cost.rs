@@ -689,12 +689,12 @@ fn bench_mem(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
     let diff: Vec<String> =
         plug.left_per_batch.iter().zip(&base.left_per_batch).map(|(p, b)| format!("{:+.1}", p - b)).collect();
     println!(
-        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB; after - start per batch, MiB: {} (in both, the host keeps {} bytes per pool it ever made, 2 pools per channel here: {:.0} KiB a batch)",
+        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB; after - start per batch, MiB: {} (in both, the host keeps {} bytes per pool it ever made, 2 pools per channel here, and a 16-byte route per channel: {:.0} KiB a batch)",
         plug.peak_per_channel_kib - base.peak_per_channel_kib,
         plug.left_mib - base.left_mib,
         diff.join(" "),
         unimrcp_shim::host::pool::DEAD_POOL_BYTES,
-        (2 * MEM_CHANNELS * unimrcp_shim::host::pool::DEAD_POOL_BYTES) as f64 / 1024.0
+        (MEM_CHANNELS * (2 * unimrcp_shim::host::pool::DEAD_POOL_BYTES + 16)) as f64 / 1024.0
     );
     Ok(())
 }
