@@ -9,12 +9,11 @@
 //! Scheduler"), the MRCP thread ("MRCP Server"), the plugin's channel
 //! workers ("elevenlabs-N"); the mock upstream's threads and the
 //! benchmark's own are not the plugin's cost and are left out. Wake-ups are
-//! the workers' voluntary context switches (each is one sleep that ended);
-//! their read- and write-type syscalls come from `/proc/self/task/*/io`
-//! (`syscr` + `syscw`: eventfd, socket and spill file; polls are not
-//! counted there).
-//! The figures are taken while every channel is still open (a worker's
-//! counters go with its thread).
+//! the workers' voluntary context switches (each is one sleep that ended).
+//! Syscalls are the per-thread `syscr`/`syscw` of `/proc/self/task/*/io`
+//! (see [`SYSCALLS_COUNTED`] for what they include). The figures are taken
+//! while every channel is still open (a worker's counters go with its
+//! thread).
 
 use super::*;
 
@@ -22,7 +21,10 @@ use super::*;
 const CPU_CHANNELS: usize = 100;
 const CPU_AUDIO_MS: u32 = 8000;
 const CPU_SPEED: f64 = 4.0;
-const CPU_REPEATS: usize = 3;
+/// Runs of each plugin, interleaved (baseline, plugin, baseline, ...): on a
+/// shared machine whose speed drifts over minutes, neighbouring runs see
+/// the same machine, so the per-pair ratio is steadier than either figure.
+const CPU_REPEATS: usize = 5;
 /// How long idle channels are watched for wake-ups.
 const IDLE_WATCH: Duration = Duration::from_secs(2);
 /// [11]: batches of channels, each speaking MEM_AUDIO_MS.
@@ -72,14 +74,24 @@ fn group_of(name: &str) -> Group {
     }
 }
 
+/// The groups that are the plugin's (or the baseline's) cost, in print order.
+const GROUPS: [Group; 3] = [Group::Media, Group::Mrcp, Group::Workers];
+
+/// What the kernel's per-task `syscr`/`syscw` counters include: the
+/// read(2) and write(2) families on any descriptor (files, pipes, eventfds,
+/// sockets read with read(2)); socket calls of their own (send, recv,
+/// sendmsg, recvmsg: what curl uses) are not counted (checked: they leave
+/// both unchanged), nor are poll/epoll, futex and sleeps.
+const SYSCALLS_COUNTED: &str = "syscr = read-like calls (read, readv, pread64, preadv), syscw = write-like calls (write, writev, pwrite64, pwritev), on any descriptor; NOT counted: send/recv/sendmsg/recvmsg on sockets (curl's socket I/O), poll/epoll, futex, sleeps";
+
 #[derive(Clone, Copy, Default)]
 struct Usage {
     cpu_ns: u64,
     voluntary: u64,
     involuntary: u64,
-    /// Read- and write-type syscalls (`io`: syscr + syscw; eventfd, socket
-    /// and spill file reads and writes; polls are not among them).
-    rw_syscalls: u64,
+    /// Read-like and write-like syscalls (see SYSCALLS_COUNTED).
+    syscr: u64,
+    syscw: u64,
 }
 
 /// Per thread (by tid): its group and its counters so far.
@@ -107,7 +119,8 @@ fn thread_usage() -> HashMap<String, (Group, Usage)> {
             cpu_ns,
             voluntary: field("voluntary_ctxt_switches:"),
             involuntary: field("nonvoluntary_ctxt_switches:"),
-            rw_syscalls: io_field("syscr:") + io_field("syscw:"),
+            syscr: io_field("syscr:"),
+            syscw: io_field("syscw:"),
         };
         map.insert(task.file_name().to_string_lossy().into_owned(), (group_of(name.trim_end()), usage));
     }
@@ -126,7 +139,8 @@ fn usage_between(
         g.cpu_ns += now.cpu_ns.saturating_sub(was.cpu_ns);
         g.voluntary += now.voluntary.saturating_sub(was.voluntary);
         g.involuntary += now.involuntary.saturating_sub(was.involuntary);
-        g.rw_syscalls += now.rw_syscalls.saturating_sub(was.rw_syscalls);
+        g.syscr += now.syscr.saturating_sub(was.syscr);
+        g.syscw += now.syscw.saturating_sub(was.syscw);
     }
     groups
 }
@@ -138,6 +152,11 @@ enum Which {
 }
 
 impl Which {
+    /// Index into per-plugin arrays.
+    fn index(self) -> usize {
+        usize::from(self == Which::Plugin)
+    }
+
     fn label(self) -> &'static str {
         match self {
             Which::Plugin => "plugin  ",
@@ -187,7 +206,8 @@ fn mock_at(speed: f64) -> MockUpstream {
 }
 
 /// One CPU run: (µs of CPU per second of audio by group, worker wake-ups
-/// per second of audio, worker wake-ups per idle channel per second).
+/// per second of audio, worker wake-ups per idle channel per second,
+/// read-like and write-like syscalls per second of audio by group).
 struct CpuRun {
     media: f64,
     mrcp: f64,
@@ -195,8 +215,9 @@ struct CpuRun {
     wakeups: f64,
     preempted: f64,
     idle_wakeups: f64,
-    /// Workers' read/write syscalls per second of audio.
-    rw_syscalls: f64,
+    /// Per group of GROUPS.
+    syscr: [f64; 3],
+    syscw: [f64; 3],
 }
 
 impl CpuRun {
@@ -240,7 +261,8 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
         wakeups: workers.voluntary as f64 / audio_s,
         preempted: workers.involuntary as f64 / audio_s,
         idle_wakeups,
-        rw_syscalls: workers.rw_syscalls as f64 / audio_s,
+        syscr: GROUPS.map(|g| used.get(&g).map_or(0.0, |u| u.syscr as f64 / audio_s)),
+        syscw: GROUPS.map(|g| used.get(&g).map_or(0.0, |u| u.syscw as f64 / audio_s)),
     };
     teardown(server, channels, mock, failures);
     Ok(run)
@@ -256,25 +278,40 @@ fn range_with(values: &[f64], decimals: usize) -> String {
     format!("{min:.decimals$}-{max:.decimals$}")
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<(), String> {
     println!();
     println!(
-        "[10] CPU per second of audio: {CPU_CHANNELS} channels, LPCM {} kHz, {} s of audio per SPEAK, upstream at {CPU_SPEED}x real time, plugin at default max_buffer_ms; baseline = fake_synth.c playing the same length from memory; {CPU_REPEATS} runs each, ranges",
+        "[10] CPU per second of audio: {CPU_CHANNELS} channels, LPCM {} kHz, {} s of audio per SPEAK, upstream at {CPU_SPEED}x real time, plugin at default max_buffer_ms; baseline = fake_synth.c playing the same length from memory; {CPU_REPEATS} runs each, interleaved (baseline, plugin, baseline, ...); ranges and medians",
         RATE / 1000,
         CPU_AUDIO_MS / 1000
     );
     println!("  CPU from /proc/self/task/*/schedstat by thread: media (MPF Scheduler), MRCP Server, workers (elevenlabs-N); mock upstream and benchmark threads excluded");
-    let mut totals = [Vec::new(), Vec::new()];
-    for which in [Which::Baseline, Which::Plugin] {
-        let mut runs = Vec::new();
-        for _ in 0..CPU_REPEATS {
-            runs.push(cpu_run(which, plugin, baseline, failures)?);
+    println!("  syscalls from /proc/self/task/*/io, same threads: {SYSCALLS_COUNTED}");
+    let mut runs: [Vec<CpuRun>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..CPU_REPEATS {
+        for which in [Which::Baseline, Which::Plugin] {
+            runs[which.index()].push(cpu_run(which, plugin, baseline, failures)?);
         }
+    }
+    for which in [Which::Baseline, Which::Plugin] {
+        let runs = &runs[which.index()];
         let pick = |f: fn(&CpuRun) -> f64| range(&runs.iter().map(f).collect::<Vec<_>>());
+        let totals: Vec<f64> = runs.iter().map(CpuRun::total).collect();
         println!(
-            "  {}: us CPU per s of audio: total {}  (media {}, MRCP {}, workers {}); worker wake-ups per s of audio {} (preempted {}); idle channel wake-ups per s {:.2}",
+            "  {}: us CPU per s of audio: total {} median {:.0}  (media {}, MRCP {}, workers {}); worker wake-ups per s of audio {} (preempted {}); idle channel wake-ups per s {:.2}",
             which.label(),
-            pick(CpuRun::total),
+            range(&totals),
+            median(&totals),
             pick(|r| r.media),
             pick(|r| r.mrcp),
             pick(|r| r.workers),
@@ -282,19 +319,32 @@ fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
             pick(|r| r.preempted),
             runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
         );
-        if which == Which::Plugin {
-            println!(
-                "  plugin  : worker read/write syscalls per s of audio {} (/proc/self/task/*/io syscr + syscw: eventfd, socket, spill file; polls not counted)",
-                range_with(&runs.iter().map(|r| r.rw_syscalls).collect::<Vec<_>>(), 1)
-            );
-        }
-        totals[usize::from(which == Which::Plugin)] = runs.iter().map(CpuRun::total).collect();
+        let calls = |i: usize| {
+            let r = range_with(&runs.iter().map(|r| r.syscr[i]).collect::<Vec<_>>(), 1);
+            let w = range_with(&runs.iter().map(|r| r.syscw[i]).collect::<Vec<_>>(), 1);
+            format!("{r} / {w}")
+        };
+        println!(
+            "  {}: syscalls per s of audio, read-like / write-like: media {}, MRCP {}, workers {}",
+            which.label(),
+            calls(0),
+            calls(1),
+            calls(2)
+        );
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (base, plug) = (median(&mut totals[0]), median(&mut totals[1]));
+    let [base, plug] = runs.map(|r| r.iter().map(CpuRun::total).collect::<Vec<_>>());
+    // Pair i: plugin run i against the baseline run just before it.
+    let pairs: Vec<f64> = base.iter().zip(&plug).filter(|(b, _)| **b > 0.0).map(|(b, p)| p / b).collect();
+    if !pairs.is_empty() {
+        let each: Vec<String> = pairs.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "  plugin / baseline per pair (each plugin run against the baseline run just before it): {} -> median {:.2}x (range {})",
+            each.join(" "),
+            median(&pairs),
+            range_with(&pairs, 2)
+        );
+    }
+    let (base, plug) = (median(&base), median(&plug));
     if base > 0.0 {
         println!("  plugin / baseline (medians): {:.2}x", plug / base);
     }
@@ -364,6 +414,8 @@ struct MemRun {
     peak_per_channel_kib: f64,
     /// RSS after the last batch − RSS at the start, MiB.
     left_mib: f64,
+    /// RSS after each batch − RSS at the start, MiB.
+    left_per_batch: Vec<f64>,
 }
 
 fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<MemRun, String> {
@@ -376,6 +428,8 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
     let mut worst_peak = 0u64; // KiB above the batch's start
     let mut worst_open = 0u64; // the same, channels open but idle
     let mut last_after = start;
+    // RSS after each batch − RSS at the start, MiB.
+    let mut left = Vec::new();
     for batch in 0..MEM_BATCHES {
         let before = vm_rss_kib().unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
@@ -401,6 +455,7 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
         let after = vm_rss_kib().unwrap_or(0);
         worst_peak = worst_peak.max(peak.saturating_sub(before));
         last_after = after;
+        left.push((after as f64 - start as f64) / 1024.0);
         line.push(format!("{:.1}/{:.1}/{:.1}", before as f64 / 1024.0, peak as f64 / 1024.0, after as f64 / 1024.0));
     }
     println!(
@@ -409,9 +464,17 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
         start as f64 / 1024.0,
         line.join(" ")
     );
+    let left_text: Vec<String> = left.iter().map(|m| format!("{m:+.1}")).collect();
+    println!(
+        "  {}: after - start per batch, MiB: {} (largest {:+.1})",
+        which.label(),
+        left_text.join(" "),
+        left.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
     let run = MemRun {
         peak_per_channel_kib: worst_peak as f64 / MEM_CHANNELS as f64,
         left_mib: (last_after as f64 - start as f64) / 1024.0,
+        left_per_batch: left,
     };
     println!(
         "  {}: peak above the batch's start, per channel: {:.0} KiB (largest of the batches; {:.0} KiB of it once open, before any SPEAK); after the last batch {:+.1} MiB from start",
@@ -623,10 +686,15 @@ fn bench_mem(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
     );
     let base = bench_memory(Which::Baseline, plugin, baseline, failures)?;
     let plug = bench_memory(Which::Plugin, plugin, baseline, failures)?;
+    let diff: Vec<String> =
+        plug.left_per_batch.iter().zip(&base.left_per_batch).map(|(p, b)| format!("{:+.1}", p - b)).collect();
     println!(
-        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB (the host's own records leak a little per channel, in both)",
+        "  plugin - baseline: peak {:+.0} KiB per channel; left after {MEM_BATCHES} batches {:+.1} MiB; after - start per batch, MiB: {} (in both, the host keeps {} bytes per pool it ever made, 2 pools per channel here, and a 16-byte route per channel: {:.0} KiB a batch)",
         plug.peak_per_channel_kib - base.peak_per_channel_kib,
-        plug.left_mib - base.left_mib
+        plug.left_mib - base.left_mib,
+        diff.join(" "),
+        unimrcp_shim::host::pool::DEAD_POOL_BYTES,
+        (MEM_CHANNELS * (2 * unimrcp_shim::host::pool::DEAD_POOL_BYTES + 16)) as f64 / 1024.0
     );
     Ok(())
 }

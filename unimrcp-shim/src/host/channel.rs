@@ -53,6 +53,8 @@ pub(crate) struct ChannelState {
 }
 
 pub(crate) struct ChannelShared {
+    /// What its engine channel's event_obj points to.
+    route: &'static Route,
     id: String,
     session_id: String,
     rate: u32,
@@ -75,19 +77,36 @@ static CHANNEL_EVENTS: sys::mrcp_engine_channel_event_vtable_t = sys::mrcp_engin
     on_message: Some(channel_on_message),
 };
 
-/// The channel behind an engine channel's event_obj (a leaked `Weak`).
+/// What a channel's `event_obj` points to. Leaked on purpose, so a
+/// respond/send call through a channel that is long gone still finds it and
+/// is reported instead of touching freed memory; but small (a lock and a
+/// pointer), and emptied when the channel is dropped, so the channel's own
+/// memory goes (a leaked `Weak<ChannelShared>` would keep the whole
+/// allocation, for every channel of a long run). A leaf lock, held only to
+/// upgrade or empty it.
+struct Route(Mutex<Weak<ChannelShared>>);
+
+/// The channel behind an engine channel's event_obj (a leaked `Route`).
 unsafe fn channel_router(ch: *mut sys::mrcp_engine_channel_t) -> Option<Arc<ChannelShared>> {
     if ch.is_null() {
         return None;
     }
     // SAFETY: ch is the plugin's channel, whose event_obj the host set to a
-    // leaked Box<Weak<ChannelShared>>.
-    let router = unsafe { (*ch).event_obj }.cast::<Weak<ChannelShared>>();
-    if router.is_null() {
+    // leaked Route.
+    let route = unsafe { (*ch).event_obj }.cast::<Route>();
+    if route.is_null() {
         return None;
     }
-    // SAFETY: see above; the Weak is never freed.
-    unsafe { (*router).upgrade() }
+    // SAFETY: see above; the Route is never freed.
+    let weak = unsafe { (*route).0.lock().clone() };
+    weak.upgrade()
+}
+
+impl Drop for ChannelShared {
+    fn drop(&mut self) {
+        let weak = std::mem::take(&mut *self.route.0.lock());
+        drop(weak);
+    }
 }
 
 unsafe extern "C" fn channel_on_open(ch: *mut sys::mrcp_engine_channel_t, status: sys::apt_bool_t) -> sys::apt_bool_t {
@@ -250,7 +269,9 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // SAFETY: the termination pointer comes from the plugin.
     let stream = unsafe { stream_of(raw.termination) };
     let media = Arc::new(ChannelMedia::new(server.ctx.epoch, rate as usize / 100 * 2, server.tick_lock.clone()));
+    let route: &'static Route = Box::leak(Box::new(Route(Mutex::new(Weak::new()))));
     let chan = Arc::new(ChannelShared {
+        route,
         id: id.clone(),
         session_id: session_id.clone(),
         rate,
@@ -274,7 +295,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
         cv: Condvar::new(),
         next_request_id: AtomicU32::new(1),
     });
-    let router: &'static Weak<ChannelShared> = Box::leak(Box::new(Arc::downgrade(&chan)));
+    *route.0.lock() = Arc::downgrade(&chan);
     let id_str = {
         let st = chan.state.lock();
         st.session_pool.as_ref().map(|p| p.apt_str(&id)).expect("session pool")
@@ -282,7 +303,7 @@ pub(crate) fn open(server: &Arc<ServerShared>, rate: u32) -> Result<Channel, Hos
     // What the server sets after create_channel; no other thread uses the
     // channel until it is opened below.
     raw.event_vtable = &CHANNEL_EVENTS;
-    raw.event_obj = (router as *const Weak<ChannelShared>).cast_mut().cast();
+    raw.event_obj = (route as *const Route).cast_mut().cast();
     raw.id = id_str;
     raw.mrcp_version = sys::MRCP_VERSION_2;
     raw.attribs = std::ptr::null_mut();
@@ -388,6 +409,10 @@ impl ChannelShared {
 
     pub(crate) fn is_open(&self) -> bool {
         self.state.lock().phase == Phase::Open
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().phase == Phase::Closed
     }
 
     pub(crate) fn is_stuck(&self) -> bool {
@@ -690,7 +715,7 @@ impl Channel {
 
     /// Every byte of every frame read_frame flagged AUDIO, concatenated.
     pub fn audio(&self) -> Vec<u8> {
-        self.inner.media.read(|log| log.audio.clone())
+        self.inner.media.read(|log| log.audio.to_vec())
     }
 
     /// Bytes of audio so far (cheaper than `audio().len()`).

@@ -14,6 +14,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::context::violation;
+use super::mapped::MappedVec;
 use super::record::{
     FrameEntry, FrameLog, FRAME_ALL_ZERO, FRAME_AUDIO, FRAME_BAD_BUFFER, FRAME_EVENT, FRAME_READ_FAILED,
     FRAME_UNWRITTEN,
@@ -79,10 +80,12 @@ pub(crate) struct ChannelMedia {
     tick_lock: Arc<Mutex<()>>,
 }
 
+/// In pages of their own (see `MappedVec`): they grow all the channel long
+/// and go all at once when it is dropped.
 #[derive(Default)]
 pub(crate) struct MediaLog {
-    pub audio: Vec<u8>,
-    pub frames: Vec<FrameEntry>,
+    pub audio: MappedVec<u8>,
+    pub frames: MappedVec<FrameEntry>,
     reported_bad_buffer: bool,
 }
 
@@ -99,7 +102,7 @@ impl ChannelMedia {
     }
 
     pub fn frame_log(&self) -> FrameLog {
-        let frames = self.read(|log| log.frames.clone());
+        let frames = self.read(|log| log.frames.to_vec());
         FrameLog { epoch: self.epoch, frame_bytes: self.frame_bytes, frames }
     }
 }
@@ -129,8 +132,8 @@ pub(crate) struct MediaStats {
     pub ticks: AtomicU64,
     /// Ticks that started more than one period late.
     pub late_ticks: AtomicU64,
-    /// Duration of every read_frame call.
-    pub read_nanos: Mutex<Vec<u64>>,
+    /// Duration of every read_frame call (until `forget_closed_channels`).
+    pub read_nanos: Mutex<MappedVec<u64>>,
 }
 
 struct Slot {

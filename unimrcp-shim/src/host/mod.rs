@@ -15,6 +15,7 @@ mod error;
 pub mod exports;
 mod headers;
 mod log;
+mod mapped;
 mod media;
 mod message;
 pub mod plugin;

@@ -12,12 +12,20 @@
 //! that was already destroyed (a plugin keeping a pointer too long) is
 //! detected and reported instead of corrupting memory, and a header address
 //! is never reused by a later pool.
+//!
+//! Those headers are carved from pages of their own (`header_slot`), with
+//! the name inline, rather than from the heap: a header outlives its pool,
+//! so in the heap every channel would leave two small blocks behind between
+//! the freed blocks of its pools, and those pinned blocks kept glibc from
+//! giving the freed space back (the benchmark's memory scenario saw the
+//! host's RSS creep batch after batch). A dead header holds no heap memory.
 
-use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::ffi::c_char;
 use std::ptr::NonNull;
 
 use parking_lot::Mutex;
+
+use super::mapped::{map_pages, page_size, unmap};
 
 use crate::sys;
 
@@ -30,26 +38,78 @@ const LARGE: usize = 2 * 1024;
 
 /// First field of every `PoolInner`, to recognise our pools behind a C pointer.
 const MAGIC: u64 = 0x6c6f_6f70_6d69_6873; // "shimpool"
+/// Bytes of a pool's name kept: the host's longest, "request N of
+/// <16 hex>@speechsynth", fits up to N = 99999. Small, as every pool ever
+/// made keeps its header.
+const NAME_BYTES: usize = 47;
+/// What every pool ever made keeps for the rest of the process: its header.
+pub const DEAD_POOL_BYTES: usize = std::mem::size_of::<PoolInner>();
+// Kept small on purpose (the name inline but short, the arena boxed).
+const _: () = assert!(DEAD_POOL_BYTES <= 72);
+/// Size of each mapping pool headers are carved from.
+const HEADER_PAGES_BYTES: usize = 64 * 1024;
 
+/// A mapping of its own (see `map_pages`): whole pages.
 struct Block {
     ptr: NonNull<u8>,
-    layout: Layout,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Arena {
-    dead: bool,
     blocks: Vec<Block>,
     /// Free space at the end of the newest chunk: (next, end).
     bump: Option<(usize, usize)>,
     allocated: usize,
 }
 
+/// A pool's name, inline (cut at a character boundary if longer).
+struct PoolName {
+    len: u8,
+    bytes: [u8; NAME_BYTES],
+}
+
+impl PoolName {
+    fn new(name: &str) -> PoolName {
+        let mut len = name.len().min(NAME_BYTES);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; NAME_BYTES];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        PoolName { len: len as u8, bytes }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
 #[repr(C)]
 struct PoolInner {
     magic: u64,
-    name: String,
-    arena: Mutex<Arena>,
+    name: PoolName,
+    /// None once the pool is dropped (dead). Boxed, so a dead header is
+    /// small; the box goes with the pool.
+    arena: Mutex<Option<Box<Arena>>>,
+}
+
+/// Free space in the newest header mapping: (next, end).
+static HEADER_PAGES: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+/// Room for one `PoolInner`, never freed (see the module comment).
+fn header_slot() -> NonNull<PoolInner> {
+    let size = std::mem::size_of::<PoolInner>().next_multiple_of(std::mem::align_of::<PoolInner>());
+    let mut pages = HEADER_PAGES.lock();
+    if pages.1 - pages.0 < size {
+        // Never unmapped.
+        let p = map_pages(HEADER_PAGES_BYTES).as_ptr() as usize;
+        *pages = (p, p + HEADER_PAGES_BYTES);
+    }
+    let slot = pages.0;
+    pages.0 += size;
+    // A mapping is page-aligned and size is a multiple of the alignment.
+    NonNull::new(slot as *mut PoolInner).expect("mapped header")
 }
 
 /// An owned pool; dropping it frees everything allocated from it.
@@ -66,8 +126,17 @@ unsafe impl Sync for Pool {}
 impl Pool {
     /// A new, empty pool; `name` shows up in diagnostics.
     pub fn new(name: &str) -> Pool {
-        let inner = Box::new(PoolInner { magic: MAGIC, name: name.to_string(), arena: Mutex::new(Arena::default()) });
-        Pool { inner: NonNull::from(Box::leak(inner)) }
+        let inner = header_slot();
+        // SAFETY: the slot is fresh, aligned and large enough for a
+        // PoolInner, and nothing else will ever use it.
+        unsafe {
+            inner.as_ptr().write(PoolInner {
+                magic: MAGIC,
+                name: PoolName::new(name),
+                arena: Mutex::new(Some(Box::default())),
+            })
+        };
+        Pool { inner }
     }
 
     /// The pointer handed to C as `apr_pool_t *`.
@@ -77,13 +146,13 @@ impl Pool {
 
     pub fn name(&self) -> &str {
         // SAFETY: inner stays valid until self is dropped.
-        unsafe { &self.inner.as_ref().name }
+        unsafe { self.inner.as_ref().name.as_str() }
     }
 
     /// Bytes handed out so far.
     pub fn allocated(&self) -> usize {
         // SAFETY: inner stays valid until self is dropped.
-        unsafe { self.inner.as_ref().arena.lock().allocated }
+        unsafe { self.inner.as_ref().arena.lock().as_ref().map_or(0, |a| a.allocated) }
     }
 
     /// `size` zeroed bytes, 16-byte aligned, valid until the pool is dropped.
@@ -120,12 +189,13 @@ impl Drop for Pool {
     fn drop(&mut self) {
         // SAFETY: the header is never freed (see the module comment).
         let inner = unsafe { self.inner.as_ref() };
-        let mut arena = inner.arena.lock();
-        arena.dead = true;
-        arena.bump = None;
-        for block in std::mem::take(&mut arena.blocks) {
-            // SAFETY: each block was allocated with exactly this layout.
-            unsafe { dealloc(block.ptr.as_ptr(), block.layout) };
+        let Some(arena) = inner.arena.lock().take() else {
+            return;
+        };
+        for block in arena.blocks {
+            // SAFETY: each block is one mapping of exactly this size, and
+            // the pool (the only way to its memory) is being dropped.
+            unsafe { unmap(block.ptr, block.bytes) };
         }
     }
 }
@@ -137,10 +207,8 @@ impl PoolInner {
     /// None once the pool has been dropped.
     fn alloc(&self, size: usize, zero: bool) -> Option<*mut u8> {
         let rounded = size.max(1).div_ceil(ALIGN) * ALIGN;
-        let mut arena = self.arena.lock();
-        if arena.dead {
-            return None;
-        }
+        let mut guard = self.arena.lock();
+        let arena = guard.as_mut()?;
         arena.allocated += rounded;
         let p = if rounded > LARGE {
             arena.new_block(rounded)
@@ -158,7 +226,7 @@ impl PoolInner {
                 }
             }
         };
-        drop(arena);
+        drop(guard);
         // SAFETY: p points to at least `rounded` bytes owned by this pool.
         unsafe { std::ptr::write_bytes(p, if zero { 0 } else { 0xBE }, rounded) };
         Some(p)
@@ -166,18 +234,13 @@ impl PoolInner {
 }
 
 impl Arena {
+    /// `size` bytes (rounded up to whole pages) in a mapping of their own,
+    /// so a dropped pool's memory goes straight back to the OS instead of
+    /// leaving holes in the heap the plugin under test allocates from.
     fn new_block(&mut self, size: usize) -> *mut u8 {
-        let layout = Layout::from_size_align(size, ALIGN).expect("pool block layout");
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe {
-            if size >= CHUNK {
-                alloc(layout)
-            } else {
-                alloc_zeroed(layout)
-            }
-        };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        self.blocks.push(Block { ptr, layout });
+        let bytes = size.next_multiple_of(page_size());
+        let ptr = map_pages(bytes);
+        self.blocks.push(Block { ptr, bytes });
         ptr.as_ptr()
     }
 }
@@ -203,12 +266,12 @@ pub(crate) fn alloc_from_raw(pool: *mut sys::apr_pool_t, size: usize, zero: bool
 /// Whether `pool` is a pool of ours that has not been dropped.
 #[cfg(test)]
 pub(crate) fn is_live(pool: *const sys::apr_pool_t) -> bool {
-    header(pool).is_some_and(|inner| !inner.arena.lock().dead)
+    header(pool).is_some_and(|inner| inner.arena.lock().is_some())
 }
 
 /// Name of the pool behind a C pointer, for diagnostics.
 pub(crate) fn name_of(pool: *const sys::apr_pool_t) -> String {
-    header(pool).map_or_else(|| format!("{pool:p} (not a host pool)"), |inner| inner.name.clone())
+    header(pool).map_or_else(|| format!("{pool:p} (not a host pool)"), |inner| inner.name.as_str().to_string())
 }
 
 /// Copies `s` into the pool identified by a raw pointer, NUL-terminated.
@@ -271,6 +334,28 @@ mod tests {
         for w in all.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "overlap between threads");
         }
+    }
+
+    #[test]
+    fn names_are_kept_and_cut_at_a_character_boundary() {
+        let long = format!("request 99999 of {:016x}@speechsynth", u64::MAX);
+        assert_eq!(Pool::new(&long).name(), long);
+        let cut = "é".repeat(40); // 80 bytes
+        let pool = Pool::new(&cut);
+        assert_eq!(pool.name(), "é".repeat(23));
+        assert_eq!(name_of(pool.as_ptr()), "é".repeat(23));
+    }
+
+    #[test]
+    fn headers_are_never_reused() {
+        let first = Pool::new("first");
+        let raw = first.as_ptr();
+        drop(first);
+        // Enough pools to need more than one mapping of headers.
+        let later: Vec<Pool> = (0..1000).map(|i| Pool::new(&format!("later {i}"))).collect();
+        assert!(later.iter().all(|p| p.as_ptr() != raw));
+        assert!(!is_live(raw));
+        assert_eq!(name_of(raw), "first");
     }
 
     #[test]

@@ -444,7 +444,7 @@ impl Server {
 
     /// Duration of every read_frame call so far, in nanoseconds.
     pub fn read_frame_nanos(&self) -> Vec<u64> {
-        self.shared.stats.read_nanos.lock().clone()
+        self.shared.stats.read_nanos.lock().to_vec()
     }
 
     /// Media ticks so far.
@@ -485,12 +485,18 @@ impl Server {
     }
 
     /// Drops what the host recorded about closed channels (their messages,
-    /// frames and audio) and the log lines so far: for long runs whose
-    /// memory figures must show the plugin's, not the host's bookkeeping
-    /// (the benchmark's batches of channels).
+    /// frames and audio), the log lines and the read_frame durations so far
+    /// (`read_frame_nanos` starts afresh): for long runs whose memory
+    /// figures must show the plugin's, not the host's bookkeeping (the
+    /// benchmark's batches of channels). A stuck channel is kept: the plugin
+    /// may still use its memory.
     pub fn forget_closed_channels(&self) {
-        self.shared.channels.lock().retain(|c| c.is_open());
+        self.shared.channels.lock().retain(|c| !c.is_closed());
         self.shared.ctx.logs.lock().clear();
+        // Replaced, not cleared: the old pages go back to the OS (after the
+        // lock is released, so the media thread does not wait on munmap).
+        let durations = std::mem::take(&mut *self.shared.stats.read_nanos.lock());
+        drop(durations);
     }
 
     /// Channels opened and not yet closed.
