@@ -424,6 +424,7 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
     server.forget_closed_channels();
     thread::sleep(Duration::from_millis(100));
     let start = vm_rss_kib().unwrap_or(0);
+    let start_split = rss_split_kib();
     let mut line = Vec::new();
     let mut worst_peak = 0u64; // KiB above the batch's start
     let mut worst_open = 0u64; // the same, channels open but idle
@@ -471,6 +472,19 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
         left_text.join(" "),
         left.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     );
+    // What the first batch adds once (the pages of code and data of the
+    // libraries and paths first used: file-backed; the allocator's arenas
+    // and caches: anonymous) against what the later batches add.
+    let (anon, file) = rss_split_kib();
+    if let (Some(first), Some(last)) = (left.first(), left.last()) {
+        println!(
+            "  {}: after the last batch - start: anonymous {:+.1} MiB, file-backed {:+.1} MiB (code and data pages first used); batches 2-{MEM_BATCHES} added {:+.1} MiB to what the first left",
+            which.label(),
+            (anon as f64 - start_split.0 as f64) / 1024.0,
+            (file as f64 - start_split.1 as f64) / 1024.0,
+            last - first
+        );
+    }
     let run = MemRun {
         peak_per_channel_kib: worst_peak as f64 / MEM_CHANNELS as f64,
         left_mib: (last_after as f64 - start as f64) / 1024.0,
@@ -488,6 +502,15 @@ fn bench_memory(which: Which, plugin: &Path, baseline: &Path, failures: &mut Fai
     }
     drop(upstream);
     Ok(run)
+}
+
+/// RssAnon and RssFile of this process, KiB (0 when unreadable).
+fn rss_split_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| -> u64 {
+        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
 }
 
 /// [12]: latency, read_frame cost and resources at 500 channels.
