@@ -497,6 +497,22 @@ mod tests {
     }
 
     /// Takes frames until the buffer is empty; the bytes taken.
+    /// Pumps and plays until everything held is in the buffer, then ends
+    /// the generation and plays the rest: every byte the sink took.
+    fn drain_and_play(s: &mut SpillSink, link: &Link, g: u64) -> Vec<u8> {
+        let mut played = Vec::new();
+        for _ in 0..1000 {
+            let pumped = s.pump();
+            played.extend(play_out(link, 160));
+            if pumped == Push::Stored {
+                link.playback.lock().finish(g);
+                played.extend(play_out(link, 160));
+                return played;
+            }
+        }
+        panic!("the spill never drained");
+    }
+
     fn play_out(link: &Link, frame: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; frame];
@@ -523,19 +539,7 @@ mod tests {
         assert!(s.held() > 0);
         assert_eq!(s.free(), usize::MAX);
         assert!(s.fits(1 << 20));
-        let mut played = Vec::new();
-        let mut rounds = 0;
-        loop {
-            let pumped = s.pump();
-            played.extend(play_out(&link, 160));
-            if pumped == Push::Stored {
-                break;
-            }
-            rounds += 1;
-            assert!(rounds < 1000);
-        }
-        link.playback.lock().finish(g);
-        played.extend(play_out(&link, 160));
+        let played = drain_and_play(&mut s, &link, g);
         assert_eq!(played, all, "every byte once, in order");
         assert_eq!((s.read, s.written), (0, 0), "the drained file is reused from its start");
     }
@@ -784,16 +788,7 @@ mod tests {
         s.flush();
         assert_eq!(s.writes, 1 + 4);
         assert_eq!(s.in_file(), (24_000 + 3 * size + 100) as u64);
-        let mut played = Vec::new();
-        loop {
-            let pumped = s.pump();
-            played.extend(play_out(&link, 160));
-            if pumped == Push::Stored {
-                break;
-            }
-        }
-        link.playback.lock().finish(g);
-        played.extend(play_out(&link, 160));
+        let played = drain_and_play(&mut s, &link, g);
         assert_eq!(played, [all, more].concat(), "every byte once, in order");
         assert_eq!(s.pool.figures().lent, 0);
     }
@@ -901,16 +896,7 @@ mod tests {
         s.flush();
         assert_eq!((s.in_file(), s.in_stage(), s.pool.figures().lent), (500, 0, 0));
         assert_eq!(s.push(&all[1500..3000]), Push::Stored);
-        let mut played = Vec::new();
-        loop {
-            let pumped = s.pump();
-            played.extend(play_out(&link, 160));
-            if pumped == Push::Stored {
-                break;
-            }
-        }
-        link.playback.lock().finish(g);
-        played.extend(play_out(&link, 160));
+        let played = drain_and_play(&mut s, &link, g);
         assert_eq!(played, all);
 
         let (link2, g2) = super::tests::link(1000);
