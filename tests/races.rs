@@ -169,3 +169,42 @@ fn engine_close_with_a_hundred_channels_speaking() {
     rig.server.stop().unwrap();
     assert_clean(&rig.server);
 }
+
+/// STOP, a new SPEAK and the channel's close, sent back to back while a
+/// SPEAK streams: the worker can find all three queued at its next look
+/// (the new SPEAK is held back behind the stopped one's end, the close is
+/// seen at once). The new SPEAK, answered IN-PROGRESS, must still get its
+/// SPEAK-COMPLETE before the close is answered. Repeated, as whether the
+/// worker wakes in between is up to the scheduler.
+#[test]
+fn stop_speak_and_close_queued_together_end_every_speak() {
+    let rig = rig_with_clock(&[], MediaClock::RealTime);
+    rig.upstream.set_default(Behavior::realtime().with_audio_ms(5000));
+    let mut accepted = 0;
+    for round in 0..20 {
+        let ch = rig.server.open_channel(8000).unwrap();
+        let probe = ch.clone();
+        let first = ch.speak(&format!("Round {round} streams for a while."));
+        ch.wait_response(first, WAIT).unwrap();
+        assert!(
+            rig.upstream.wait_for_requests(round + 1, WAIT).len() > round,
+            "round {round}: the first SPEAK streams"
+        );
+        let stop = ch.stop();
+        let second = ch.speak(&format!("Round {round} comes too late."));
+        ch.close().unwrap_or_else(|e| panic!("round {round}: close not answered: {e}"));
+        let stopped = probe.wait_response(stop, WAIT).expect("STOP answered");
+        let msgs = for_request(&probe, first);
+        invariants::one_terminal_after_stop(&msgs, first, &stopped)
+            .unwrap_or_else(|e| panic!("round {round}, the stopped SPEAK: {e}"));
+        let answer = probe.wait_response(second, WAIT).expect("the second SPEAK answered");
+        if answer.status_code == 200 {
+            accepted += 1;
+            invariants::exactly_one_complete(&probe, second)
+                .unwrap_or_else(|e| panic!("round {round}, the SPEAK queued behind the STOP: {e}"));
+        }
+    }
+    // A SPEAK sent after a STOP is accepted (the STOP ended the first).
+    assert_eq!(accepted, 20, "every second SPEAK went IN-PROGRESS");
+    assert_clean(&rig.server);
+}

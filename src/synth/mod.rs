@@ -292,7 +292,27 @@ impl Worker {
                 self.summary(&job, &stats, "004 error (shutdown)");
             }
         }
+        self.end_owed(reason);
         self.exit = Some(respond_close);
+    }
+
+    /// At shutdown, ends with `reason` every SPEAK still owed its terminal
+    /// message besides the one running: a SPEAK held back behind the job
+    /// that saw the Shutdown (a STOP, a new SPEAK and the close can all be
+    /// queued before the worker looks: tests/races.rs
+    /// stop_speak_and_close_queued_together_end_every_speak), one still in
+    /// the queue, and whatever SPEAK is active. The worker exits after
+    /// this, so nothing else would ever answer them; `end` claims each
+    /// SPEAK, so none is answered twice.
+    fn end_owed(&mut self, reason: &'static str) {
+        let queued: Vec<Command> = self.deferred.drain(..).chain(self.rx.try_iter()).collect();
+        for command in queued {
+            if let Command::Speak(job) = command {
+                self.stop_playback(job.speak.generation);
+                self.end(&job.speak, Completion::error(reason));
+            }
+        }
+        self.end_active(Completion::error(reason));
     }
 
     /// The media thread played the last frame of the draining SPEAK.
@@ -332,6 +352,7 @@ impl Worker {
                 Command::Shutdown { respond_close, reason } => {
                     self.stop_playback(generation);
                     self.end(&job.speak, Completion::error(reason));
+                    self.end_owed(reason);
                     self.exit = Some(respond_close);
                     interrupted = true;
                 }
