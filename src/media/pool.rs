@@ -26,10 +26,10 @@ use parking_lot::Mutex;
 use crate::ffi::Pages;
 
 /// Bytes per buffer: one write to the spill file, one read back from it.
-/// At 8 kHz that is 2 s of audio, more than a worker gathers between two
-/// sleeps (a linger of synth/player.rs brings 12.8 KB at 4x real time),
-/// and at least the room a refill waits for (spill.rs `PUMP_WAKE`), so a
-/// refill is one read.
+/// At 8 kHz that is 2 s of audio, as much as a worker gathers between two
+/// sleeps (a linger of synth/player.rs lets up to `GATHER`, two curl reads,
+/// gather in the socket), and at least the room a refill waits for
+/// (spill.rs `PUMP_WAKE`), so a refill is one read.
 pub const SPILL_BUFFER_BYTES: usize = 32 * 1024;
 /// Given-back buffers the process keeps for the next loans (256 KiB).
 /// Loans are short (one wake-up of a worker, mostly), so only a few are

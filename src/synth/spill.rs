@@ -83,8 +83,10 @@ pub(super) struct SpillSink {
     stale: bool,
     /// Held audio could not be read back.
     lost: Option<String>,
-    /// Writes to the file and reads from it so far.
+    /// Writes to the file and reads from it so far (what the tests count).
+    #[cfg(test)]
     writes: u64,
+    #[cfg(test)]
     reads: u64,
     /// Test hook: file writes fail once this many bytes were written.
     #[cfg(test)]
@@ -120,7 +122,9 @@ impl SpillSink {
             failed: false,
             stale: false,
             lost: None,
+            #[cfg(test)]
             writes: 0,
+            #[cfg(test)]
             reads: 0,
             #[cfg(test)]
             fail_writes_after: None,
@@ -222,7 +226,10 @@ impl SpillSink {
     /// Appends `data` to the file's part; false (logged) when it cannot.
     fn write(&mut self, data: &[u8]) -> bool {
         let file = self.file.as_ref().expect("made before anything is held");
-        self.writes += 1;
+        #[cfg(test)]
+        {
+            self.writes += 1;
+        }
         #[cfg(test)]
         if self.fail_writes_after.is_some_and(|n| self.written + data.len() as u64 > n) {
             return self.give_up("cannot write the spill file: injected failure");
@@ -288,7 +295,10 @@ impl SpillSink {
                 let buf = scratch.as_mut().expect("lent above");
                 let n = room.min(buf.len()).min(usize::try_from(self.in_file()).unwrap_or(usize::MAX));
                 let file = self.file.as_ref().expect("bytes are held in the file");
-                self.reads += 1;
+                #[cfg(test)]
+                {
+                    self.reads += 1;
+                }
                 if let Err(e) = file.read_exact_at(&mut buf[..n], self.read) {
                     return self.lose(&format!("cannot read the spill file back: {e}"));
                 }

@@ -41,7 +41,7 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// explicitly because the linger of synth/player.rs counts on it): what
 /// gathers while a worker lingers (GATHER there) is taken in two reads of
 /// one wake-up. It is allocated for the channel's life,
-/// so a larger one costs every channel memory (bench [8]) for few reads
+/// so a larger one costs every channel memory (bench [11]) for few reads
 /// saved at high rates.
 pub const READ_BUFFER: usize = 16 * 1024;
 /// While paused for room, re-check at least this often (a missed wake-up
