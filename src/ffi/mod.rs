@@ -17,6 +17,7 @@
 //! * `pages`: memory mapped from the kernel and unmapped on drop (the
 //!   channels' audio buffers).
 //! * `eventfd`: the kernel counter a worker sleeps on (`media::Waker`).
+//! * `prefetch`: a cache hint for an address that may no longer be ours.
 //! * `stack`: how much of a thread's stack is resident; giving back the
 //!   pages below the current frame.
 //!
@@ -32,6 +33,7 @@ mod message;
 mod pages;
 pub mod panic;
 mod plugin;
+mod prefetch;
 pub mod stack;
 pub(crate) mod sys;
 mod vtable;
@@ -40,4 +42,5 @@ pub use eventfd::EventFd;
 pub use handles::{ChannelRef, EngineRef};
 pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
+pub use prefetch::prefetch;
 pub use vtable::{Channel, Engine, Stream};

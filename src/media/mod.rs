@@ -9,11 +9,14 @@
 //!   (through the worker's spill, synth/spill.rs), or nowhere (cache
 //!   warm-up).
 //! * `waker`: the eventfd that wakes a worker.
+//! * `ahead`: the media thread fetching the next channel's state while it
+//!   serves this one.
 //! * `pool`: the buffers lent to SPEAKs while they spill (their stage and
 //!   their refills), shared by every channel.
 //!
-//! Depends on nothing else in the crate.
+//! Depends only on `ffi` (mapped pages, the prefetch hint).
 
+mod ahead;
 mod link;
 mod playback;
 mod pool;

@@ -15,7 +15,8 @@
 use crate::ffi::Pages;
 use std::time::Instant;
 
-/// A fixed-capacity FIFO of bytes.
+/// A fixed-capacity FIFO of bytes. `repr(C)`: see `Playback`.
+#[repr(C)]
 pub struct ByteRing {
     /// Its own mapping, so the memory goes back to the system when the
     /// channel is destroyed (ffi/pages.rs).
@@ -74,6 +75,13 @@ impl ByteRing {
         self.len += data.len();
     }
 
+    /// The first up to `len` bytes a pop would give, as far as they are
+    /// contiguous (a hint of what to fetch, media/ahead.rs).
+    fn front(&self, len: usize) -> &[u8] {
+        let n = len.min(self.len).min(self.wrap - self.head);
+        &self.buf[self.head..self.head + n]
+    }
+
     /// Moves up to `out.len()` bytes into `out`; returns how many.
     fn pop_into(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.len);
@@ -130,22 +138,28 @@ pub enum Push {
 }
 
 /// The buffer plus the state of the SPEAK it is playing.
+///
+/// `repr(C)`, fields in this order: what the media thread reads on every
+/// tick (the ring's place, `played`, `prime`, `state`) comes first, so
+/// that with `Link`'s own layout it sits in one 128-byte block; the
+/// worker's own fields follow.
+#[repr(C)]
 pub struct Playback {
     ring: ByteRing,
-    /// Identifies the SPEAK whose audio is in the ring; bumped by every new
-    /// SPEAK and every stop, so late bytes of an old transfer are refused.
-    pub generation: u64,
-    pub state: PlayState,
-    /// The download finished whole: once the ring drains, the SPEAK is done.
-    pub producer_done: bool,
-    /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
-    limit: usize,
     /// Bytes the media thread has taken for this generation: where
     /// playback is, for speech markers (`<mark>`).
     played: u64,
     /// Bytes to hold before the first frame plays (jitter reserve); 0 once
     /// primed.
     prime: usize,
+    pub state: PlayState,
+    /// The download finished whole: once the ring drains, the SPEAK is done.
+    pub producer_done: bool,
+    /// Identifies the SPEAK whose audio is in the ring; bumped by every new
+    /// SPEAK and every stop, so late bytes of an old transfer are refused.
+    pub generation: u64,
+    /// Bytes this SPEAK may hold (max_buffer_ms at its rate).
+    limit: usize,
     /// When the writer first stored bytes of this generation (the SPEAK's
     /// time to first audio, for the metrics). Set by `push` (the worker),
     /// never by the media thread.
@@ -164,6 +178,26 @@ impl Playback {
             prime: 0,
             first_stored: None,
         })
+    }
+
+    /// Where each field `take_frame` reads on every tick ends (addresses),
+    /// for the layout test in link.rs.
+    #[cfg(test)]
+    pub fn hot_field_ends(&self) -> [usize; 4] {
+        fn end<T>(field: &T) -> usize {
+            field as *const T as usize + std::mem::size_of::<T>()
+        }
+        [end(&self.ring), end(&self.played), end(&self.prime), end(&self.state)]
+    }
+
+    /// The bytes the next `take_frame` of `len` will copy first (empty when
+    /// it will play none), for the media thread to fetch ahead.
+    pub fn next_frame(&self, len: usize) -> &[u8] {
+        if self.state == PlayState::Playing {
+            self.ring.front(len)
+        } else {
+            &[]
+        }
     }
 
     /// Bytes in the buffer, not yet played.
