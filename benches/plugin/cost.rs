@@ -215,6 +215,10 @@ struct CpuRun {
     wakeups: f64,
     preempted: f64,
     idle_wakeups: f64,
+    /// read_frame's own time, as the host clocks each call: median and
+    /// mean over every frame of the run (ns).
+    read_p50: f64,
+    read_mean: f64,
     /// Per group of GROUPS.
     syscr: [f64; 3],
     syscw: [f64; 3],
@@ -238,6 +242,7 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
     let idle_wakeups =
         idle.get(&Group::Workers).map_or(0, |u| u.voluntary) as f64 / CPU_CHANNELS as f64 / IDLE_WATCH.as_secs_f64();
 
+    let reads_before = server.read_frame_nanos().len();
     let before = thread_usage();
     let audio_before: usize = channels.iter().map(Channel::audio_len).sum();
     let speaks: Vec<(usize, u32)> =
@@ -245,6 +250,8 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
     let deadline = Instant::now() + Duration::from_millis(u64::from(CPU_AUDIO_MS)) + Duration::from_secs(30);
     let ok = check_completions(&format!("cpu run ({})", which.label().trim()), &speaks, &channels, deadline, failures);
     let after = thread_usage();
+    let reads: Vec<f64> =
+        server.read_frame_nanos().get(reads_before..).unwrap_or_default().iter().map(|&n| n as f64).collect();
     let bytes: usize = channels.iter().map(Channel::audio_len).sum::<usize>() - audio_before;
     let audio_s = bytes as f64 / (f64::from(RATE) * 2.0);
     if ok < speaks.len() || audio_s <= 0.0 {
@@ -261,6 +268,8 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
         wakeups: workers.voluntary as f64 / audio_s,
         preempted: workers.involuntary as f64 / audio_s,
         idle_wakeups,
+        read_p50: median(&reads),
+        read_mean: reads.iter().sum::<f64>() / reads.len().max(1) as f64,
         syscr: GROUPS.map(|g| used.get(&g).map_or(0.0, |u| u.syscr as f64 / audio_s)),
         syscw: GROUPS.map(|g| used.get(&g).map_or(0.0, |u| u.syscw as f64 / audio_s)),
     };
@@ -318,6 +327,12 @@ fn bench_cpu(plugin: &Path, baseline: &Path, failures: &mut Failures) -> Result<
             range_with(&runs.iter().map(|r| r.wakeups).collect::<Vec<_>>(), 1),
             pick(|r| r.preempted),
             runs.iter().map(|r| r.idle_wakeups).fold(0.0, f64::max)
+        );
+        println!(
+            "  {}: read_frame per call, as the host clocks it: median {} ns, mean {} ns",
+            which.label(),
+            pick(|r| r.read_p50),
+            pick(|r| r.read_mean)
         );
         let calls = |i: usize| {
             let r = range_with(&runs.iter().map(|r| r.syscr[i]).collect::<Vec<_>>(), 1);
