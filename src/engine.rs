@@ -295,6 +295,9 @@ impl ffi::Engine for Engine {
             for h in handles {
                 synth::join(h.thread, "engine close");
             }
+            // The SPEAKs are over: the spill files they kept for the next
+            // ones go too.
+            synth::close_spill_files();
             if let Some(warmup) = warmup {
                 warmup.stop();
             }

@@ -352,13 +352,20 @@ impl Drop for TempDir {
 }
 
 /// Files this process holds open that were unlinked from `dir` (a spill
-/// file shows as "<dir>/#<inode> (deleted)").
-fn open_unlinked_files_in(dir: &Path) -> Vec<PathBuf> {
+/// file shows as "<dir>/#<inode> (deleted)"), with their lengths.
+fn open_unlinked_files_in(dir: &Path) -> Vec<(PathBuf, u64)> {
     std::fs::read_dir("/proc/self/fd")
-        .map(|fds| fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).collect::<Vec<_>>())
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| {
+                    let target = std::fs::read_link(fd.path()).ok()?;
+                    Some((target, std::fs::metadata(fd.path()).ok()?.len()))
+                })
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
-        .filter(|target| target.starts_with(dir) && target.to_string_lossy().ends_with("(deleted)"))
+        .filter(|(target, _)| target.starts_with(dir) && target.to_string_lossy().ends_with("(deleted)"))
         .collect()
 }
 
@@ -378,7 +385,10 @@ fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
     let names = dir.names();
     assert_eq!(names.len(), 1, "one entry and nothing else: {names:?}");
     assert!(names[0].len() == 40 && names[0].bytes().all(|b| b.is_ascii_hexdigit()), "{names:?}");
-    assert_eq!(open_unlinked_files_in(&dir.0), Vec::<PathBuf>::new(), "the spill file was closed");
+    // The spill file is kept open for a later SPEAK, emptied: the audio
+    // it held is gone.
+    let kept = open_unlinked_files_in(&dir.0);
+    assert_eq!(kept.iter().map(|(_, len)| *len).collect::<Vec<_>>(), [0], "one kept spill file, empty: {kept:?}");
 
     let second = speak_ok(&ch, Request::speak(text));
     assert_eq!(rig.upstream.request_count(), 1, "the repeat is a cache hit");
@@ -386,6 +396,9 @@ fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
     assert_same_audio(&second, &first, "the hit sounds exactly the same");
     assert_eq!(dir.names(), names);
     assert_clean(&rig.server);
+    drop(ch);
+    drop(rig);
+    assert_eq!(open_unlinked_files_in(&dir.0), [], "the kept spill file is closed with the engine");
 }
 
 /// With nowhere to spill (TMPDIR names a directory that does not exist and

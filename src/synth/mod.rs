@@ -14,6 +14,7 @@ mod shared;
 mod sources;
 mod speak;
 mod spill;
+mod spill_files;
 mod summary;
 pub mod warmup;
 
@@ -40,6 +41,7 @@ use crate::tts::{Network, Provider, Stats, Transport};
 use marks::Marks;
 pub use shared::Shared;
 pub use speak::{send_complete, Speak};
+pub use spill_files::close_idle as close_spill_files;
 
 /// Commands queue here. The MRCP Server thread never waits on the queue
 /// (`try_send`): a full one means the worker is wedged, and the sender

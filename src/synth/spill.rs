@@ -18,31 +18,35 @@
 //! last request the worker drains what is left (`Worker::drain_spill`)
 //! while serving commands, then lets the buffer play out as before.
 //!
-//! The file is made on the first byte that does not fit, in the cache dir
-//! when the cache is on (else the system's temp dir), unlinked at once
-//! (`O_TMPFILE`, or a unique name removed right away), 0600, and closed
-//! when the sink is dropped at the SPEAK's end: it never outlives the
-//! SPEAK, and holds at most the SPEAK's own audio (it is reused from its
-//! start whenever its part has been drained). If it cannot be made or
-//! written, that is logged once and the SPEAK falls back to backpressure:
-//! what is held (staged bytes included) still drains in order, and `push`
-//! says `Full` (the transfer is paused) until there is room, as it was
-//! before the spill existed.
+//! The file is taken on the first byte that does not fit, from the
+//! process's spill files (`spill_files.rs`: one kept from an earlier SPEAK,
+//! emptied, else a new one), in the cache dir when the cache is on (else
+//! the system's temp dir): unlinked at once (`O_TMPFILE`, or a unique name
+//! removed right away), 0600. The SPEAK reads back only bytes it wrote
+//! itself: its part, `read..written`, starts at 0 in a file it took empty,
+//! and starts again at 0 whenever it has been drained. When the sink is
+//! dropped at the SPEAK's end the file goes back, emptied (its pages freed
+//! at once), to serve a later SPEAK, or is closed (a write or read of it
+//! failed, too many are idle, or it is past its life). If no file can be
+//! had or written, that is logged once and the SPEAK falls back to
+//! backpressure: what is held (staged bytes included) still drains in
+//! order, and `push` says `Full` (the transfer is paused) until there is
+//! room, as it was before the spill existed.
 //!
-//! Locks: `link.playback`, for a copy, and the pool's list, for a push or
-//! a pop; never together, and the file is never touched under either. The
+//! Locks: `link.playback`, for a copy, and the pools' lists (buffers,
+//! files), for a push or a pop; never two at once, and the file is never
+//! touched under any (nor made, emptied or closed). The
 //! media thread is not involved beyond what it always did (`read_frame`
 //! sees `want_space`).
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::player::Part;
 use super::sources::ROOM_WAIT;
+use super::spill_files::{spill_files, FilePool, SpillFile};
 use super::{Job, Worker};
 use crate::error::Failure;
 use crate::media::{spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
@@ -65,8 +69,11 @@ pub(super) struct SpillSink {
     request_id: u32,
     /// Lends the stage and the refills' buffers.
     pool: Arc<BufferPool>,
-    /// Made on the first byte that does not fit.
-    file: Option<File>,
+    /// Lends the file.
+    files: Arc<FilePool>,
+    /// Taken from `files` on the first byte that does not fit; given back
+    /// when the sink is dropped, unless writing or reading it failed.
+    file: Option<SpillFile>,
     /// Bytes `read..written` of the file are held: spilled, not yet in the
     /// buffer.
     read: u64,
@@ -95,16 +102,17 @@ pub(super) struct SpillSink {
 
 impl SpillSink {
     pub(super) fn new(link: Arc<Link>, generation: u64, dir: PathBuf, label: String, request_id: u32) -> SpillSink {
-        SpillSink::with_pool(link, generation, dir, label, request_id, Arc::clone(spill_buffers()))
+        let pools = (Arc::clone(spill_buffers()), Arc::clone(spill_files()));
+        SpillSink::with_pools(link, generation, dir, label, request_id, pools)
     }
 
-    fn with_pool(
+    fn with_pools(
         link: Arc<Link>,
         generation: u64,
         dir: PathBuf,
         label: String,
         request_id: u32,
-        pool: Arc<BufferPool>,
+        (pool, files): (Arc<BufferPool>, Arc<FilePool>),
     ) -> SpillSink {
         SpillSink {
             link,
@@ -113,6 +121,7 @@ impl SpillSink {
             label,
             request_id,
             pool,
+            files,
             file: None,
             read: 0,
             written: 0,
@@ -169,7 +178,7 @@ impl SpillSink {
     /// and the sink falls back to backpressure for the rest of the SPEAK.
     fn spill(&mut self, data: &[u8]) -> bool {
         if self.file.is_none() {
-            match create(&self.dir) {
+            match self.files.take(&self.dir) {
                 Ok(file) => {
                     log::debug!(
                         "[{}] SPEAK {}: audio beyond max_buffer_ms goes to a spill file in {}",
@@ -225,7 +234,6 @@ impl SpillSink {
 
     /// Appends `data` to the file's part; false (logged) when it cannot.
     fn write(&mut self, data: &[u8]) -> bool {
-        let file = self.file.as_ref().expect("made before anything is held");
         #[cfg(test)]
         {
             self.writes += 1;
@@ -234,9 +242,12 @@ impl SpillSink {
         if self.fail_writes_after.is_some_and(|n| self.written + data.len() as u64 > n) {
             return self.give_up("cannot write the spill file: injected failure");
         }
-        match file.write_all_at(data, self.written) {
+        let spill = self.file.as_mut().expect("taken before anything is held");
+        match spill.file.write_all_at(data, self.written) {
             Ok(()) => {
                 self.written += data.len() as u64;
+                // What the file holds now, for its cut when given back.
+                spill.len = spill.len.max(self.written);
                 true
             }
             Err(e) => self.give_up(&format!("cannot write the spill file in {}: {e}", self.dir.display())),
@@ -294,7 +305,7 @@ impl SpillSink {
                 }
                 let buf = scratch.as_mut().expect("lent above");
                 let n = room.min(buf.len()).min(usize::try_from(self.in_file()).unwrap_or(usize::MAX));
-                let file = self.file.as_ref().expect("bytes are held in the file");
+                let file = &self.file.as_ref().expect("bytes are held in the file").file;
                 #[cfg(test)]
                 {
                     self.reads += 1;
@@ -418,27 +429,16 @@ impl AudioSink for SpillSink {
     }
 }
 
-/// An unnamed file in `dir`, open for reading and writing, 0600: gone from
-/// the directory before anything is written to it.
-fn create(dir: &Path) -> io::Result<File> {
-    let unnamed =
-        OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_EXCL).open(dir);
-    match unnamed {
-        Ok(file) => Ok(file),
-        Err(_) => create_named(dir),
+impl Drop for SpillSink {
+    /// The file goes back for the next SPEAK, unless it failed: a write
+    /// (the disk may be full or the file damaged) or a read (`lost`).
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            if !self.failed && self.lost.is_none() {
+                self.files.give_back(std::mem::take(&mut self.dir), file);
+            }
+        }
     }
-}
-
-/// For a file system without O_TMPFILE: a unique name, removed at once.
-/// The `.tmp-` prefix lets the cache's janitor clear one that a crash left
-/// between the two steps.
-fn create_named(dir: &Path) -> io::Result<File> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(".tmp-spill-{}-{seq}", std::process::id()));
-    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
 }
 
 /// Where a SPEAK's spill file goes: the cache dir when the cache is on,
@@ -499,7 +499,8 @@ mod tests {
 
     fn sink_in(link: &Arc<Link>, generation: u64, dir: PathBuf) -> SpillSink {
         let pool = BufferPool::new(crate::media::SPILL_BUFFER_BYTES, 2);
-        SpillSink::with_pool(Arc::clone(link), generation, dir, "test".into(), 1, pool)
+        let files = FilePool::new(2, std::time::Duration::from_secs(3600));
+        SpillSink::with_pools(Arc::clone(link), generation, dir, "test".into(), 1, (pool, files))
     }
 
     fn bytes(from: usize, n: usize) -> Vec<u8> {
@@ -621,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_unnamed_private_and_closed_with_the_sink() {
+    fn the_file_is_unnamed_private_and_kept_for_the_next_speak() {
         let dir = std::env::temp_dir().join(format!("spill-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (link, g) = link(1000);
@@ -629,7 +630,7 @@ mod tests {
         assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
         assert_eq!(s.push(&bytes(1000, 4000)), Push::Stored);
         s.flush();
-        let file = s.file.as_ref().expect("spilled");
+        let file = &s.file.as_ref().expect("spilled").file;
         let meta = file.metadata().unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -639,26 +640,67 @@ mod tests {
         let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
         let target = std::fs::read_link(&fd).unwrap();
         assert!(target.to_string_lossy().ends_with("(deleted)"), "{target:?}");
+        let files = Arc::clone(&s.files);
         drop(s);
-        assert_ne!(std::fs::read_link(&fd).ok(), Some(target), "the file is closed with the sink");
+        assert_eq!(files.idle(), 1, "kept, open, for the next SPEAK");
+        assert_eq!(std::fs::read_link(&fd).ok().as_ref(), Some(&target));
+        files.close_idle();
+        assert_ne!(std::fs::read_link(&fd).ok(), Some(target), "closed with the pool's idle files");
         std::fs::remove_dir(&dir).unwrap();
     }
 
+    /// A SPEAK that takes the file a longer one used finds it empty and
+    /// reads back exactly its own bytes.
     #[test]
-    fn a_named_file_is_removed_at_once_where_o_tmpfile_is_missing() {
-        let dir = std::env::temp_dir().join(format!("spill-named-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // The fallback on its own (O_TMPFILE works on this machine).
-        let file = create_named(&dir).unwrap();
-        file.write_all_at(b"abc", 0).unwrap();
-        let mut back = [0u8; 3];
-        file.read_exact_at(&mut back, 0).unwrap();
-        assert_eq!(&back, b"abc");
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no name left in the directory");
-        drop(file);
-        std::fs::remove_dir(&dir).unwrap();
+    fn a_file_taken_again_holds_only_the_new_speaks_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let files = FilePool::new(2, std::time::Duration::from_secs(3600));
+        let pool = BufferPool::new(crate::media::SPILL_BUFFER_BYTES, 2);
+        let pools = || (Arc::clone(&pool), Arc::clone(&files));
+        let dir = std::env::temp_dir();
+        // The first SPEAK spills 100,000 bytes of one pattern.
+        let (link1, g1) = link(1000);
+        let mut s = SpillSink::with_pools(Arc::clone(&link1), g1, dir.clone(), "test".into(), 1, pools());
+        let first: Vec<u8> = vec![0xAA; 101_000];
+        assert_eq!(s.push(&first[..1000]), Push::Stored);
+        for piece in first[1000..].chunks(2400) {
+            assert_eq!(s.push(piece), Push::Stored);
+        }
+        s.flush();
+        assert_eq!(s.file.as_ref().unwrap().len, 100_000);
+        let ino = s.file.as_ref().unwrap().file.metadata().unwrap().ino();
+        drop(s);
+        assert_eq!((files.idle(), files.made()), (1, 1));
+        // The second takes it again: it spills less, and gets back exactly
+        // its own bytes.
+        let (link2, g2) = link(1000);
+        let mut s = SpillSink::with_pools(Arc::clone(&link2), g2, dir, "test".into(), 2, pools());
+        let second = bytes(0, 1000 + 5000);
+        assert_eq!(s.push(&second[..1000]), Push::Stored);
+        assert_eq!(s.push(&second[1000..]), Push::Stored);
+        s.flush();
+        let spill = s.file.as_ref().unwrap();
+        assert_eq!((files.idle(), files.made()), (0, 1), "taken, not made");
+        assert_eq!(spill.file.metadata().unwrap().ino(), ino, "the same file");
+        assert_eq!(spill.file.metadata().unwrap().len(), 5000, "its own bytes only: the first's were cut");
+        assert_eq!((s.read, s.written), (0, 5000), "its part starts empty");
+        assert_eq!(drain_and_play(&mut s, &link2, g2), second, "its own bytes, none of the first's");
+    }
+
+    #[test]
+    fn a_file_whose_write_failed_is_not_kept() {
+        let (link, g) = link(1000);
+        let mut s = sink(&link, g);
+        s.fail_writes_after = Some(0);
+        assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
+        assert_eq!(s.push(&bytes(1000, 500)), Push::Stored, "staged");
+        s.flush();
+        assert!(s.failed && s.file.is_some());
+        let files = Arc::clone(&s.files);
+        let played = drain_and_play(&mut s, &link, g);
+        assert_eq!(played, bytes(0, 1500), "what was staged still drains");
+        drop(s);
+        assert_eq!((files.idle(), files.made()), (0, 1), "closed, not kept");
     }
 
     #[test]
@@ -723,7 +765,8 @@ mod tests {
         assert_eq!(s.in_file(), 2000);
         // A file that cannot be read: opened write-only.
         let path = std::env::temp_dir().join(format!("spill-wo-{}", std::process::id()));
-        s.file = Some(OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap());
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
+        s.file = Some(SpillFile::new(file, 2000));
         std::fs::remove_file(&path).unwrap();
         let mut frame = vec![0u8; 1000];
         link.read_frame(&mut frame);
@@ -731,6 +774,9 @@ mod tests {
         assert!(s.lost().is_some_and(|why| why.contains("spill file")));
         assert_eq!(s.push(&[1, 2]), Push::Stale, "the transfer is aborted");
         assert!(matches!(lost_or_stopped(&s), Part::Failed(_)));
+        let files = Arc::clone(&s.files);
+        drop(s);
+        assert_eq!(files.idle(), 0, "a file that could not be read back is not kept");
     }
 
     /// The hysteresis, frame by frame: a sink holding spilled audio is

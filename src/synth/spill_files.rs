@@ -1,0 +1,322 @@
+//! Open, unlinked spill files kept between SPEAKs, so that a SPEAK that
+//! spills takes a file instead of making one: making an `O_TMPFILE` inode
+//! and freeing it when it is closed cost ext4 more than all of the file's
+//! writes and reads (bench [10], perf), and the more so the more inodes
+//! were freed lately (ext4 skips recently freed inodes when it allocates
+//! one, reading the inode table to find them).
+//!
+//! A file is made as before (unnamed in its directory, 0600: `create`),
+//! lent to one SPEAK at a time, and given back when the SPEAK's sink is
+//! dropped, unless a write or a read of it failed (then it is closed).
+//! A given-back file is cut to nothing (`ftruncate` to 0): its pages, the
+//! SPEAK's audio, are freed at once, dirty ones unwritten, so an idle file
+//! holds nothing and the next SPEAK's part starts empty. (Keeping some of
+//! its pages would spare the next SPEAK new page-cache pages, about half
+//! of the rest of the spill's cost, but idle files would then hold former
+//! SPEAKs' audio, dirty, which the kernel writes back to the disk.)
+//!
+//! A file serves SPEAKs for `FILE_LIFE` after it was made, then it is
+//! closed (at a give-back, or at a take that finds it idle): an inode in
+//! use is written back by the kernel once it has been dirty for 30 s, and
+//! a file reused for good would stay dirty, so its SPEAKs' audio would go
+//! to the disk; a file per SPEAK, or per 20 s, is freed before that
+//! (unless a SPEAK holds it for longer, as before).
+//!
+//! At most `KEPT_FILES` idle files are kept for the whole process,
+//! whatever their directory (the cache dir, or the temp dir); one given
+//! back beyond that is closed (a directory no longer used loses its files
+//! as they pass their life). `close_idle` closes them
+//! all when the engine closes.
+//!
+//! Lock: `idle`, a leaf held for one push or pop of the list, never across
+//! the file's creation, cut or close.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Idle files the process keeps: a few, since a file is out only while
+/// its SPEAK runs, and any SPEAK that finds none makes one.
+const KEPT_FILES: usize = 8;
+
+/// How long a file serves SPEAKs after it was made: then it is closed at
+/// its next give-back (or found so at a take), its pages dropped unwritten.
+/// Below the kernel's default 30 s before dirty pages are written back
+/// (`vm.dirty_expire_centisecs`), so that spilled audio does not reach the
+/// disk any more than with a file per SPEAK: a file reused for long would
+/// have its dirty pages written back every 30 s.
+const FILE_LIFE: Duration = Duration::from_secs(20);
+
+/// The process's spill files.
+pub(super) fn spill_files() -> &'static Arc<FilePool> {
+    static POOL: OnceLock<Arc<FilePool>> = OnceLock::new();
+    POOL.get_or_init(|| FilePool::new(KEPT_FILES, FILE_LIFE))
+}
+
+/// Closes the process's idle spill files (the engine closes).
+pub fn close_idle() {
+    spill_files().close_idle();
+}
+
+/// Idle spill files, empty, at most `keep`, none older than `life`.
+pub(super) struct FilePool {
+    keep: usize,
+    life: Duration,
+    /// In the order given back.
+    idle: Mutex<Vec<Idle>>,
+    /// Files made so far (a take the idle list could not serve).
+    #[cfg(test)]
+    made: AtomicU64,
+}
+
+struct Idle {
+    dir: PathBuf,
+    spill: SpillFile,
+}
+
+/// A file lent to one SPEAK.
+pub(super) struct SpillFile {
+    pub(super) file: File,
+    /// Its length: the end of what the SPEAK wrote to it (0 when taken).
+    pub(super) len: u64,
+    made: Instant,
+}
+
+impl SpillFile {
+    #[cfg(test)]
+    pub(super) fn new(file: File, len: u64) -> SpillFile {
+        SpillFile { file, len, made: Instant::now() }
+    }
+}
+
+impl FilePool {
+    pub(super) fn new(keep: usize, life: Duration) -> Arc<FilePool> {
+        Arc::new(FilePool {
+            keep,
+            life,
+            idle: Mutex::new(Vec::with_capacity(keep)),
+            #[cfg(test)]
+            made: AtomicU64::new(0),
+        })
+    }
+
+    /// An idle file of `dir` (the most recently given back), else a new
+    /// one. Idle files past their life are closed on the way.
+    pub(super) fn take(&self, dir: &Path) -> io::Result<SpillFile> {
+        let now = Instant::now();
+        let (kept, expired) = {
+            let mut idle = self.idle.lock();
+            let expired: Vec<Idle> = if idle.iter().any(|i| self.expired(&i.spill, now)) {
+                let (expired, live) = std::mem::take(&mut *idle).into_iter().partition(|i| self.expired(&i.spill, now));
+                *idle = live;
+                expired
+            } else {
+                Vec::new()
+            };
+            (idle.iter().rposition(|i| i.dir == dir).map(|at| idle.remove(at)), expired)
+        };
+        drop(expired); // closed outside the lock
+        if let Some(Idle { spill, .. }) = kept {
+            return Ok(spill);
+        }
+        let file = create(dir)?;
+        #[cfg(test)]
+        self.made.fetch_add(1, Ordering::Relaxed);
+        Ok(SpillFile { file, len: 0, made: now })
+    }
+
+    fn expired(&self, spill: &SpillFile, now: Instant) -> bool {
+        now.saturating_duration_since(spill.made) >= self.life
+    }
+
+    /// Keeps a file of `dir` for the next SPEAK, cut to nothing first
+    /// (closed if that fails). Closed instead when past its life or when
+    /// `keep` files are idle already (not emptied first: its close frees
+    /// its pages anyway).
+    pub(super) fn give_back(&self, dir: PathBuf, mut spill: SpillFile) {
+        if self.expired(&spill, Instant::now()) || self.idle.lock().len() >= self.keep {
+            return;
+        }
+        if spill.len > 0 {
+            if let Err(e) = spill.file.set_len(0) {
+                log::warn!("cannot empty a spill file in {} for reuse (closed instead): {e}", dir.display());
+                return;
+            }
+            spill.len = 0;
+        }
+        let mut idle = self.idle.lock();
+        // Others may have given theirs back meanwhile.
+        if idle.len() < self.keep {
+            idle.push(Idle { dir, spill });
+            return;
+        }
+        drop(idle);
+        drop(spill); // closed outside the lock
+    }
+
+    pub(super) fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        drop(idle);
+    }
+
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+}
+
+/// An unnamed file in `dir`, open for reading and writing, 0600: gone from
+/// the directory before anything is written to it.
+pub(super) fn create(dir: &Path) -> io::Result<File> {
+    let unnamed =
+        OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_EXCL).open(dir);
+    match unnamed {
+        Ok(file) => Ok(file),
+        Err(_) => create_named(dir),
+    }
+}
+
+/// For a file system without O_TMPFILE: a unique name, removed at once.
+/// The `.tmp-` prefix lets the cache's janitor clear one that a crash left
+/// between the two steps.
+pub(super) fn create_named(dir: &Path) -> io::Result<File> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!(".tmp-spill-{}-{seq}", std::process::id()));
+    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("spill-files-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_given_back_file_is_taken_again_empty() {
+        let dir = scratch_dir("again");
+        let pool = FilePool::new(2, Duration::from_secs(3600));
+        let mut a = pool.take(&dir).unwrap();
+        a.file.write_all_at(&[7u8; 10_000], 0).unwrap();
+        a.len = 10_000;
+        let ino = a.file.metadata().unwrap().ino();
+        pool.give_back(dir.clone(), a);
+        assert_eq!((pool.idle(), pool.made()), (1, 1));
+        let b = pool.take(&dir).unwrap();
+        assert_eq!(b.file.metadata().unwrap().ino(), ino, "the same file, not a new one");
+        assert_eq!((b.len, b.file.metadata().unwrap().len()), (0, 0), "emptied on its way back");
+        let mut back = [1u8; 16];
+        assert_eq!(b.file.read_at(&mut back, 0).unwrap(), 0, "nothing of the former SPEAK left");
+        assert_eq!((pool.idle(), pool.made()), (0, 1));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no name in the directory");
+        drop(b);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_given_back_past_the_idle_bound_is_closed() {
+        let dir = scratch_dir("bound");
+        let pool = FilePool::new(2, Duration::from_secs(3600));
+        let files: Vec<SpillFile> = (0..3).map(|_| pool.take(&dir).unwrap()).collect();
+        assert_eq!(pool.made(), 3);
+        let fds: Vec<String> =
+            files.iter().map(|f| format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f.file))).collect();
+        let inodes: Vec<u64> = files.iter().map(|f| f.file.metadata().unwrap().ino()).collect();
+        // Whether descriptor `i` still names file `i` (its number may
+        // have been reused since, by another test's file elsewhere).
+        let open = |i: usize| {
+            std::fs::read_link(&fds[i])
+                .is_ok_and(|t| t.starts_with(&dir) && t.ends_with(format!("#{} (deleted)", inodes[i])))
+        };
+        assert!(open(0) && open(1) && open(2));
+        for f in files {
+            pool.give_back(dir.clone(), f);
+        }
+        assert_eq!(pool.idle(), 2);
+        assert!(open(0) && open(1), "the first two kept");
+        assert!(!open(2), "the third closed");
+        // The last one given back is taken first.
+        assert_eq!(pool.take(&dir).unwrap().file.metadata().unwrap().ino(), inodes[1]);
+        pool.close_idle();
+        assert_eq!(pool.idle(), 0);
+        assert!(!open(0), "closed with the idle ones");
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// A file is closed once past its life, given back or idle, so that
+    /// its dirty pages are dropped before the kernel would write them back.
+    #[test]
+    fn a_file_past_its_life_is_closed_not_reused() {
+        let dir = scratch_dir("life");
+        let pool = FilePool::new(2, Duration::ZERO);
+        let a = pool.take(&dir).unwrap();
+        pool.give_back(dir.clone(), a);
+        assert_eq!(pool.idle(), 0, "closed at once");
+        let pool = FilePool::new(2, Duration::from_millis(50));
+        let a = pool.take(&dir).unwrap();
+        pool.give_back(dir.clone(), a);
+        assert_eq!(pool.idle(), 1);
+        std::thread::sleep(Duration::from_millis(100));
+        let b = pool.take(&dir).unwrap();
+        assert_eq!((pool.idle(), pool.made()), (0, 2), "the expired one dropped (closed), a new one made");
+        drop(b);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_are_kept_per_directory() {
+        let (one, two) = (scratch_dir("one"), scratch_dir("two"));
+        let pool = FilePool::new(4, Duration::from_secs(3600));
+        let a = pool.take(&one).unwrap();
+        let ino = a.file.metadata().unwrap().ino();
+        pool.give_back(one.clone(), a);
+        let b = pool.take(&two).unwrap();
+        assert_ne!(b.file.metadata().unwrap().ino(), ino, "not the other directory's file");
+        assert_eq!((pool.idle(), pool.made()), (1, 2));
+        assert_eq!(pool.take(&one).unwrap().file.metadata().unwrap().ino(), ino);
+        drop(b);
+        std::fs::remove_dir(&one).unwrap();
+        std::fs::remove_dir(&two).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let pool = FilePool::new(2, Duration::from_secs(3600));
+        assert!(pool.take(Path::new("/nonexistent/spill/dir")).is_err());
+        assert_eq!((pool.idle(), pool.made()), (0, 0));
+    }
+
+    #[test]
+    fn a_named_file_is_removed_at_once_where_o_tmpfile_is_missing() {
+        let dir = scratch_dir("named");
+        // The fallback on its own (O_TMPFILE works on this machine).
+        let file = create_named(&dir).unwrap();
+        file.write_all_at(b"abc", 0).unwrap();
+        let mut back = [0u8; 3];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"abc");
+        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no name left in the directory");
+        drop(file);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}
