@@ -103,6 +103,7 @@ fn a_worker_idle_after_its_speak_gives_back_the_stack_then_sleeps_without_waking
         assert!(summary < released, "round {round}: stack given back before the SPEAK's summary");
     }
     let figures = idle_figures(&rig);
+    eprintln!("resident stack KiB (during the SPEAK, once given back), per round: {figures:?}");
     assert_eq!(figures.len(), 2, "{figures:?}");
     for &(during, released) in &figures {
         assert!(during <= SPEAK_STACK_KIB, "a SPEAK used {during} KiB of stack");

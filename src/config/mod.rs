@@ -44,7 +44,7 @@ pub const DEFAULT_PREWARM_REFRESH_MS: u64 = 20_000;
 /// back the stack pages the SPEAK touched (synth/mod.rs `rest_stack`).
 /// Giving them back costs a madvise whose TLB shootdown interrupts the
 /// other CPUs, and the next SPEAK faults the same pages in again: about
-/// 8 % of a worker's CPU per SPEAK when done after each one (bench [10]),
+/// 7 % of the workers' CPU in bench [10] when done after every SPEAK (perf),
 /// for 8 KiB per idle channel. An IVR call speaks a prompt, then listens
 /// for the caller: a menu choice or a short answer comes within a few
 /// seconds, a no-input reprompt after the recognizer's no-input timeout
@@ -52,8 +52,8 @@ pub const DEFAULT_PREWARM_REFRESH_MS: u64 = 20_000;
 /// 10 s outlasts the gaps of a running dialog, where the pages would be
 /// needed again within seconds, and gives them back from a channel that
 /// has really gone quiet (a transfer to an agent, a hold, a long
-/// recording), which keeps them far longer than the one extra wake-up
-/// the release costs.
+/// recording): 8 KiB held for minutes there is worth one wake-up and one
+/// madvise.
 pub const DEFAULT_IDLE_STACK_RELEASE_MS: u64 = 10_000;
 
 /// Every param we understand, for the unknown-param warning.
