@@ -40,6 +40,21 @@ pub const DEFAULT_PREWARM_CONNECTIONS: usize = 2;
 /// one missed refresh still leaves room; at one small GET per connection
 /// every 20 s the cost is nil.
 pub const DEFAULT_PREWARM_REFRESH_MS: u64 = 20_000;
+/// How long a channel's worker waits, idle after a SPEAK, before it gives
+/// back the stack pages the SPEAK touched (synth/mod.rs `rest_stack`).
+/// Giving them back costs a madvise whose TLB shootdown interrupts the
+/// other CPUs, and the next SPEAK faults the same pages in again: about
+/// 7 % of the workers' CPU in bench [10] when done after every SPEAK (perf),
+/// for 8 KiB per idle channel. An IVR call speaks a prompt, then listens
+/// for the caller: a menu choice or a short answer comes within a few
+/// seconds, a no-input reprompt after the recognizer's no-input timeout
+/// (5-7 s on common platforms), and the next prompt follows at once. So
+/// 10 s outlasts the gaps of a running dialog, where the pages would be
+/// needed again within seconds, and gives them back from a channel that
+/// has really gone quiet (a transfer to an agent, a hold, a long
+/// recording): 8 KiB held for minutes there is worth one wake-up and one
+/// madvise.
+pub const DEFAULT_IDLE_STACK_RELEASE_MS: u64 = 10_000;
 
 /// Every param we understand, for the unknown-param warning.
 pub const KNOWN_PARAMS: &[&str] = &[
@@ -95,6 +110,7 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "metrics_listen",
     "metrics_textfile",
     "metrics_interval_ms",
+    "idle_stack_release_ms",
 ];
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/unimrcp-elevenlabs";
@@ -191,6 +207,9 @@ pub struct Config {
     pub shared: Option<SharedConfig>,
     /// The metrics exporter's outputs (README "Monitoring").
     pub metrics: MetricsConfig,
+    /// A worker idle this long after a SPEAK gives back the stack pages
+    /// the SPEAK touched (DEFAULT_IDLE_STACK_RELEASE_MS says why).
+    pub idle_stack_release: Duration,
 }
 
 /// ElevenLabs applies at most this many pronunciation dictionaries to one
@@ -281,6 +300,7 @@ impl fmt::Debug for Config {
             .field("ca_file", &self.ca_file)
             .field("shared", &self.shared)
             .field("metrics", &self.metrics)
+            .field("idle_stack_release", &self.idle_stack_release)
             .finish()
     }
 }
@@ -564,6 +584,12 @@ impl Config {
                     })?)
                 }
             },
+            idle_stack_release: Duration::from_millis(p.millis(
+                "idle_stack_release_ms",
+                DEFAULT_IDLE_STACK_RELEASE_MS,
+                0,
+                3_600_000,
+            )?),
         })
     }
 
@@ -794,6 +820,18 @@ mod tests {
             ("ca_file", "relative.pem"),
         ] {
             assert_eq!(with(&[(name, bad)]).unwrap_err().param, name, "{name}={bad}");
+        }
+    }
+
+    #[test]
+    fn idle_stack_release_has_its_default_and_bounds() {
+        let with = with_key_and_voice;
+        assert_eq!(with(&[]).unwrap().idle_stack_release, Duration::from_millis(DEFAULT_IDLE_STACK_RELEASE_MS));
+        assert_eq!(with(&[("idle_stack_release_ms", "0")]).unwrap().idle_stack_release, Duration::ZERO, "0: at once");
+        let c = with(&[("idle_stack_release_ms", "3600000")]).unwrap();
+        assert_eq!(c.idle_stack_release, Duration::from_secs(3600));
+        for bad in ["3600001", "-1", "soon"] {
+            assert_eq!(with(&[("idle_stack_release_ms", bad)]).unwrap_err().param, "idle_stack_release_ms", "{bad}");
         }
     }
 }

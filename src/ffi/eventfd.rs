@@ -42,12 +42,15 @@ impl EventFd {
         unsafe { libc::read(self.fd(), (&mut value as *mut u64).cast(), 8) == 8 }
     }
 
-    /// Waits until the fd is readable or `timeout` passes (None: no limit).
-    /// Leaves the counter as it is. True when the fd may be signalled: it is
-    /// readable, or the poll itself failed (EINTR, say) and nobody knows.
-    /// False only when the time ran out with the counter at zero.
+    /// Waits until the fd is readable or `timeout` passes (None: no limit),
+    /// never less than `timeout` (rounded up to whole milliseconds: a sleep
+    /// until a deadline that ended just short of it would be followed by
+    /// polls of 0 ms, spinning, until the deadline). Leaves the counter as
+    /// it is. True when the fd may be signalled: it is readable, or the
+    /// poll itself failed (EINTR, say) and nobody knows. False only when
+    /// the time ran out with the counter at zero.
     pub fn poll(&self, timeout: Option<Duration>) -> bool {
-        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(0, i32::MAX as u128) as i32);
+        let ms = timeout.map_or(-1, |t| t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32);
         let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -7,12 +7,30 @@
 //! what every channel keeps (bench [11]). Not FFI with UniMRCP, but
 //! `unsafe` lives in this module.
 
+use std::cell::Cell;
 use std::io;
+
+thread_local! {
+    /// This thread's `bounds`, once asked: a thread's stack never moves,
+    /// and asking glibc costs an allocation or four and a
+    /// sched_getaffinity syscall each time (pthread_getattr_np fills in the
+    /// thread's CPU set too).
+    static BOUNDS: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
 
 /// The calling thread's stack: `[low, high)`, page-aligned, without its
 /// guard page (glibc's `pthread_getattr_np`; it also spans glibc's thread
 /// descriptor and static TLS at the top).
 fn bounds() -> io::Result<(usize, usize)> {
+    if let Some(known) = BOUNDS.with(Cell::get) {
+        return Ok(known);
+    }
+    let found = ask_bounds()?;
+    BOUNDS.with(|b| b.set(Some(found)));
+    Ok(found)
+}
+
+fn ask_bounds() -> io::Result<(usize, usize)> {
     // SAFETY: the attr is initialised by pthread_getattr_np before it is
     // read, and destroyed exactly once after a successful init.
     unsafe {

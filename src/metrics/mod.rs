@@ -25,6 +25,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use readings::{Reader, Readings};
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,10 @@ use crate::mrcp::Method;
 /// Every name starts with it.
 pub const PREFIX: &str = "unimrcp_elevenlabs";
 
-type Labels = Vec<(&'static str, String)>;
+/// Label values are borrowed where they are fixed strings (all but an HTTP
+/// status outside the common ones): an event is counted on a channel's
+/// worker, and each owned value was an allocation per SPEAK.
+type Labels = Vec<(&'static str, Cow<'static, str>)>;
 
 /// The two text formats: Prometheus 0.0.4 (what node_exporter's textfile
 /// collector parses, and what a scraper gets unless it asks for
@@ -130,11 +134,25 @@ fn method_name(method: Method) -> &'static str {
     }
 }
 
-fn status_label(code: u32) -> String {
-    if (100..600).contains(&code) {
-        code.to_string()
-    } else {
-        "none".to_owned()
+fn status_label(code: u32) -> Cow<'static, str> {
+    const COMMON: [(u32, &str); 12] = [
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (402, "402"),
+        (403, "403"),
+        (404, "404"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match COMMON.iter().find(|(c, _)| *c == code) {
+        Some((_, text)) => Cow::Borrowed(text),
+        None if (100..600).contains(&code) => Cow::Owned(code.to_string()),
+        None => Cow::Borrowed("none"),
     }
 }
 
@@ -184,10 +202,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let family = || Family::<Labels, Counter>::default();
         let requests = family();
-        let by_method = METHODS
-            .iter()
-            .map(|m| requests.get_or_create(&vec![("method", method_name(*m).to_owned())]).clone())
-            .collect();
+        let by_method =
+            METHODS.iter().map(|m| requests.get_or_create(&vec![("method", method_name(*m).into())]).clone()).collect();
         let m = Metrics {
             recent: Mutex::new(None),
             requests,
@@ -211,25 +227,28 @@ impl Metrics {
         // counter that appears only with its first event has no rate for
         // its first interval, and a missing family reads as "no data").
         for cause in ["000 normal", "004 error", "stopped"] {
-            let _ = m.speaks.get_or_create(&vec![("cause", cause.to_owned())]);
+            let _ = m.speaks.get_or_create(&vec![("cause", cause.into())]);
         }
         for result in ["hit", "miss", "follower"] {
-            let _ = m.cache_lookups.get_or_create(&vec![("result", result.to_owned())]);
+            let _ = m.cache_lookups.get_or_create(&vec![("result", result.into())]);
         }
         for kind in ["retry", "requeue"] {
-            let _ = m.retries.get_or_create(&vec![("kind", kind.to_owned())]);
+            let _ = m.retries.get_or_create(&vec![("kind", kind.into())]);
         }
         let _ = m.upstream.get_or_create(&vec![
-            ("endpoint", "primary".to_owned()),
-            ("status", "200".to_owned()),
-            ("detail", "none".to_owned()),
+            ("endpoint", "primary".into()),
+            ("status", "200".into()),
+            ("detail", "none".into()),
         ]);
         for phase in ["connect", "first_byte"] {
-            let _ = m.timeouts.get_or_create(&vec![("phase", phase.to_owned())]);
+            let _ = m.timeouts.get_or_create(&vec![("phase", phase.into())]);
         }
         let info = Family::<Labels, Gauge>::default();
-        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned()), ("model_id", model_id.to_owned())])
-            .set(1);
+        info.get_or_create(&vec![
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("model_id", model_id.to_owned().into()),
+        ])
+        .set(1);
         let r = &mut registry;
         r.register("build_info", "Always 1: the plugin's version and the engine's configured model_id", info);
         r.register("mrcp_requests", "MRCP requests received, by method", m.requests.clone());
@@ -341,7 +360,7 @@ impl Observer for Metrics {
     fn event(&self, event: &Event<'_>) {
         match event {
             Event::SpeakEnded(e) => {
-                Self::count(&self.speaks, vec![("cause", bounded(e.cause, KNOWN_CAUSES).to_owned())], 1);
+                Self::count(&self.speaks, vec![("cause", bounded(e.cause, KNOWN_CAUSES).into())], 1);
                 self.speak_duration.observe(e.duration.as_secs_f64());
                 if let Some(first) = e.first_audio {
                     self.first_audio.observe(first.as_secs_f64());
@@ -351,7 +370,7 @@ impl Observer for Metrics {
                 }
             }
             Event::SpeakRefused { cause } => {
-                Self::count(&self.speaks, vec![("cause", bounded(cause, KNOWN_CAUSES).to_owned())], 1);
+                Self::count(&self.speaks, vec![("cause", bounded(cause, KNOWN_CAUSES).into())], 1);
             }
             Event::Request(method) => {
                 if let Some(i) = METHODS.iter().position(|m| m == method) {
@@ -361,9 +380,9 @@ impl Observer for Metrics {
             Event::Attempt(a) => {
                 let detail = a.detail.map_or("none", |d| bounded(d, KNOWN_DETAILS));
                 let labels = vec![
-                    ("endpoint", a.endpoint.to_owned()),
+                    ("endpoint", a.endpoint.into()),
                     ("status", status_label(a.http_status)),
-                    ("detail", detail.to_owned()),
+                    ("detail", detail.into()),
                 ];
                 Self::count(&self.upstream, labels, 1);
                 if let Some(t) = a.time_to_first_byte {
@@ -377,16 +396,16 @@ impl Observer for Metrics {
                     Some("stall") => {
                         self.stalls.inc();
                     }
-                    Some(phase) => Self::count(&self.timeouts, vec![("phase", phase.to_owned())], 1),
+                    Some(phase) => Self::count(&self.timeouts, vec![("phase", (*phase).into())], 1),
                     None => {}
                 }
             }
             Event::Retry { requeue } => {
                 let kind = if *requeue { "requeue" } else { "retry" };
-                Self::count(&self.retries, vec![("kind", kind.to_owned())], 1);
+                Self::count(&self.retries, vec![("kind", kind.into())], 1);
             }
             Event::Queued { waited } => self.queue_wait.observe(waited.as_secs_f64()),
-            Event::CacheLookup(result) => Self::count(&self.cache_lookups, vec![("result", (*result).to_owned())], 1),
+            Event::CacheLookup(result) => Self::count(&self.cache_lookups, vec![("result", (*result).into())], 1),
         }
     }
 }
@@ -433,6 +452,18 @@ mod tests {
         let fresh = m.render_recent(Format::Prometheus, Duration::ZERO);
         assert!(!Arc::ptr_eq(&first, &fresh));
         assert!(fresh.contains("unimrcp_elevenlabs_mrcp_requests_total{method=\"SPEAK\"} 1"), "{fresh}");
+    }
+
+    #[test]
+    fn status_labels_are_the_code_and_common_ones_are_not_allocated() {
+        for code in [200, 429, 503] {
+            let label = status_label(code);
+            assert!(matches!(label, Cow::Borrowed(_)), "{code}");
+            assert_eq!(label, code.to_string());
+        }
+        assert_eq!(status_label(418), "418");
+        assert_eq!(status_label(0), "none", "no response");
+        assert_eq!(status_label(600), "none");
     }
 
     #[test]

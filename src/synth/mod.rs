@@ -151,6 +151,12 @@ struct Worker {
     /// (Not set at the start: making the curl handles stays within the
     /// idle loop's pages, measured.)
     stack_used: bool,
+    /// How long the worker stays idle after a SPEAK before it gives its
+    /// stack back (the latest SPEAK's `idle_stack_release`).
+    rest_after: Duration,
+    /// When the stack is given back if no command comes first: set when
+    /// the worker runs out of work after a SPEAK, cleared by the next one.
+    rest_at: Option<Instant>,
 }
 
 fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc<Network>, warm: Option<Transport>) {
@@ -166,6 +172,8 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
         warm,
         wakeups_at: 0,
         stack_used: false,
+        rest_after: Duration::from_millis(crate::config::DEFAULT_IDLE_STACK_RELEASE_MS),
+        rest_at: None,
     };
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
@@ -224,10 +232,7 @@ impl Worker {
                 None => match self.rx.try_recv() {
                     Ok(c) => c,
                     Err(TryRecvError::Empty) => {
-                        if std::mem::take(&mut self.stack_used) {
-                            self.rest_stack();
-                        }
-                        self.shared.link.waker.wait(None);
+                        self.idle();
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => {
@@ -239,6 +244,8 @@ impl Worker {
             match command {
                 Command::Speak(job) => {
                     self.stack_used = true;
+                    self.rest_after = job.config.idle_stack_release;
+                    self.rest_at = None;
                     match transport.as_mut() {
                         Some(t) => self.synthesize(t, job),
                         None => {
@@ -258,12 +265,37 @@ impl Worker {
         }
     }
 
+    /// Sleeps until a command or a wake-up comes. Once a SPEAK is over (its
+    /// last audio played: a draining SPEAK still has its SPEAK-COMPLETE and
+    /// summary to write, on the stack) and no command follows within
+    /// `rest_after`, the worker wakes once to give its stack back, then
+    /// sleeps without a limit: a channel that never spoke, or has rested,
+    /// costs no wake-up at all (bench [10], idle channels). A wake-up
+    /// without a command (the media thread's) keeps the time already set.
+    fn idle(&mut self) {
+        let waker = &self.shared.link.waker;
+        if !self.stack_used || self.draining.is_some() {
+            waker.wait(None);
+            return;
+        }
+        let now = Instant::now();
+        let at = *self.rest_at.get_or_insert(now + self.rest_after);
+        if now < at {
+            waker.wait(Some(at - now));
+            return;
+        }
+        self.stack_used = false;
+        self.rest_at = None;
+        self.rest_stack();
+        waker.wait(None);
+    }
+
     /// Gives back the stack pages a SPEAK touched below the idle loop's
     /// frame (curl's, the transfer's, the logger's): a thread keeps every
     /// page it ever touched, so each idle channel would otherwise hold the
-    /// deepest moment of its last SPEAK. A madvise per SPEAK (two, and two
-    /// mincore, with its debug line); the next SPEAK faults in what it needs
-    /// again.
+    /// deepest moment of its last SPEAK. A madvise (two, and two mincore,
+    /// with its debug line) once the worker has been idle `rest_after`;
+    /// the next SPEAK faults in what it needs again.
     fn rest_stack(&self) {
         if !log::log_enabled!(log::Level::Debug) {
             let _ = stack::release_stack_below();
