@@ -1,9 +1,9 @@
 //! Open, unlinked spill files kept between SPEAKs, so that a SPEAK that
-//! spills takes a file instead of making one: making an `O_TMPFILE` inode
-//! and freeing it when it is closed cost ext4 more than all of the file's
-//! writes and reads (bench [10], perf), and the more so the more inodes
-//! were freed lately (ext4 skips recently freed inodes when it allocates
-//! one, reading the inode table to find them).
+//! spills takes a file instead of making one: it spares the inode's
+//! allocation and its eviction at close. On an ext4 without a journal the
+//! allocation reads the inode table to skip every inode freed in the last
+//! 5-10 s, so it costs the more, the more files were deleted lately (up to
+//! about 110 us of CPU per SPEAK on the benchmark's machine, bench [10]).
 //!
 //! A file is made as before (unnamed in its directory, 0600: `create`),
 //! lent to one SPEAK at a time, and given back when the SPEAK's sink is
@@ -11,9 +11,10 @@
 //! A given-back file is cut to nothing (`ftruncate` to 0): its pages, the
 //! SPEAK's audio, are freed at once, dirty ones unwritten, so an idle file
 //! holds nothing and the next SPEAK's part starts empty. (Keeping some of
-//! its pages would spare the next SPEAK new page-cache pages, about half
-//! of the rest of the spill's cost, but idle files would then hold former
-//! SPEAKs' audio, dirty, which the kernel writes back to the disk.)
+//! its pages would spare the next SPEAK new page-cache pages and their
+//! freeing, about 40 % of the rest of the spill's cost, but idle files
+//! would then hold former SPEAKs' audio, dirty, which the kernel writes
+//! back to the disk.)
 //!
 //! A file serves SPEAKs for `FILE_LIFE` after it was made, then it is
 //! closed (at a give-back, or at a take that finds it idle): an inode in
