@@ -14,8 +14,8 @@ use common::*;
 
 /// Resident stack of a worker after a SPEAK, KiB. Measured here: 20 KiB
 /// (release build; up to 34 KiB at the peak of bench [11] before the
-/// worker's idle frame was slimmed), 40 KiB unoptimised. A frame that grew by a large on-stack buffer, or recursion,
-/// goes past it.
+/// worker's idle frame was slimmed), 44 KiB unoptimised. A frame that grew by
+/// a large on-stack buffer, or recursion, goes past it.
 const SPEAK_STACK_KIB: u64 = 128;
 /// Resident stack once given back: the thread's descriptor and TLS at the
 /// top of its stack, the frames down to the idle loop and a page of margin.

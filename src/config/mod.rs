@@ -43,8 +43,8 @@ pub const DEFAULT_PREWARM_REFRESH_MS: u64 = 20_000;
 /// How long a channel's worker waits, idle after a SPEAK, before it gives
 /// back the stack pages the SPEAK touched (synth/mod.rs `rest_stack`).
 /// Giving them back costs a madvise whose TLB shootdown interrupts the
-/// other CPUs, and the next SPEAK faults the same pages in again: about
-/// 7 % of the workers' CPU in bench [10] when done after every SPEAK (perf),
+/// other CPUs, and the next SPEAK faults the same pages in again: 5-7 %
+/// of the workers' perf samples in bench [10] when done after every SPEAK,
 /// for 8 KiB per idle channel. An IVR call speaks a prompt, then listens
 /// for the caller: a menu choice or a short answer comes within a few
 /// seconds, a no-input reprompt after the recognizer's no-input timeout

@@ -57,3 +57,24 @@ impl EventFd {
         n != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A lower bound only: a busy machine makes a sleep longer, never
+    /// shorter.
+    #[test]
+    fn a_timed_poll_never_ends_before_its_timeout() {
+        let fd = EventFd::new().unwrap();
+        for micros in [1, 500, 1_500, 2_300] {
+            let timeout = Duration::from_micros(micros);
+            let started = Instant::now();
+            assert!(!fd.poll(Some(timeout)), "nobody signalled");
+            assert!(started.elapsed() >= timeout, "{:?} for a timeout of {timeout:?}", started.elapsed());
+        }
+        fd.signal();
+        assert!(fd.poll(Some(Duration::ZERO)), "signalled: at once");
+    }
+}

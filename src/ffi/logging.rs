@@ -8,8 +8,7 @@
 //! Lines that concern a channel carry its id; callers put it first
 //! (`log::info!("[{id}] ...")`). Nothing may log from `read_frame`.
 
-use std::ffi::{CStr, CString};
-use std::fmt;
+use std::ffi::CString;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -78,65 +77,13 @@ fn priority(level: Level) -> sys::apt_log_priority_e {
     }
 }
 
-/// Longest line (and file name) written without an allocation; longer
-/// ones go to the heap.
-const LINE_ON_STACK: usize = 512;
-const FILE_ON_STACK: usize = 128;
-
-/// A C string built on the stack: the channel workers write a few lines
-/// per SPEAK, and a line used to cost three allocations (its `String`, the
-/// `CString` of it, the file name's) and reallocations as it grew. NUL,
-/// which a C string cannot hold, becomes '?' rather than cut the line.
-struct CText<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-    /// The whole text once it outgrew `buf` (without its NUL).
-    heap: Option<Vec<u8>>,
-}
-
-impl<const N: usize> CText<N> {
-    fn new() -> Self {
-        CText { buf: [0; N], len: 0, heap: None }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        if let Some(heap) = self.heap.as_mut() {
-            heap.extend_from_slice(bytes);
-        } else if self.len + bytes.len() < N {
-            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-            self.len += bytes.len();
-        } else {
-            let mut heap = Vec::with_capacity((self.len + bytes.len()) * 2);
-            heap.extend_from_slice(&self.buf[..self.len]);
-            heap.extend_from_slice(bytes);
-            self.heap = Some(heap);
-        }
-    }
-
-    /// The text with its NUL, NULs inside replaced.
-    fn finish(&mut self) -> &CStr {
-        let bytes = match self.heap.as_mut() {
-            Some(heap) => {
-                heap.push(0);
-                &mut heap[..]
-            }
-            None => {
-                self.buf[self.len] = 0; // push keeps len < N
-                &mut self.buf[..=self.len]
-            }
-        };
-        let (last, text) = bytes.split_last_mut().expect("holds its NUL");
-        *last = 0;
-        text.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b'?');
-        CStr::from_bytes_with_nul(bytes).expect("one NUL, at the end")
-    }
-}
-
-impl<const N: usize> fmt::Write for CText<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.push(s.as_bytes());
-        Ok(())
-    }
+/// C strings cannot hold NUL; replace it rather than drop the line.
+fn to_c_text(text: String) -> CString {
+    CString::new(text).unwrap_or_else(|e| {
+        let mut bytes = e.into_vec();
+        bytes.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b'?');
+        CString::new(bytes).expect("NULs were replaced")
+    })
 }
 
 impl Log for AptLogger {
@@ -148,12 +95,9 @@ impl Log for AptLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut text = CText::<LINE_ON_STACK>::new();
-        let _ = fmt::write(&mut text, *record.args());
-        let mut file = CText::<FILE_ON_STACK>::new();
-        file.push(record.file().unwrap_or("elevenlabs").as_bytes());
+        let text = to_c_text(format!("{}", record.args()));
+        let file = to_c_text(record.file().unwrap_or("elevenlabs").to_owned());
         let line = record.line().unwrap_or(0) as libc::c_int;
-        let (text, file) = (text.finish(), file.finish());
         // SAFETY: all pointers are valid C strings for the call; "%s" with one
         // string argument is the one format we ever pass.
         unsafe {
@@ -175,28 +119,10 @@ impl Log for AptLogger {
 mod tests {
     use super::*;
 
-    fn c_text<const N: usize>(parts: &[&str]) -> Vec<u8> {
-        let mut t = CText::<N>::new();
-        for part in parts {
-            fmt::Write::write_str(&mut t, part).unwrap();
-        }
-        t.finish().to_bytes().to_vec()
-    }
-
     #[test]
     fn nul_bytes_are_replaced_not_dropped() {
-        assert_eq!(c_text::<16>(&["a\0b"]), b"a?b");
-        assert_eq!(c_text::<16>(&["plain"]), b"plain");
-        assert_eq!(c_text::<4>(&["a\0", "bcdef\0g"]), b"a?bcdef?g", "on the heap too");
-    }
-
-    #[test]
-    fn lines_longer_than_the_stack_buffer_are_kept_whole() {
-        assert_eq!(c_text::<8>(&[]), b"");
-        assert_eq!(c_text::<8>(&["1234567"]), b"1234567", "fills the buffer, NUL included");
-        assert_eq!(c_text::<8>(&["1234", "5678"]), b"12345678", "one byte more moves it to the heap");
-        let long = "x".repeat(3 * LINE_ON_STACK);
-        assert_eq!(c_text::<LINE_ON_STACK>(&[&long[..700], &long[700..]]), long.as_bytes());
+        assert_eq!(to_c_text("a\0b".into()).as_bytes(), b"a?b");
+        assert_eq!(to_c_text("plain".into()).as_bytes(), b"plain");
     }
 
     #[test]
