@@ -137,6 +137,15 @@ mod tests {
         fn link_at(&self, position: usize) -> usize {
             self.entries[position].link.load(Relaxed)
         }
+
+        /// One tick: every link visited in turn, each with the position it
+        /// was given last time, which is updated.
+        fn tick(&self, links: &[usize], positions: &mut [usize], frame: &[u8]) {
+            for (&l, p) in links.iter().zip(positions.iter_mut()) {
+                *p = self.arrive(l, *p);
+                self.leave(*p, frame);
+            }
+        }
     }
 
     #[test]
@@ -145,10 +154,7 @@ mod tests {
         let links = [0x1000_0080usize, 0x2000_0100, 0x3000_0180];
         let mut positions = [NO_POSITION; 3];
         for _tick in 0..3 {
-            for (i, &l) in links.iter().enumerate() {
-                positions[i] = order.arrive(l, positions[i]);
-                order.leave(positions[i], &[]);
-            }
+            order.tick(&links, &mut positions, &[]);
         }
         // Tick after tick, the first channel went back to position 0.
         assert_eq!(positions, [0, 1, 2]);
@@ -157,9 +163,7 @@ mod tests {
         let rest = [links[0], links[2]];
         let mut pos = [positions[0], positions[2]];
         for _tick in 0..2 {
-            for (i, &l) in rest.iter().enumerate() {
-                pos[i] = order.arrive(l, pos[i]);
-            }
+            order.tick(&rest, &mut pos, &[]);
             assert_eq!(pos, [0, 1]);
         }
         assert_eq!([order.link_at(0), order.link_at(1)], rest);
@@ -167,9 +171,7 @@ mod tests {
         let joined = [links[0], 0x4000_0200, links[2]];
         let mut pos = [0, NO_POSITION, 1];
         for _tick in 0..2 {
-            for (i, &l) in joined.iter().enumerate() {
-                pos[i] = order.arrive(l, pos[i]);
-            }
+            order.tick(&joined, &mut pos, &[]);
         }
         assert_eq!(pos, [0, 1, 2]);
         assert_eq!([order.link_at(0), order.link_at(1), order.link_at(2)], joined);
@@ -191,10 +193,8 @@ mod tests {
         let links = [0x1000usize, 0x2000, 0x3000];
         let mut pos = [NO_POSITION; 3];
         for _tick in 0..3 {
-            for (i, &l) in links.iter().enumerate() {
-                pos[i] = order.arrive(l, pos[i]);
-                order.leave(pos[i], &[1, 2, 3]); // no position: nothing noted
-            }
+            // The third has no position: nothing is noted for it.
+            order.tick(&links, &mut pos, &[1, 2, 3]);
             assert_eq!(pos, [0, 1, NO_POSITION]);
         }
     }
