@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -47,19 +47,6 @@ fn idle_figures(rig: &Rig) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Waits (up to RELEASE_WAIT) for the `count`th "worker idle" line; how
-/// many there are.
-fn wait_for_release(rig: &Rig, count: usize) -> usize {
-    let deadline = Instant::now() + RELEASE_WAIT;
-    loop {
-        let n = rig.server.logs_text().matches(IDLE_LINE).count();
-        if n >= count || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Voluntary context switches (sleeps that ended) of the one channel
 /// worker thread alive, from /proc: every wake-up of the worker is one.
 fn worker_wakeups() -> u64 {
@@ -94,7 +81,11 @@ fn a_worker_idle_after_its_speak_gives_back_the_stack_then_sleeps_without_waking
         let id = ch.speak(&format!("Round {round} of stack pages touched and given back."));
         let done = expect_in_progress_then_complete(&ch, id);
         assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
-        assert_eq!(wait_for_release(&rig, round), round, "round {round}: the stack is given back once idle");
+        assert_eq!(
+            wait_for_log_within(&rig.server, IDLE_LINE, round, RELEASE_WAIT),
+            round,
+            "round {round}: the stack is given back once idle"
+        );
         // Only once the SPEAK is over: its summary line (written after
         // the SPEAK-COMPLETE, on the same stack) comes first.
         let logs = rig.server.logs();

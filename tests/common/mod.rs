@@ -167,7 +167,12 @@ pub fn worker_threads_after_join() -> usize {
 /// returns how often it does. Summary lines are logged just after the
 /// SPEAK-COMPLETE they follow, so tests wait for them rather than race.
 pub fn wait_for_log(server: &unimrcp_shim::host::Server, needle: &str, count: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    wait_for_log_within(server, needle, count, Duration::from_secs(3))
+}
+
+/// `wait_for_log`, waiting up to `within`.
+pub fn wait_for_log_within(server: &unimrcp_shim::host::Server, needle: &str, count: usize, within: Duration) -> usize {
+    let deadline = std::time::Instant::now() + within;
     loop {
         let n = server.logs_text().matches(needle).count();
         if n >= count || std::time::Instant::now() > deadline {
