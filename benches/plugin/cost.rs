@@ -173,6 +173,13 @@ fn server_for(which: Which, plugin: &Path, baseline: &Path, base_url: &str) -> R
             let mut params: Vec<(String, String)> =
                 engine_params(base_url, None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             params.retain(|(k, _)| k != "max_buffer_ms");
+            // Experiments: `BENCH_COST_PARAMS="name=value,..."` sets more
+            // engine params for [10]-[12] (the printed figures then are not
+            // the defaults'; the line below says so).
+            for (k, v) in cost_params_override() {
+                params.retain(|(name, _)| *name != k);
+                params.push((k, v));
+            }
             ServerConfig {
                 params: Some(params),
                 log_sources: vec!["ELEVENLABS-SYNTH".into()],
@@ -188,6 +195,31 @@ fn server_for(which: Which, plugin: &Path, baseline: &Path, base_url: &str) -> R
     };
     let path = if which == Which::Plugin { plugin } else { baseline };
     Server::start(path, config).map_err(|e| format!("server start: {e}"))
+}
+
+/// Engine params from `BENCH_COST_PARAMS` (`name=value,...`), for
+/// experiments with [10]-[12]; none when unset.
+fn cost_params_override() -> Vec<(String, String)> {
+    std::env::var("BENCH_COST_PARAMS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Profiling [10]'s window only: with `BENCH_WINDOWS` set, the plugin's
+/// runs print when the window their figures cover begins and ends
+/// (CLOCK_MONOTONIC, ns: `perf record -k CLOCK_MONOTONIC` stamps samples
+/// on the same clock), so a profile can leave out channel set-up and
+/// teardown.
+fn window_mark(which: Which, what: &str) {
+    if which == Which::Plugin && std::env::var_os("BENCH_WINDOWS").is_some() {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        println!("  window {what} {}.{:09}", ts.tv_sec, ts.tv_nsec);
+    }
 }
 
 /// The SPEAK body that gives `audio_ms` of audio from `which`.
@@ -243,6 +275,7 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
         idle.get(&Group::Workers).map_or(0, |u| u.voluntary) as f64 / CPU_CHANNELS as f64 / IDLE_WATCH.as_secs_f64();
 
     let reads_before = server.read_frame_nanos().len();
+    window_mark(which, "begins");
     let before = thread_usage();
     let audio_before: usize = channels.iter().map(Channel::audio_len).sum();
     let speaks: Vec<(usize, u32)> =
@@ -250,6 +283,7 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
     let deadline = Instant::now() + Duration::from_millis(u64::from(CPU_AUDIO_MS)) + Duration::from_secs(30);
     let ok = check_completions(&format!("cpu run ({})", which.label().trim()), &speaks, &channels, deadline, failures);
     let after = thread_usage();
+    window_mark(which, "ends");
     let reads: Vec<f64> =
         server.read_frame_nanos().get(reads_before..).unwrap_or_default().iter().map(|&n| n as f64).collect();
     let bytes: usize = channels.iter().map(Channel::audio_len).sum::<usize>() - audio_before;
@@ -703,6 +737,14 @@ fn selected(scenario: &str) -> bool {
 
 pub fn bench_cost(plugin: &Path, failures: &mut Failures) -> Result<(), String> {
     let baseline = baseline_plugin()?;
+    let extra = cost_params_override();
+    if !extra.is_empty() {
+        let list: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "NOTE: BENCH_COST_PARAMS sets {} for the plugin: these figures are not the defaults'",
+            list.join(", ")
+        );
+    }
     if selected("10") {
         bench_cpu(plugin, &baseline, failures)?;
     }
