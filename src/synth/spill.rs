@@ -52,10 +52,11 @@ use crate::error::Failure;
 use crate::media::{spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
 
 /// Room the worker waits for before it refills the buffer from what is
-/// held (at most half the SPEAK's buffer): each refill is one wake-up of
-/// the worker, so the larger, the fewer (two per 4 s of audio spilled at
-/// 8 kHz and a buffer of 64 KB or more, bench [10]). At most a pool
-/// buffer, so that a refill is one read of the file.
+/// held (at most three quarters of the SPEAK's buffer): each refill is one
+/// wake-up of the worker, so the larger, the fewer (at the default
+/// max_buffer_ms of 2000 and 8 kHz, one per 1.5 s of audio spilled, bench
+/// [10]; it was one per second when the last half was kept). At most a
+/// pool buffer, so that a refill is one read of the file.
 const PUMP_WAKE: usize = 32 * 1024;
 
 /// One SPEAK's way into the channel's buffer, spilling what does not fit.
@@ -285,10 +286,14 @@ impl SpillSink {
                     return self.go_stale();
                 }
                 // Woken once a useful refill fits, not at every frame:
-                // PUMP_WAKE, at most half the SPEAK's buffer (so the rest
-                // still plays while the worker wakes), at most what is held.
-                let wanted =
-                    PUMP_WAKE.min(playback.limit() / 2).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
+                // PUMP_WAKE, at most three quarters of the SPEAK's buffer
+                // (the last quarter still plays while the worker wakes and
+                // reads: 500 ms at the default 2000 and 8 kHz), at most
+                // what is held.
+                let wanted = PUMP_WAKE
+                    .min(playback.limit() / 4 * 3)
+                    .max(1)
+                    .min(usize::try_from(held).unwrap_or(usize::MAX));
                 (playback.free(), wanted)
             };
             if room == 0 || (!refilling && room < wanted) {
@@ -567,21 +572,21 @@ mod tests {
         link.read_frame(&mut frame);
         assert_eq!(s.pump(), Push::Full);
         assert_eq!(s.held(), 50_000);
-        assert_eq!(link.want_space.load(Ordering::Acquire), 20_000, "half the buffer");
+        assert_eq!(link.want_space.load(Ordering::Acquire), 30_000, "three quarters of the buffer");
         // The media thread wakes the worker once a refill fits, and clears
         // the request.
-        let mut big = vec![0u8; 20_000 - 320];
+        let mut big = vec![0u8; 30_000 - 320];
         link.read_frame(&mut big);
         assert_eq!(link.want_space.load(Ordering::Acquire), 0);
         // The refill fills all the room, in pieces.
         assert_eq!(s.pump(), Push::Full);
-        assert_eq!(s.held(), 30_000);
+        assert_eq!(s.held(), 20_000);
         assert_eq!(link.playback.lock().free(), 0);
-        assert_eq!(link.want_space.load(Ordering::Acquire), 20_000);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 20_000, "no more than is held");
         // Less than a refill's room waits for the next wake-up.
         link.read_frame(&mut frame);
         assert_eq!(s.pump(), Push::Full);
-        assert_eq!(s.held(), 30_000);
+        assert_eq!(s.held(), 20_000);
     }
 
     #[test]
@@ -596,13 +601,13 @@ mod tests {
     }
 
     #[test]
-    fn a_small_buffer_wakes_the_worker_at_half_its_size() {
+    fn a_small_buffer_wakes_the_worker_with_a_quarter_of_it_left() {
         let (link, g) = link(2000);
         let mut s = sink(&link, g);
         assert_eq!(s.push(&bytes(0, 2000)), Push::Stored);
         assert_eq!(s.push(&bytes(2000, 4000)), Push::Stored);
         assert_eq!(s.pump(), Push::Full);
-        assert_eq!(link.want_space.load(Ordering::Acquire), 1000);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 1500);
     }
 
     #[test]
@@ -813,9 +818,9 @@ mod tests {
         link.playback.lock().finish(g);
         played.extend(play_out(&link, 160));
         assert_eq!(played, all, "every byte once, in order");
-        // One wake-up per refill of half the buffer (20,000 bytes), for
-        // over a thousand frames.
-        assert_eq!(wakes, spilled.div_ceil(20_000), "{wakes} wake-ups over {frames} frames");
+        // One wake-up per refill of three quarters of the buffer (30,000
+        // bytes), for over a thousand frames.
+        assert_eq!(wakes, spilled.div_ceil(30_000), "{wakes} wake-ups over {frames} frames");
     }
 
     /// Network-sized pieces (2.4 KB, as curl hands them over) within one
@@ -880,13 +885,14 @@ mod tests {
     fn a_refill_serves_the_stage_and_gives_it_back_when_empty() {
         let (link, g) = link(4000);
         let mut s = sink(&link, g);
-        let all = bytes(0, 7000);
+        let all = bytes(0, 8000);
         assert_eq!(s.push(&all[..4000]), Push::Stored);
         assert_eq!(s.push(&all[4000..]), Push::Stored);
         assert_eq!(s.pool.figures().lent, 1, "the stage");
-        let mut out = vec![0u8; 2000];
+        let mut out = vec![0u8; 3000];
         link.read_frame(&mut out);
-        // Half the buffer is free: a refill, from the stage alone.
+        // Three quarters of the buffer are free: a refill, from the stage
+        // alone.
         assert_eq!(s.pump(), Push::Full);
         assert_eq!((s.writes, s.reads, s.in_stage()), (1, 0, 0), "the rest written before the sleep");
         assert_eq!(s.in_file(), 1000);
