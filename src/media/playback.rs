@@ -268,6 +268,13 @@ impl Playback {
         self.played
     }
 
+    /// Whether the media thread is taking audio out at the caller's pace
+    /// (playing, its jitter reserve built): how a worker may tell when
+    /// room will be free without being told.
+    pub fn consuming(&self) -> bool {
+        self.state == PlayState::Playing && self.prime == 0
+    }
+
     pub fn finish(&mut self, generation: u64) -> bool {
         if generation != self.generation || self.state == PlayState::Idle {
             return false;

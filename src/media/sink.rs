@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::Push;
 
 /// Where synthesized audio goes as it arrives.
@@ -31,6 +33,12 @@ pub trait AudioSink: Send {
     /// how far ahead of the caller the audio is.
     fn ahead(&self) -> usize {
         0
+    }
+    /// Right after `pump` said `Full`: how long the worker may sleep until
+    /// the refill it asked for fits, counted from the playback's pace, so
+    /// that `read_frame` need not wake it (`None`: wait to be woken).
+    fn room_due(&mut self) -> Option<Duration> {
+        None
     }
     /// Why audio it had stored cannot be played (a spill file that could
     /// not be read back): the SPEAK fails with this reason.

@@ -220,6 +220,7 @@ impl Worker {
             spill_dir(job),
             self.id(),
             job.speak.request_id,
+            job.sample_rate,
         ));
         let mut total = Stats { source: "upstream", ..Stats::default() };
         let requests_total = job.plan.steps.iter().filter(|s| matches!(s, Step::Say(_))).count();

@@ -43,6 +43,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::player::Part;
 use super::sources::ROOM_WAIT;
@@ -58,6 +59,11 @@ use crate::media::{spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, 
 /// [10]; it was one per second when the last half was kept). At most a
 /// pool buffer, so that a refill is one read of the file.
 const PUMP_WAKE: usize = 32 * 1024;
+
+/// A timed refill sleeps this much past the moment its room should be
+/// free: the media thread takes a frame per 10 ms tick, and a tick may come
+/// late; waking before the room is there would cost a second sleep.
+const DUE_SLACK: Duration = Duration::from_millis(20);
 
 /// One SPEAK's way into the channel's buffer, spilling what does not fit.
 pub(super) struct SpillSink {
@@ -91,6 +97,13 @@ pub(super) struct SpillSink {
     stale: bool,
     /// Held audio could not be read back.
     lost: Option<String>,
+    /// Bytes the caller plays per ms (the SPEAK's rate): when room will be
+    /// free, for a timed refill.
+    bytes_per_ms: usize,
+    /// `played` when the last timed refill was chosen: a timed wake that
+    /// finds it unchanged saw no playing (PAUSE), and the next sleep waits
+    /// for `read_frame` instead.
+    timed_at: Option<u64>,
     /// Writes to the file and reads from it so far (what the tests count).
     #[cfg(test)]
     writes: u64,
@@ -102,9 +115,18 @@ pub(super) struct SpillSink {
 }
 
 impl SpillSink {
-    pub(super) fn new(link: Arc<Link>, generation: u64, dir: PathBuf, label: String, request_id: u32) -> SpillSink {
+    pub(super) fn new(
+        link: Arc<Link>,
+        generation: u64,
+        dir: PathBuf,
+        label: String,
+        request_id: u32,
+        sample_rate: u32,
+    ) -> SpillSink {
         let pools = (Arc::clone(spill_buffers()), Arc::clone(spill_files()));
-        SpillSink::with_pools(link, generation, dir, label, request_id, pools)
+        let mut sink = SpillSink::with_pools(link, generation, dir, label, request_id, pools);
+        sink.bytes_per_ms = bytes_per_ms(sample_rate);
+        sink
     }
 
     fn with_pools(
@@ -132,6 +154,8 @@ impl SpillSink {
             failed: false,
             stale: false,
             lost: None,
+            bytes_per_ms: bytes_per_ms(8000),
+            timed_at: None,
             #[cfg(test)]
             writes: 0,
             #[cfg(test)]
@@ -274,6 +298,12 @@ impl SpillSink {
         }
         let mut refilling = false;
         let mut scratch: Option<Loan> = None;
+        // Awake now: an earlier request (a timed refill's safety net, see
+        // `room_due`) is withdrawn, so read_frame does not wake the worker
+        // for room it no longer waits for; a new one follows if need be.
+        if self.link.want_space.load(Ordering::Relaxed) != 0 {
+            self.want(0);
+        }
         loop {
             let held = self.held();
             if held == 0 {
@@ -290,10 +320,8 @@ impl SpillSink {
                 // (the last quarter still plays while the worker wakes and
                 // reads: 500 ms at the default 2000 and 8 kHz), at most
                 // what is held.
-                let wanted = PUMP_WAKE
-                    .min(playback.limit() / 4 * 3)
-                    .max(1)
-                    .min(usize::try_from(held).unwrap_or(usize::MAX));
+                let wanted =
+                    PUMP_WAKE.min(playback.limit() / 4 * 3).max(1).min(usize::try_from(held).unwrap_or(usize::MAX));
                 (playback.free(), wanted)
             };
             if room == 0 || (!refilling && room < wanted) {
@@ -428,6 +456,38 @@ impl AudioSink for SpillSink {
         self.lost.as_deref()
     }
 
+    /// The refill `pump` asked for (`want_space`) fits once the caller has
+    /// played the missing room: at the SPEAK's rate, plus DUE_SLACK. Then
+    /// `read_frame` is asked to wake the worker only later, halfway through
+    /// the audio left at that moment (a safety net that a punctual timer
+    /// never lets fire), so a refill costs the media thread no eventfd
+    /// write. Not while the caller does not play (PAUSE, jitter reserve):
+    /// then, and after a timed wake that saw nothing played, `read_frame`
+    /// wakes the worker as before.
+    fn room_due(&mut self) -> Option<Duration> {
+        let want = self.link.want_space.load(Ordering::Acquire);
+        if want == 0 {
+            return None; // read_frame already took the request: woken at once
+        }
+        let (room, limit, played, consuming) = {
+            let playback = self.link.playback.lock();
+            (playback.free(), playback.limit(), playback.played(), playback.consuming())
+        };
+        if !consuming || self.timed_at == Some(played) {
+            self.timed_at = None;
+            return None;
+        }
+        let net = want.saturating_add(limit.saturating_sub(want) / 2).min(limit).max(want);
+        // Only if read_frame has not taken the request meanwhile (then the
+        // worker is already signalled).
+        if self.link.want_space.compare_exchange(want, net, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return None;
+        }
+        self.timed_at = Some(played);
+        let missing = want.saturating_sub(room);
+        Some(Duration::from_millis((missing / self.bytes_per_ms) as u64) + DUE_SLACK)
+    }
+
     fn ahead(&self) -> usize {
         let buffered = self.link.playback.lock().buffered();
         buffered.saturating_add(usize::try_from(self.held()).unwrap_or(usize::MAX))
@@ -470,11 +530,21 @@ impl Worker {
                 Push::Stored => return Part::Done,
                 // `pump` asked read_frame to wake us once a chunk fits
                 // (want_space): no polling per frame.
-                Push::Full => self.shared.link.waker.wait(Some(ROOM_WAIT)),
+                // or, while the caller plays, sleep until that much has
+                // played (`room_due`): no eventfd write on the media thread.
+                Push::Full => {
+                    let wait = sink.room_due().map_or(ROOM_WAIT, |due| due.min(ROOM_WAIT));
+                    self.shared.link.waker.wait(Some(wait));
+                }
                 Push::Stale => return lost_or_stopped(sink),
             }
         }
     }
+}
+
+/// 16-bit mono LPCM at `rate`, at least one byte per ms.
+fn bytes_per_ms(rate: u32) -> usize {
+    (rate as usize * 2 / 1000).max(1)
 }
 
 /// A sink said `Stale`: stopped, or its held audio was lost.
@@ -587,6 +657,66 @@ mod tests {
         link.read_frame(&mut frame);
         assert_eq!(s.pump(), Push::Full);
         assert_eq!(s.held(), 20_000);
+    }
+
+    /// While the caller plays, a draining worker sleeps until its refill
+    /// fits (timed), and read_frame is only asked to wake it later, as a
+    /// safety net: no eventfd write for a refill that comes on time.
+    #[test]
+    fn a_refill_is_timed_from_the_playing_pace_and_read_frame_does_not_wake_for_it() {
+        let (link, g) = link(32_000);
+        let mut s = sink(&link, g);
+        assert_eq!(s.push(&bytes(0, 32_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(32_000, 40_000)), Push::Stored);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 24_000);
+        // 24,000 bytes at 16 per ms (8 kHz), plus the slack.
+        assert_eq!(s.room_due(), Some(Duration::from_millis(1500) + DUE_SLACK));
+        assert_eq!(link.want_space.load(Ordering::Acquire), 28_000, "halfway through the last quarter");
+        let mut frame = [0u8; 160];
+        for _ in 0..150 {
+            link.read_frame(&mut frame);
+        }
+        assert_eq!(link.playback.lock().free(), 24_000);
+        assert!(!link.waker.take(), "read_frame did not wake the worker for the refill");
+        // The timed wake: the refill fills the room, the next one is timed.
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.held(), 16_000);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 16_000, "what is held");
+        assert_eq!(s.room_due(), Some(Duration::from_millis(1000) + DUE_SLACK));
+        // Were the timer late, read_frame would still wake it, in time.
+        for _ in 0..175 {
+            link.read_frame(&mut frame);
+        }
+        assert!(link.waker.take(), "the safety net");
+        assert_eq!(s.pump(), Push::Stored, "all in the buffer");
+        assert_eq!(link.want_space.load(Ordering::Acquire), 0);
+    }
+
+    /// A timed wake that finds nothing played (PAUSE) stops timing: the
+    /// next sleep waits for read_frame, which wakes the worker once the
+    /// refill fits; so does a caller that is not playing at all.
+    #[test]
+    fn no_timed_refill_while_nothing_plays() {
+        let (link, g) = link(32_000);
+        let mut s = sink(&link, g);
+        assert_eq!(s.push(&bytes(0, 32_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(32_000, 40_000)), Push::Stored);
+        assert_eq!(s.pump(), Push::Full);
+        assert!(s.room_due().is_some());
+        // Woken by the timer, nothing was played.
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.room_due(), None);
+        assert_eq!(link.want_space.load(Ordering::Acquire), 24_000, "read_frame is asked");
+        let mut frame = [0u8; 160];
+        for _ in 0..150 {
+            link.read_frame(&mut frame);
+        }
+        assert!(link.waker.take(), "read_frame woke it once the refill fit");
+        // Paused: not playing, not timed.
+        assert_eq!(s.pump(), Push::Full);
+        link.playback.lock().state = PlayState::Paused;
+        assert_eq!(s.room_due(), None);
     }
 
     #[test]
