@@ -362,6 +362,7 @@ struct Watched {
     /// utime + stime from /proc/<pid>/stat over the window (every thread,
     /// ended ones included), ns.
     process_ns: u64,
+    start_rss_kib: u64,
     peak_rss_kib: u64,
     peak_threads: usize,
 }
@@ -417,7 +418,8 @@ impl Watch {
         let flag = stop.clone();
         let handle = thread::spawn(move || {
             let mut peak_threads = count;
-            let mut peak_rss_kib = status_field(pid, "VmRSS:");
+            let start_rss_kib = status_field(pid, "VmRSS:");
+            let mut peak_rss_kib = start_rss_kib;
             while !flag.load(Ordering::Relaxed) {
                 thread::sleep(SAMPLE_EVERY);
                 peak_threads = peak_threads.max(sample(pid, &mut threads, false));
@@ -425,7 +427,7 @@ impl Watch {
             }
             sample(pid, &mut threads, false);
             let process_ns = process_cpu_ns(pid).saturating_sub(process_start);
-            Watched { threads, process_ns, peak_rss_kib, peak_threads }
+            Watched { threads, process_ns, start_rss_kib, peak_rss_kib, peak_threads }
         });
         Watch { stop, handle }
     }
@@ -443,6 +445,7 @@ struct RunFigures {
     unseen: f64,
     /// Process total (from /proc/<pid>/stat), µs per s of audio.
     total: f64,
+    start_rss_mib: f64,
     peak_rss_mib: f64,
     peak_threads: usize,
 }
@@ -527,6 +530,7 @@ fn one_run(
         groups,
         unseen: per_s(watched.process_ns.saturating_sub(threads_ns)),
         total: per_s(watched.process_ns.max(threads_ns)),
+        start_rss_mib: watched.start_rss_kib as f64 / 1024.0,
         peak_rss_mib: watched.peak_rss_kib as f64 / 1024.0,
         peak_threads: watched.peak_threads,
     };
@@ -535,7 +539,7 @@ fn one_run(
     other_names.sort_by_key(|o| std::cmp::Reverse(o.1));
     let other_names: Vec<String> = other_names.iter().take(4).map(|(n, ns)| format!("{n} {:.0}", per_s(*ns))).collect();
     println!(
-        "  {}: {normal}/{sessions} SPEAK-COMPLETE 000 in {:.1} s; umc saved {:.2}-{:.2} s per session ({} files); us CPU per s of audio: total {:.0} = {}, unseen {:.0} (other: {}); peak RSS {:.1} MiB, peak threads {}",
+        "  {}: {normal}/{sessions} SPEAK-COMPLETE 000 in {:.1} s; umc saved {:.2}-{:.2} s per session ({} files); us CPU per s of audio: total {:.0} = {}, unseen {:.0} (other: {}); RSS {:.1} MiB at the start, peak {:.1} MiB; peak threads {}",
         which.label(),
         took.as_secs_f64(),
         saved.iter().copied().fold(f64::INFINITY, f64::min),
@@ -545,6 +549,7 @@ fn one_run(
         by_group.join(", "),
         fig.unseen,
         other_names.join(", "),
+        fig.start_rss_mib,
         fig.peak_rss_mib,
         fig.peak_threads
     );
@@ -624,13 +629,13 @@ fn run_all(home: &Path, plugin: &Path, sessions: usize, failures: &mut Failures)
             .collect();
         let totals: Vec<String> = r.iter().map(|f| format!("{:.0}", f.total)).collect();
         println!(
-            "  {} median: us CPU per s of audio {:.0} (runs {}) = {}, unseen {:.0}; peak RSS {:.1} MiB, peak threads {}",
+            "  {} median: us CPU per s of audio {:.0} (runs {}) = {}, unseen {:.0}; RSS peak - start {:.1} MiB (largest of the runs); peak threads {}",
             which.label(),
             median(&r.iter().map(|f| f.total).collect::<Vec<_>>()),
             totals.join(" "),
             by_group.join(", "),
             median(&r.iter().map(|f| f.unseen).collect::<Vec<_>>()),
-            r.iter().map(|f| f.peak_rss_mib).fold(0.0, f64::max),
+            r.iter().map(|f| f.peak_rss_mib - f.start_rss_mib).fold(f64::NEG_INFINITY, f64::max),
             r.iter().map(|f| f.peak_threads).max().unwrap_or(0)
         );
     }
