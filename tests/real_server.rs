@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use unimrcp_shim::host::PluginLibrary;
-use unimrcp_shim::realserver::audio::{best_alignment, find_bytes, ms, samples};
+use unimrcp_shim::realserver::audio::{best_alignment, find_bytes, ms, samples, without_repeated_frames};
 use unimrcp_shim::realserver::{
     client_profile_xml, client_xml, header, logger_xml, read, remaining, scenario_xml, server_xml, ssml_text, write,
     Engine, Entry, PortPicker, Ports, RealServer, Scenario, SessionLog, TempRoot, Umc,
@@ -42,6 +42,9 @@ const VOICE: &str = "RealServerVoice01";
 const ENGINE_ID: &str = "ElevenLabs-1";
 /// Our log source in logger.xml (src/logging.rs).
 const LOG_SOURCE: &str = "ELEVENLABS-SYNTH";
+/// Frames umc may write twice in one call (see `without_repeated_frames`):
+/// seen once in five runs on a loaded 2-core machine.
+const MAX_UMC_REPEATS: usize = 5;
 /// Whole-test budget: every wait below is cut off by it.
 const BUDGET: Duration = Duration::from_secs(55);
 
@@ -375,7 +378,15 @@ fn check_run(run: &Run, s: &SessionLog, req: &RecordedRequest, server_log: &str)
         assert!(ours.iter().any(|l| l.contains(needle)), "{ctx}: no '[{sid}] {needle}' in the server log: {ours:#?}");
     }
 
-    let audio = fs::read(&s.pcm).unwrap_or_else(|e| panic!("{ctx}: {}: {e}", s.pcm.display()));
+    let saved = fs::read(&s.pcm).unwrap_or_else(|e| panic!("{ctx}: {}: {e}", s.pcm.display()));
+    // umc writes a frame twice when its jitter buffer had none for a tick
+    // (a late packet on a busy machine); a few such repeats are umc's, not
+    // the server's or the plugin's.
+    let (audio, repeats) = without_repeated_frames(&saved, s.rate);
+    if repeats > 0 {
+        println!("{ctx}: umc wrote {repeats} frame(s) twice (its jitter buffer ran dry); left out");
+    }
+    assert!(repeats <= MAX_UMC_REPEATS, "{ctx}: umc wrote {repeats} frames twice");
     // Next to umc's file, for a look when this fails (the root is kept).
     let _ = fs::write(s.pcm.with_file_name(format!("upstream-{}.pcm", s.session_id)), &req.audio_sent);
     let got_ms = ms(audio.len(), s.rate);
