@@ -55,7 +55,7 @@ const DEMO_MS_PER_CHAR: u32 = 10;
 /// How often the server's threads are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The kernel's USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100
-/// on every Linux architecture's user ABI).
+/// in the user ABI of x86 and ARM Linux).
 const USER_HZ: u64 = 100;
 const ENGINE_ID: &str = "ElevenLabs-1";
 const LOG_SOURCE: &str = "ELEVENLABS-SYNTH";
@@ -510,7 +510,17 @@ fn one_run(
         ));
     }
 
-    let audio_s = sessions as f64 * f64::from(audio_ms) / 1000.0;
+    // The figures count the SPEAK's known length; what umc received must
+    // agree with it.
+    let each_s = f64::from(audio_ms) / 1000.0;
+    let short = saved.iter().filter(|&&s| s < 0.9 * each_s).count();
+    if saved.len() != sessions || short > 0 {
+        println!(
+            "  note: umc saved {} files for {sessions} sessions, {short} of them under 90 % of the {each_s:.2} s each SPEAK plays",
+            saved.len()
+        );
+    }
+    let audio_s = sessions as f64 * each_s;
     let mut groups = [0.0; GROUPS.len()];
     let mut threads_ns = 0u64;
     let mut others: HashMap<String, u64> = HashMap::new();
