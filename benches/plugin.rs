@@ -40,6 +40,10 @@
 //!     `cargo bench --bench plugin -- cost` runs only 10-12).
 //! 11. RSS over 10 batches of 200 channels, both plugins.
 //! 12. latency, read_frame cost and resources at 500 channels.
+//! 13. the plugin in a real unimrcpserver against UniMRCP's demosynth in the
+//!     same server, driven by umc: server CPU per second of audio by thread
+//!     (benches/plugin/realserver.rs; needs `UNIMRCP_HOME`, skipped without;
+//!     `cargo bench --bench plugin -- real` runs only this one).
 //!
 //! Every SPEAK must end in `SPEAK-COMPLETE 000`; if one does not, the
 //! benchmark prints an ERROR line and exits non-zero. Scenarios run one after
@@ -67,6 +71,8 @@ mod connections;
 mod cost;
 #[path = "plugin/metrics.rs"]
 mod metrics;
+#[path = "plugin/realserver.rs"]
+mod realserver;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1197,6 +1203,10 @@ fn main() -> ExitCode {
     let only_metrics = std::env::args().skip(1).any(|a| a == "metrics");
     let only_cost = std::env::args().skip(1).any(|a| a == "cost");
 
+    if std::env::args().skip(1).any(|a| a == "real") {
+        realserver::bench_real(&plugin, &mut failures);
+        return finish(&failures, started, 0);
+    }
     if only_cost {
         if let Err(e) = cost::bench_cost(&plugin, &mut failures) {
             failures.add(format!("cost scenario: {e}"));
@@ -1307,6 +1317,8 @@ fn main() -> ExitCode {
     if let Err(e) = cost::bench_cost(&plugin, &mut failures) {
         failures.add(format!("cost scenario: {e}"));
     }
+
+    realserver::bench_real(&plugin, &mut failures);
 
     let total: usize = results.iter().map(|r| r.added.len()).sum();
     finish(&failures, started, total)

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use unimrcp_shim::host::PluginLibrary;
-use unimrcp_shim::realserver::audio::{best_alignment, find_bytes, ms, samples};
+use unimrcp_shim::realserver::audio::{best_alignment, find_bytes, ms, samples, without_repeated_frames};
 use unimrcp_shim::realserver::{
     client_profile_xml, client_xml, header, logger_xml, read, remaining, scenario_xml, server_xml, ssml_text, write,
     Engine, Entry, PortPicker, Ports, RealServer, Scenario, SessionLog, TempRoot, Umc,
@@ -42,6 +42,9 @@ const VOICE: &str = "RealServerVoice01";
 const ENGINE_ID: &str = "ElevenLabs-1";
 /// Our log source in logger.xml (src/logging.rs).
 const LOG_SOURCE: &str = "ELEVENLABS-SYNTH";
+/// Frames umc may write twice in one call (see `without_repeated_frames`):
+/// seen once in five runs on a loaded 2-core machine.
+const MAX_UMC_REPEATS: usize = 5;
 /// Whole-test budget: every wait below is cut off by it.
 const BUDGET: Duration = Duration::from_secs(55);
 
@@ -86,6 +89,9 @@ const MARKS_TEXT: &str = "For sales press one, for support press two.";
 const MARKS: &[(&str, &str)] = &[("support", "for support"), ("end", "")];
 const WIDEBAND_TEXT: &str = "Sixteen kilohertz linear audio, carried bit for bit.";
 const BUSY_TEXT: &str = "This request meets a busy upstream [busy].";
+/// Upstream requests of the busy run: a `system_busy` 429 before any audio
+/// is retried, `max_retries` (default 2) times after the first try.
+const BUSY_ATTEMPTS: usize = 3;
 const LONG_TEXT: &str = "[long] This sentence is long enough to still be playing when the caller \
     says stop: the audio must end at once, the transfer must be aborted, and no completion event \
     may follow the answer to the stop request, because the request was ended by the client.";
@@ -314,10 +320,28 @@ fn speaks_through_a_real_unimrcpserver_to_umc() {
     assert!(server_log.contains("Unload Plugins"), "the server did not unload the plugins");
     assert!(umc_status.is_some(), "umc did not quit");
 
-    // Each run, against what the upstream saw (one request per run, in order).
-    assert_eq!(requests.len(), runs.len(), "one upstream request per SPEAK: {requests:#?}");
-    for ((run, s), req) in runs.iter().zip(&sessions).zip(&requests) {
-        check_run(run, s, req, &server_log);
+    // Each run, against what the upstream saw (in order: one request per
+    // run, the busy one's retries included).
+    let attempts: Vec<usize> =
+        runs.iter().map(|r| if let Expect::Error(_) = r.expect { BUSY_ATTEMPTS } else { 1 }).collect();
+    assert_eq!(
+        requests.len(),
+        attempts.iter().sum::<usize>(),
+        "upstream requests per SPEAK {attempts:?}: {requests:#?}"
+    );
+    let mut rest = &requests[..];
+    for ((run, s), n) in runs.iter().zip(&sessions).zip(attempts) {
+        let (tries, more) = rest.split_at(n);
+        rest = more;
+        for earlier in &tries[..n - 1] {
+            assert_eq!(
+                (earlier.text.as_deref(), earlier.status),
+                (Some(run.text.as_str()), 429),
+                "{}: a retried try",
+                run.scenario
+            );
+        }
+        check_run(run, s, &tries[n - 1], &server_log);
     }
     let took = started.elapsed();
     println!("whole test: {} ms", took.as_millis());
@@ -354,7 +378,15 @@ fn check_run(run: &Run, s: &SessionLog, req: &RecordedRequest, server_log: &str)
         assert!(ours.iter().any(|l| l.contains(needle)), "{ctx}: no '[{sid}] {needle}' in the server log: {ours:#?}");
     }
 
-    let audio = fs::read(&s.pcm).unwrap_or_else(|e| panic!("{ctx}: {}: {e}", s.pcm.display()));
+    let saved = fs::read(&s.pcm).unwrap_or_else(|e| panic!("{ctx}: {}: {e}", s.pcm.display()));
+    // umc writes a frame twice when its jitter buffer had none for a tick
+    // (a late packet on a busy machine); a few such repeats are umc's, not
+    // the server's or the plugin's.
+    let (audio, repeats) = without_repeated_frames(&saved, s.rate);
+    if repeats > 0 {
+        println!("{ctx}: umc wrote {repeats} frame(s) twice (its jitter buffer ran dry); left out");
+    }
+    assert!(repeats <= MAX_UMC_REPEATS, "{ctx}: umc wrote {repeats} frames twice");
     // Next to umc's file, for a look when this fails (the root is kept).
     let _ = fs::write(s.pcm.with_file_name(format!("upstream-{}.pcm", s.session_id)), &req.audio_sent);
     let got_ms = ms(audio.len(), s.rate);
@@ -405,7 +437,9 @@ fn check_run(run: &Run, s: &SessionLog, req: &RecordedRequest, server_log: &str)
             let why = header(&done.body, "Completion-Reason").unwrap_or_default();
             assert!(why.contains(reason), "{ctx}: Completion-Reason '{why}' lacks '{reason}'");
             assert_eq!(req.status, 429, "{ctx}");
-            assert!(got_ms < 100.0, "{ctx}: {got_ms} ms of audio for a failed SPEAK");
+            // The session stays up through the retries' backoff, so umc
+            // may save the silence the bridge sent meanwhile, but no sound.
+            assert!(samples(&audio).iter().all(|&x| x == 0), "{ctx}: sound in {got_ms} ms saved for a failed SPEAK");
             println!(
                 "{ctx}: SPEAK-COMPLETE {} ms after SPEAK, Completion-Reason: {why}",
                 ((done.time - speak.time) * 1000.0).round()

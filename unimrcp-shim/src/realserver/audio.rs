@@ -44,3 +44,47 @@ pub fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn ms(bytes: usize, rate: u32) -> f64 {
     bytes as f64 * 1000.0 / (f64::from(rate) * 2.0)
 }
+
+/// umc's saved audio without the frames it wrote twice, and how many.
+///
+/// umc writes its stream's frame buffer to the file on every 10 ms tick,
+/// also when its jitter buffer had no frame for that tick (an RTP packet
+/// late on a busy machine): the frame before is then written again, byte
+/// for byte. The test upstream's audio never repeats a 10 ms frame exactly
+/// (its tones' frequencies are not multiples of 100 Hz) and silence is
+/// kept as it is, so a non-silent frame equal to the one before it is such
+/// a repeat. umc writes whole frames from the file's start.
+pub fn without_repeated_frames(saved: &[u8], rate: u32) -> (Vec<u8>, usize) {
+    let frame = (rate as usize / 100) * 2;
+    let mut out = Vec::with_capacity(saved.len());
+    let mut repeats = 0;
+    let mut last: Option<&[u8]> = None;
+    for f in saved.chunks(frame) {
+        if f.len() == frame && last == Some(f) && f.iter().any(|&b| b != 0) {
+            repeats += 1;
+            continue;
+        }
+        out.extend_from_slice(f);
+        last = Some(f);
+    }
+    (out, repeats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_frames_go_and_silence_stays() {
+        let a = [1u8; 160];
+        let b = [2u8; 160];
+        let z = [0u8; 160];
+        let saved: Vec<u8> = [&z[..], &z, &a, &a, &b, &b, &b, &a, &z, &z].concat();
+        let (kept, repeats) = without_repeated_frames(&saved, 8000);
+        assert_eq!(repeats, 3);
+        assert_eq!(kept, [&z[..], &z, &a, &b, &a, &z, &z].concat());
+        // A short last frame is kept as it is.
+        let (kept, repeats) = without_repeated_frames(&[&a[..], &a[..10]].concat(), 8000);
+        assert_eq!((kept.len(), repeats), (170, 0));
+    }
+}

@@ -125,6 +125,12 @@ impl RealServer {
         }
     }
 
+    /// The server's process id (None once stopped), for reading its
+    /// /proc entries.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's log file.
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
