@@ -41,6 +41,7 @@ use crate::tts::{Network, Provider, Stats, Transport};
 use marks::Marks;
 pub use shared::Shared;
 pub use speak::{send_complete, Speak};
+use spill_files::close_expired as close_expired_spill_files;
 pub use spill_files::close_idle as close_spill_files;
 
 /// Commands queue here. The MRCP Server thread never waits on the queue
@@ -175,6 +176,9 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
         rest_after: Duration::from_millis(crate::config::DEFAULT_IDLE_STACK_RELEASE_MS),
         rest_at: None,
     };
+    // Spill files an earlier burst kept and no SPEAK took within their life
+    // are closed as workers come and go (spill_files.rs).
+    close_expired_spill_files();
     // A panic in one SPEAK must not leave the channel mute: end that SPEAK
     // with an error, start over with fresh curl handles, keep serving.
     loop {
@@ -194,6 +198,7 @@ fn run(channel: ChannelRef, shared: Arc<Shared>, rx: Receiver<Command>, net: Arc
             }
         }
     }
+    close_expired_spill_files();
     if worker.exit == Some(true) {
         worker.channel.close_respond();
     }
