@@ -46,7 +46,7 @@ const SKIP: &str = "[13] real unimrcpserver: skipped, UNIMRCP_HOME is not set (i
 const SESSIONS: usize = 100;
 const MAX_SESSIONS: usize = 500;
 /// Runs of each engine, interleaved (demosynth, plugin, demosynth, ...).
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
 /// Audio per SPEAK.
 const AUDIO_MS: u32 = 8000;
 const SPEED: f64 = 4.0;
