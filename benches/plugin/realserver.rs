@@ -224,17 +224,30 @@ fn server_conf(installed: &str, ports: &BenchPorts, base_url: &str, sessions: us
         x = xml::set_child(&x, &path, "max-connection-count", &limit);
     }
 
-    let uni2 = xml::descendants(&x, &["profiles"], &["mrcpv2-profile"])
+    let map = format!("\n        <resource id=\"speechsynth\" engine=\"{demo_id}\"/>\n      ");
+    with_demo_profile(&x, "unimrcpserver.xml", ("sip-uas", &first_agent, DEMO_SIP_AGENT), |demo| {
+        xml::set_body(&demo, &["resource-engine-map"], &map)
+    })
+}
+
+/// `x` with a copy of its `uni2` mrcpv2-profile added as DEMO_PROFILE:
+/// the copy's `child` (which reads `was` in uni2) set to `now`, then
+/// `edit`ed. Server and client configurations both route this way.
+fn with_demo_profile(
+    x: &str,
+    file: &str,
+    (child, was, now): (&str, &str, &str),
+    edit: impl FnOnce(String) -> String,
+) -> String {
+    let uni2 = xml::descendants(x, &["profiles"], &["mrcpv2-profile"])
         .into_iter()
         .find(|s| xml::attr(&x[s.outer.clone()], &[], "id").as_deref() == Some("uni2"))
-        .expect("a uni2 profile in unimrcpserver.xml");
+        .unwrap_or_else(|| panic!("a uni2 profile in {file}"));
     let ours = &x[uni2.outer.clone()];
-    assert_eq!(xml::element(ours, &["sip-uas"]).map(|s| ours[s.body].trim().to_string()), Some(first_agent));
-    let mut demo = xml::set_attr(ours, &[], "id", DEMO_PROFILE);
-    demo = xml::set_child(&demo, &["mrcpv2-profile"], "sip-uas", DEMO_SIP_AGENT);
-    let map = format!("\n        <resource id=\"speechsynth\" engine=\"{demo_id}\"/>\n      ");
-    demo = xml::set_body(&demo, &["resource-engine-map"], &map);
-    xml::splice(&x, uni2.outer.end..uni2.outer.end, &format!("\n    {demo}"))
+    assert_eq!(xml::element(ours, &[child]).map(|s| ours[s.body].trim().to_string()).as_deref(), Some(was));
+    let demo = xml::set_attr(ours, &[], "id", DEMO_PROFILE);
+    let demo = edit(xml::set_child(&demo, &["mrcpv2-profile"], child, now));
+    xml::splice(x, uni2.outer.end..uni2.outer.end, &format!("\n    {demo}"))
 }
 
 /// unimrcpclient.xml (the test's) with connection limits above the
@@ -257,15 +270,7 @@ fn client_profiles(installed: &str, ports: &BenchPorts) -> String {
     let mut demo_settings = xml::set_attr(&x[settings.outer.clone()], &[], "id", "SIP-Settings-Demo");
     demo_settings = xml::set_child(&demo_settings, &["sip-settings"], "server-port", &ports.demo_sip.to_string());
     x = xml::splice(&x, settings.outer.end..settings.outer.end, &format!("\n    {demo_settings}"));
-    let uni2 = xml::descendants(&x, &["profiles"], &["mrcpv2-profile"])
-        .into_iter()
-        .find(|s| xml::attr(&x[s.outer.clone()], &[], "id").as_deref() == Some("uni2"))
-        .expect("a uni2 profile in client-profiles/unimrcp.xml");
-    let ours = &x[uni2.outer.clone()];
-    assert_eq!(xml::element(ours, &["sip-settings"]).map(|s| ours[s.body].trim().to_string()), Some(settings_id));
-    let mut demo = xml::set_attr(ours, &[], "id", DEMO_PROFILE);
-    demo = xml::set_child(&demo, &["mrcpv2-profile"], "sip-settings", "SIP-Settings-Demo");
-    xml::splice(&x, uni2.outer.end..uni2.outer.end, &format!("\n    {demo}"))
+    with_demo_profile(&x, "client-profiles/unimrcp.xml", ("sip-settings", &settings_id, "SIP-Settings-Demo"), |d| d)
 }
 
 /// The SPEAK bodies: (plugin's text, demosynth's body), each `AUDIO_MS` of
