@@ -597,8 +597,14 @@ fn report_attempt(job: &Job, request: &SpeechRequest, part: &Part, stats: &Stats
 }
 
 /// Audio the caller always keeps ahead while the worker lingers: the
-/// upstream's bytes are read before playback gets closer than this.
-const LINGER_MARGIN_MS: u64 = 250;
+/// upstream's bytes are read before playback gets closer than this. It
+/// covers a timed wake-up that comes late (a loaded server's scheduling
+/// delay: milliseconds) with room to spare. At 250 ms the first 300 ms of
+/// every SPEAK lingered not at all, so the worker woke for each network
+/// chunk as it came (every 25 ms at 4x real time, bench [10]), and only
+/// after 900 ms for half a second: 8 wake-ups in the first second of a
+/// SPEAK, 6 at 100 ms.
+const LINGER_MARGIN_MS: u64 = 100;
 /// The longest the worker lets the upstream's bytes gather: also the
 /// longest it may take to see that a transfer has ended (its slot is given
 /// back then).
@@ -664,15 +670,16 @@ mod tests {
         let no_queue = || false;
         let queue = || true;
         // 8 kHz: 16 bytes per ms.
-        assert_eq!(linger(Some(16_000), slow, no_queue, 8000, stall), Some(ms(375)), "1 s ahead");
+        assert_eq!(linger(Some(16_000), slow, no_queue, 8000, stall), Some(ms(450)), "1 s ahead");
         assert_eq!(linger(Some(1 << 20), slow, no_queue, 8000, stall), Some(LINGER), "at most LINGER");
         assert_eq!(
             linger(Some(400 * 16), slow, no_queue, 8000, stall),
-            Some(ms(75)),
+            Some(ms(150)),
             "half of what is beyond the margin"
         );
-        assert_eq!(linger(Some(280 * 16), slow, no_queue, 8000, stall), None, "too little ahead to be worth a sleep");
-        assert_eq!(linger(Some(400 * 16), slow, no_queue, 16000, stall), None, "the rate counts");
+        assert_eq!(linger(Some(130 * 16), slow, no_queue, 8000, stall), None, "too little ahead to be worth a sleep");
+        assert_eq!(linger(Some(130 * 32), slow, no_queue, 8000, stall), Some(ms(80)), "twice the bytes");
+        assert_eq!(linger(Some(130 * 32), slow, no_queue, 16000, stall), None, "the rate counts");
         assert_eq!(linger(None, slow, no_queue, 8000, stall), None, "held back, or no audio yet");
         assert_eq!(linger(Some(1 << 20), None, no_queue, 8000, stall), None, "no body yet: its pace is unknown");
         assert_eq!(
@@ -682,13 +689,13 @@ mod tests {
         );
         assert_eq!(linger(Some(1 << 20), Some(ms(19)), no_queue, 8000, stall), None, "a fast upstream is read at once");
         assert_eq!(linger(Some(1 << 20), slow, queue, 8000, stall), Some(LINGER_QUEUED), "others wait for a slot");
-        assert_eq!(linger(Some(400 * 16), slow, queue, 8000, stall), Some(ms(75)), "the audio ahead still counts");
+        assert_eq!(linger(Some(400 * 16), slow, queue, 8000, stall), Some(ms(150)), "the audio ahead still counts");
         let asked = std::cell::Cell::new(false);
         let watched = || {
             asked.set(true);
             true
         };
-        assert_eq!(linger(Some(400 * 16), slow, watched, 8000, stall), Some(ms(75)));
+        assert_eq!(linger(Some(400 * 16), slow, watched, 8000, stall), Some(ms(150)));
         assert!(!asked.get(), "the queue is looked at only for a pause it could shorten");
         assert_eq!(
             linger(Some(1 << 20), slow, no_queue, 8000, ms(100)),
