@@ -599,11 +599,11 @@ fn report_attempt(job: &Job, request: &SpeechRequest, part: &Part, stats: &Stats
 /// Audio the caller always keeps ahead while the worker lingers: the
 /// upstream's bytes are read before playback gets closer than this. It
 /// covers a timed wake-up that comes late (a loaded server's scheduling
-/// delay: milliseconds) with room to spare. At 250 ms the first 300 ms of
-/// every SPEAK lingered not at all, so the worker woke for each network
-/// chunk as it came (every 25 ms at 4x real time, bench [10]), and only
-/// after 900 ms for half a second: 8 wake-ups in the first second of a
-/// SPEAK, 6 at 100 ms.
+/// delay: milliseconds) with room to spare. At 250 ms the worker did not
+/// linger in a SPEAK's first 300 ms, so it woke for each network chunk as
+/// it came (every 25 ms at 4x real time, bench [10]), and reached lingers
+/// of half a second only after 900 ms: 8 wake-ups in a SPEAK's first
+/// second, against 6 at 100 ms.
 const LINGER_MARGIN_MS: u64 = 100;
 /// The longest the worker lets the upstream's bytes gather: also the
 /// longest it may take to see that a transfer has ended (its slot is given
