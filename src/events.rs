@@ -132,8 +132,7 @@ impl Observers {
 
 /// The one INFO line per SPEAK.
 fn log_line(e: &SpeakEnded<'_>) {
-    let bytes_per_ms = u64::from(e.sample_rate) * 2 / 1000;
-    let audio_ms = e.audio_bytes / bytes_per_ms.max(1);
+    let audio_ms = e.audio_bytes / crate::media::bytes_per_ms(e.sample_rate) as u64;
     let ttfb = e.time_to_first_byte.map_or_else(|| "-".to_owned(), |d| format!("{}", d.as_millis()));
     log::info!(
         "[{}] SPEAK {} done: chars={} voice={} model={} rate={} source={} ttfb_ms={} audio_ms={} bytes={} http={} underruns={} wakeups={} chars_billed={} region={} tries={} queue_ms={} request_id={} cause={}",

@@ -59,8 +59,7 @@ impl Channel {
                 drop(active);
                 return self.refuse(ch, &request, SpeakError::Busy);
             }
-            let bytes_per_ms = rate as usize * 2 / 1000;
-            let prebuffer = self.config.prebuffer_ms as usize * bytes_per_ms;
+            let prebuffer = self.config.prebuffer_ms as usize * crate::media::bytes_per_ms(rate);
             let generation =
                 self.shared.link.playback.lock().start(buffer_limit(self.config.max_buffer_ms, rate), prebuffer);
             let speak = Arc::new(Speak::new(request.origin, request.id, generation));

@@ -43,10 +43,15 @@ const CREATED_BYTES_PER_MS: usize = 16000 * 2 / 1000;
 /// must always be able to take one such chunk, plus a frame.
 const MIN_BUFFER_BYTES: usize = 16 * 1024 + 1920;
 
+/// Bytes per millisecond of 16-bit mono LPCM at `rate` (at least 1, so it
+/// may divide).
+pub fn bytes_per_ms(rate: u32) -> usize {
+    (rate as usize * 2 / 1000).max(1)
+}
+
 /// Buffer bytes for a SPEAK at `rate` under `max_buffer_ms`.
 pub fn buffer_limit(max_buffer_ms: u64, rate: u32) -> usize {
-    let bytes_per_ms = rate as usize * 2 / 1000;
-    (max_buffer_ms as usize * bytes_per_ms).max(MIN_BUFFER_BYTES)
+    (max_buffer_ms as usize * bytes_per_ms(rate)).max(MIN_BUFFER_BYTES)
 }
 
 /// Capacity allocated at channel creation (8 and 16 kHz).

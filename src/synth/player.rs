@@ -648,7 +648,7 @@ fn linger(
     rate: u32,
     stall: Duration,
 ) -> Option<Duration> {
-    let bytes_per_ms = u64::from(rate.max(1000)) * 2 / 1000;
+    let bytes_per_ms = crate::media::bytes_per_ms(rate) as u64;
     let ahead_ms = u64::try_from(ahead?).unwrap_or(u64::MAX) / bytes_per_ms;
     let mut pause =
         Duration::from_millis(ahead_ms.saturating_sub(LINGER_MARGIN_MS) / 2).min(LINGER).min(pace?).min(stall / 4);

@@ -50,7 +50,7 @@ use super::sources::ROOM_WAIT;
 use super::spill_files::{spill_files, FilePool, SpillFile};
 use super::{Job, Worker};
 use crate::error::Failure;
-use crate::media::{spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
+use crate::media::{bytes_per_ms, spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
 
 /// Room the worker waits for before it refills the buffer from what is
 /// held (at most three quarters of the SPEAK's buffer): each refill is one
@@ -540,11 +540,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// 16-bit mono LPCM at `rate`, at least one byte per ms.
-fn bytes_per_ms(rate: u32) -> usize {
-    (rate as usize * 2 / 1000).max(1)
 }
 
 /// A sink said `Stale`: stopped, or its held audio was lost.
