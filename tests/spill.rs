@@ -2,11 +2,11 @@
 //! file, so the upstream transfer runs at the upstream's speed and ends
 //! when generation ends, not when playback does: exact audio through the
 //! file, across parts and breaks, with marks, STOP while it drains, the
-//! cache, and the fall-back to backpressure when no file can be made.
+//! cache, in memory (the default) and in a `spill_dir`, and the fall-back
+//! to backpressure when no file can be made.
 //!
-//! The tests here run one at a time (`serial`): one of them points the
-//! process's TMPDIR at a directory that does not exist, and the real-time
-//! ones read the order of events on a machine with two cores.
+//! The tests here run one at a time (`serial`): the real-time ones read the
+//! order of events on a machine with two cores.
 
 mod common;
 
@@ -121,6 +121,7 @@ fn a_long_prompt_is_fetched_at_the_upstreams_speed_not_the_callers() {
     );
     assert_same_audio(&ch.audio(), &padded(&req.audio_sent, frame_bytes(rate)), "through the spill file");
     assert_eq!(spill_lines(&rig), 1, "one spill file for the SPEAK");
+    assert!(rig.server.logs_text().contains(&format!("{SPILLING} memory")), "in memory by default");
     eprintln!(
         "connection held {:.3} s per second of audio; upstream done at frame {played_when_finished} of {total}",
         held_per_audio_second(&req, rate)
@@ -373,7 +374,12 @@ fn open_unlinked_files_in(dir: &Path) -> Vec<(PathBuf, u64)> {
 fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
     let _serial = serial();
     let dir = TempDir::new("cache");
-    let rig = rig(&[("cache_enabled", "true"), ("cache_dir", dir.path()), ("max_buffer_ms", "200")]);
+    let rig = rig(&[
+        ("cache_enabled", "true"),
+        ("cache_dir", dir.path()),
+        ("spill_dir", dir.path()),
+        ("max_buffer_ms", "200"),
+    ]);
     rig.upstream.set_default(Behavior::default().with_audio_ms(5000));
     let ch = rig.server.open_channel(8000).unwrap();
     let text = "A cached prompt, longer than the buffer.";
@@ -381,7 +387,7 @@ fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
     let req = request_for(&rig.upstream, text);
     assert_same_audio(&first, &padded(&req.audio_sent, 160), "the first, spilled, SPEAK");
     let logs = rig.server.logs_text();
-    assert!(logs.contains(&format!("{SPILLING} {}", dir.path())), "spilled into the cache dir");
+    assert!(logs.contains(&format!("{SPILLING} {}", dir.path())), "spilled into the spill_dir (the cache dir here)");
     let names = dir.names();
     assert_eq!(names.len(), 1, "one entry and nothing else: {names:?}");
     assert!(names[0].len() == 40 && names[0].bytes().all(|b| b.is_ascii_hexdigit()), "{names:?}");
@@ -402,16 +408,15 @@ fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
     assert_eq!(open_unlinked_files_in(&dir.0), [], "the kept spill file is closed with the engine");
 }
 
-/// With nowhere to spill (TMPDIR names a directory that does not exist and
-/// the cache is off), each SPEAK says so once and plays exactly as it did
-/// before the spill existed: the transfer is held back by backpressure.
+/// With nowhere to spill (`spill_dir` names a directory that does not
+/// exist), each SPEAK says so once and plays exactly as it did before the
+/// spill existed: the transfer is held back by backpressure.
 #[test]
-fn without_a_spill_dir_backpressure_holds_the_transfer_and_nothing_is_lost() {
+fn without_a_usable_spill_dir_backpressure_holds_the_transfer_and_nothing_is_lost() {
     let _serial = serial();
-    let saved = std::env::var_os("TMPDIR");
-    std::env::set_var("TMPDIR", format!("/nonexistent-elevenlabs-spill-{}", std::process::id()));
-    let result = std::panic::catch_unwind(|| {
-        let rig = rig(&[("max_buffer_ms", "200")]);
+    let nowhere = format!("/nonexistent-elevenlabs-spill-{}", std::process::id());
+    {
+        let rig = rig(&[("max_buffer_ms", "200"), ("spill_dir", &nowhere)]);
         rig.upstream.set_default(Behavior::default().with_audio_ms(4000));
         let ch = rig.server.open_channel(8000).unwrap();
         for text in ["Nowhere to spill this one.", "Nor this one."] {
@@ -441,15 +446,9 @@ fn without_a_spill_dir_backpressure_holds_the_transfer_and_nothing_is_lost() {
         assert_eq!(failures.len(), 3, "once per SPEAK: {failures:#?}");
         assert!(failures.iter().all(|l| l.text.starts_with(&format!("[{}]", ch.id()))), "{failures:#?}");
         assert!(failures[0].text.contains("held back until the buffer has room"), "{}", failures[0].text);
+        assert!(failures[0].text.contains(&nowhere), "names the directory: {}", failures[0].text);
         assert_eq!(spill_lines(&rig), 0);
         assert_clean(&rig.server);
-    });
-    match saved {
-        Some(v) => std::env::set_var("TMPDIR", v),
-        None => std::env::remove_var("TMPDIR"),
-    }
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
     }
 }
 

@@ -18,6 +18,7 @@ pub use resolve::{
 };
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use shared::{RedisCacheConfig, SharedConfig};
@@ -73,6 +74,7 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "first_byte_timeout_ms",
     "stall_timeout_ms",
     "max_buffer_ms",
+    "spill_dir",
     "max_request_chars",
     "prebuffer_ms",
     "cache_enabled",
@@ -160,6 +162,9 @@ pub struct Config {
     pub first_byte_timeout: Duration,
     pub stall_timeout: Duration,
     pub max_buffer_ms: u64,
+    /// Where audio beyond `max_buffer_ms` waits: None, in memory (a memfd);
+    /// else unnamed files in this directory (synth/spill_files.rs).
+    pub spill_dir: Option<PathBuf>,
     /// Audio held before a SPEAK's first frame plays (jitter reserve).
     pub prebuffer_ms: u64,
     /// Override of the model's per-request character limit.
@@ -276,6 +281,7 @@ impl fmt::Debug for Config {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("max_buffer_ms", &self.max_buffer_ms)
+            .field("spill_dir", &self.spill_dir)
             .field("prebuffer_ms", &self.prebuffer_ms)
             .field("max_request_chars", &self.max_request_chars)
             .field("cache", &self.cache)
@@ -575,6 +581,11 @@ impl Config {
             first_byte_timeout: Duration::from_millis(first_byte_timeout_ms),
             stall_timeout: Duration::from_millis(p.millis("stall_timeout_ms", DEFAULT_STALL_TIMEOUT_MS, 1, 120_000)?),
             max_buffer_ms: p.millis("max_buffer_ms", DEFAULT_MAX_BUFFER_MS, 200, 60_000)?,
+            spill_dir: match p.get("spill_dir") {
+                None | Some("") => None,
+                Some(dir) if dir.starts_with('/') => Some(dir.into()),
+                Some(dir) => return Err(err("spill_dir", format!("'{dir}' is not an absolute path"))),
+            },
             prebuffer_ms: p.millis("prebuffer_ms", 0, 0, 2_000)?,
             max_request_chars: match p.get("max_request_chars") {
                 None => None,
@@ -821,6 +832,15 @@ mod tests {
         ] {
             assert_eq!(with(&[(name, bad)]).unwrap_err().param, name, "{name}={bad}");
         }
+    }
+
+    #[test]
+    fn spill_dir_is_memory_unless_an_absolute_directory_is_named() {
+        let with = with_key_and_voice;
+        assert_eq!(with(&[]).unwrap().spill_dir, None, "memory by default");
+        assert_eq!(with(&[("spill_dir", "")]).unwrap().spill_dir, None);
+        assert_eq!(with(&[("spill_dir", "/var/tmp")]).unwrap().spill_dir, Some(PathBuf::from("/var/tmp")));
+        assert_eq!(with(&[("spill_dir", "tmp")]).unwrap_err().param, "spill_dir", "relative");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! * `pages`: memory mapped from the kernel and unmapped on drop (the
 //!   channels' audio buffers).
 //! * `eventfd`: the kernel counter a worker sleeps on (`media::Waker`).
+//! * `memfd`: an anonymous file in memory, for spilled audio.
 //! * `prefetch`: a cache hint for an address that may no longer be ours.
 //! * `stack`: how much of a thread's stack is resident; giving back the
 //!   pages below the current frame.
@@ -29,6 +30,7 @@ pub mod curl_share;
 mod eventfd;
 mod handles;
 pub mod logging;
+mod memfd;
 mod message;
 mod pages;
 pub mod panic;
@@ -40,6 +42,7 @@ mod vtable;
 
 pub use eventfd::EventFd;
 pub use handles::{ChannelRef, EngineRef};
+pub use memfd::memory_file;
 pub use pages::{release_free_heap, Pages};
 pub use plugin::{log_source_set, logger_set, plugin_create, PLUGIN_VERSION};
 pub use prefetch::prefetch;

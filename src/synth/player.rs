@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::marks::PartMarks;
 use super::sources::{Fed, Source, ROOM_WAIT};
-use super::spill::{lost_or_stopped, spill_dir, SpillSink};
+use super::spill::{lost_or_stopped, spill_place, SpillSink};
 use super::{Job, Worker, STOPPED};
 use crate::cache::{Cache, FlightEnd, Key, Lookup, Probe, Tee, REDIS_POLL};
 use crate::error::Failure;
@@ -217,7 +217,7 @@ impl Worker {
         let mut sink: Box<dyn AudioSink> = Box::new(SpillSink::new(
             Arc::clone(&self.shared.link),
             job.speak.generation,
-            spill_dir(job),
+            spill_place(job),
             self.id(),
             job.speak.request_id,
             job.sample_rate,

@@ -20,9 +20,10 @@
 //!
 //! The file is taken on the first byte that does not fit, from the
 //! process's spill files (`spill_files.rs`: one kept from an earlier SPEAK,
-//! emptied, else a new one), in the cache dir when the cache is on (else
-//! the system's temp dir): unlinked at once (`O_TMPFILE`, or a unique name
-//! removed right away), 0600. The SPEAK reads back only bytes it wrote
+//! emptied, else a new one), where the engine's `spill_dir` says: in
+//! memory by default (a memfd, never written to a disk), else in that
+//! directory, unlinked at once (`O_TMPFILE`, or a unique name removed right
+//! away), 0600. The SPEAK reads back only bytes it wrote
 //! itself: its part, `read..written`, starts at 0 in a file it took empty,
 //! and starts again at 0 whenever it has been drained. When the sink is
 //! dropped at the SPEAK's end the file goes back, emptied (its pages freed
@@ -40,14 +41,13 @@
 //! sees `want_space`).
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::player::Part;
 use super::sources::ROOM_WAIT;
-use super::spill_files::{spill_files, FilePool, SpillFile};
+use super::spill_files::{spill_files, FilePool, SpillFile, SpillPlace};
 use super::{Job, Worker};
 use crate::error::Failure;
 use crate::media::{bytes_per_ms, spill_buffers, AudioSink, BufferPool, Link, Loan, PlayState, Playback, Push};
@@ -70,7 +70,7 @@ pub(super) struct SpillSink {
     link: Arc<Link>,
     generation: u64,
     /// Where the file is made.
-    dir: PathBuf,
+    place: SpillPlace,
     /// The channel's label and the SPEAK's request id, for log lines.
     label: String,
     request_id: u32,
@@ -118,13 +118,13 @@ impl SpillSink {
     pub(super) fn new(
         link: Arc<Link>,
         generation: u64,
-        dir: PathBuf,
+        place: SpillPlace,
         label: String,
         request_id: u32,
         sample_rate: u32,
     ) -> SpillSink {
         let pools = (Arc::clone(spill_buffers()), Arc::clone(spill_files()));
-        let mut sink = SpillSink::with_pools(link, generation, dir, label, request_id, pools);
+        let mut sink = SpillSink::with_pools(link, generation, place, label, request_id, pools);
         sink.bytes_per_ms = bytes_per_ms(sample_rate);
         sink
     }
@@ -132,7 +132,7 @@ impl SpillSink {
     fn with_pools(
         link: Arc<Link>,
         generation: u64,
-        dir: PathBuf,
+        place: SpillPlace,
         label: String,
         request_id: u32,
         (pool, files): (Arc<BufferPool>, Arc<FilePool>),
@@ -140,7 +140,7 @@ impl SpillSink {
         SpillSink {
             link,
             generation,
-            dir,
+            place,
             label,
             request_id,
             pool,
@@ -203,17 +203,17 @@ impl SpillSink {
     /// and the sink falls back to backpressure for the rest of the SPEAK.
     fn spill(&mut self, data: &[u8]) -> bool {
         if self.file.is_none() {
-            match self.files.take(&self.dir) {
+            match self.files.take(&self.place) {
                 Ok(file) => {
                     log::debug!(
                         "[{}] SPEAK {}: audio beyond max_buffer_ms goes to a spill file in {}",
                         self.label,
                         self.request_id,
-                        self.dir.display()
+                        self.place
                     );
                     self.file = Some(file);
                 }
-                Err(e) => return self.give_up(&format!("cannot create a spill file in {}: {e}", self.dir.display())),
+                Err(e) => return self.give_up(&format!("cannot create a spill file in {}: {e}", self.place)),
             }
         }
         let size = self.pool.size();
@@ -275,7 +275,7 @@ impl SpillSink {
                 spill.len = spill.len.max(self.written);
                 true
             }
-            Err(e) => self.give_up(&format!("cannot write the spill file in {}: {e}", self.dir.display())),
+            Err(e) => self.give_up(&format!("cannot write the spill file in {}: {e}", self.place)),
         }
     }
 
@@ -500,19 +500,15 @@ impl Drop for SpillSink {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
             if !self.failed && self.lost.is_none() {
-                self.files.give_back(std::mem::take(&mut self.dir), file);
+                self.files.give_back(std::mem::take(&mut self.place), file);
             }
         }
     }
 }
 
-/// Where a SPEAK's spill file goes: the cache dir when the cache is on,
-/// else the system's temp dir.
-pub(super) fn spill_dir(job: &Job) -> PathBuf {
-    match &job.cache {
-        Some(cache) => cache.config().dir.clone(),
-        None => std::env::temp_dir(),
-    }
+/// Where a SPEAK's spill file goes: the engine's `spill_dir`, else memory.
+pub(super) fn spill_place(job: &Job) -> SpillPlace {
+    job.config.spill_dir.clone().map_or(SpillPlace::Memory, SpillPlace::Dir)
 }
 
 impl Worker {
@@ -564,13 +560,13 @@ mod tests {
 
     /// A sink with a pool of its own, so that its figures are the test's.
     fn sink(link: &Arc<Link>, generation: u64) -> SpillSink {
-        sink_in(link, generation, std::env::temp_dir())
+        sink_in(link, generation, SpillPlace::Memory)
     }
 
-    fn sink_in(link: &Arc<Link>, generation: u64, dir: PathBuf) -> SpillSink {
+    fn sink_in(link: &Arc<Link>, generation: u64, place: SpillPlace) -> SpillSink {
         let pool = BufferPool::new(crate::media::SPILL_BUFFER_BYTES, 2);
         let files = FilePool::new(2, std::time::Duration::from_secs(3600));
-        SpillSink::with_pools(Arc::clone(link), generation, dir, "test".into(), 1, (pool, files))
+        SpillSink::with_pools(Arc::clone(link), generation, place, "test".into(), 1, (pool, files))
     }
 
     fn bytes(from: usize, n: usize) -> Vec<u8> {
@@ -756,7 +752,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spill-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (link, g) = link(1000);
-        let mut s = sink_in(&link, g, dir.clone());
+        let mut s = sink_in(&link, g, SpillPlace::Dir(dir.clone()));
         assert_eq!(s.push(&bytes(0, 1000)), Push::Stored);
         assert_eq!(s.push(&bytes(1000, 4000)), Push::Stored);
         s.flush();
@@ -787,10 +783,9 @@ mod tests {
         let files = FilePool::new(2, std::time::Duration::from_secs(3600));
         let pool = BufferPool::new(crate::media::SPILL_BUFFER_BYTES, 2);
         let pools = || (Arc::clone(&pool), Arc::clone(&files));
-        let dir = std::env::temp_dir();
         // The first SPEAK spills 100,000 bytes of one pattern.
         let (link1, g1) = link(1000);
-        let mut s = SpillSink::with_pools(Arc::clone(&link1), g1, dir.clone(), "test".into(), 1, pools());
+        let mut s = SpillSink::with_pools(Arc::clone(&link1), g1, SpillPlace::Memory, "test".into(), 1, pools());
         let first: Vec<u8> = vec![0xAA; 101_000];
         assert_eq!(s.push(&first[..1000]), Push::Stored);
         for piece in first[1000..].chunks(2400) {
@@ -804,7 +799,7 @@ mod tests {
         // The second takes it again: it spills less, and gets back exactly
         // its own bytes.
         let (link2, g2) = link(1000);
-        let mut s = SpillSink::with_pools(Arc::clone(&link2), g2, dir, "test".into(), 2, pools());
+        let mut s = SpillSink::with_pools(Arc::clone(&link2), g2, SpillPlace::Memory, "test".into(), 2, pools());
         let second = bytes(0, 1000 + 5000);
         assert_eq!(s.push(&second[..1000]), Push::Stored);
         assert_eq!(s.push(&second[1000..]), Push::Stored);
@@ -836,7 +831,7 @@ mod tests {
     #[test]
     fn no_spill_dir_falls_back_to_backpressure() {
         let (link, g) = link(1000);
-        let mut s = sink_in(&link, g, "/nonexistent/spill/dir".into());
+        let mut s = sink_in(&link, g, SpillPlace::Dir("/nonexistent/spill/dir".into()));
         assert_eq!(s.push(&bytes(0, 800)), Push::Stored, "what fits goes straight in");
         assert_eq!(s.push(&bytes(800, 300)), Push::Full, "nothing stored: the transfer waits");
         assert!(s.failed && s.file.is_none());

@@ -1,37 +1,40 @@
-//! Open, unlinked spill files kept between SPEAKs, so that a SPEAK that
-//! spills takes a file instead of making one: it spares the inode's
-//! allocation and its eviction at close. On an ext4 without a journal the
-//! allocation reads the inode table to skip every inode freed in the last
-//! 5-10 s, so it costs the more, the more files were deleted lately (up to
-//! about 110 us of CPU per SPEAK on the benchmark's machine, bench [10]).
+//! Open spill files kept between SPEAKs, so that a SPEAK that spills takes
+//! a file instead of making one.
 //!
-//! A file is made as before (unnamed in its directory, 0600: `create`),
-//! lent to one SPEAK at a time, and given back when the SPEAK's sink is
-//! dropped, unless a write or a read of it failed (then it is closed).
-//! A given-back file is cut to nothing (`ftruncate` to 0): its pages, the
-//! SPEAK's audio, are freed at once, dirty ones unwritten, so an idle file
-//! holds nothing and the next SPEAK's part starts empty. (Keeping some of
-//! its pages would spare the next SPEAK new page-cache pages and their
-//! freeing, about 40 % of the rest of the spill's cost, but idle files
-//! would then hold former SPEAKs' audio, dirty, which the kernel writes
-//! back to the disk.)
+//! A file is made where the engine's `spill_dir` says (`create`): by
+//! default in memory (`ffi::memory_file`, a memfd: no inode on any file
+//! system, its pages never written to a disk), else unnamed in that
+//! directory (`O_TMPFILE`, 0600). It is lent to one SPEAK at a time, and
+//! given back when the SPEAK's sink is dropped, unless a write or a read
+//! of it failed (then it is closed). A given-back file is cut to nothing
+//! (`ftruncate` to 0): its pages, the SPEAK's audio, are freed at once
+//! (in a directory, dirty ones unwritten), so an idle file holds nothing
+//! and the next SPEAK's part starts empty.
+//!
+//! What a kept file spares a SPEAK is the file's making and closing: a
+//! memory file's are cheap (microseconds); a directory's cost an inode,
+//! whose allocation on an ext4 without a journal reads the inode table to
+//! skip every inode freed in the last 5-10 s, so it costs the more, the
+//! more files were deleted lately (up to about 110 us of CPU per SPEAK on
+//! the benchmark's machine, bench [10]; 6-9 % of the workers' CPU in
+//! benches [10] and [13] before memory became the default).
 //!
 //! A file serves SPEAKs for `FILE_LIFE` after it was made, then it is
-//! closed (at a give-back, or at a take that finds it idle): an inode in
-//! use is written back by the kernel once it has been dirty for 30 s, and
-//! a file reused for good would stay dirty, so its SPEAKs' audio would go
-//! to the disk; a file per SPEAK, or per 20 s, is freed before that
-//! (unless a SPEAK holds it for longer, as before).
+//! closed (at a give-back, or at a take that finds it idle). In a
+//! directory, an inode in use is written back by the kernel once it has
+//! been dirty for 30 s, and a file reused for good would stay dirty, so
+//! its SPEAKs' audio would go to the disk; a file per 20 s is freed before
+//! that (unless a SPEAK holds it for longer). A memory file is never
+//! written back; the same life bounds how long a burst's idle descriptors
+//! outlive it.
 //!
-//! As many idle files are kept as recent SPEAKs needed, whatever their
-//! directory (the cache dir, or the temp dir): a file is made only when no
-//! idle one is there, that is when every live file is out, so the files
-//! alive never outnumber the SPEAKs that spilled at once within the last
-//! `FILE_LIFE`. A burst of calls that all spill (bench [13]: 100 sessions
-//! at once, every 10 s) thus finds its files again instead of making them
-//! anew; with a handful kept (8, as it was), 92 of 100 were made and
-//! closed every round, and on an ext4 without a journal the allocation's
-//! scan past the recently freed inodes was a tenth of the workers' CPU.
+//! As many idle files are kept as recent SPEAKs needed, wherever they are:
+//! a file is made only when no idle one of that place is there, that is
+//! when every live file is out, so the files alive never outnumber the
+//! SPEAKs that spilled at once within the last `FILE_LIFE`. A burst of
+//! calls that all spill (bench [13]: 100 sessions at once, every 10 s)
+//! thus finds its files again instead of making them anew; with a handful
+//! kept (8, as it was), 92 of 100 were made and closed every round.
 //! `KEPT_FILES` only caps that. Files past their life are closed at the
 //! next take or give-back, when a worker starts or ends
 //! (`close_expired`), and all idle files when the engine closes
@@ -41,6 +44,7 @@
 //! Lock: `idle`, a leaf held for one push or pop of the list, never across
 //! the file's creation, cut or close.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -59,9 +63,9 @@ const KEPT_FILES: usize = 1024;
 /// How long a file serves SPEAKs after it was made: then it is closed at
 /// its next give-back (or found so at a take), its pages dropped unwritten.
 /// Below the kernel's default 30 s before dirty pages are written back
-/// (`vm.dirty_expire_centisecs`), so that spilled audio does not reach the
-/// disk any more than with a file per SPEAK: a file reused for long would
-/// have its dirty pages written back every 30 s.
+/// (`vm.dirty_expire_centisecs`), so that spilled audio in a `spill_dir`
+/// does not reach the disk any more than with a file per SPEAK: a file
+/// reused for long would have its dirty pages written back every 30 s.
 const FILE_LIFE: Duration = Duration::from_secs(20);
 
 /// The process's spill files.
@@ -94,8 +98,27 @@ pub(super) struct FilePool {
 }
 
 struct Idle {
-    dir: PathBuf,
+    place: SpillPlace,
     spill: SpillFile,
+}
+
+/// Where a SPEAK's spilled audio waits: the engine's `spill_dir`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SpillPlace {
+    /// An anonymous memory file (no `spill_dir`, the default).
+    #[default]
+    Memory,
+    /// An unnamed file in this directory.
+    Dir(PathBuf),
+}
+
+impl fmt::Display for SpillPlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpillPlace::Memory => f.write_str("memory"),
+            SpillPlace::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
 }
 
 /// A file lent to one SPEAK.
@@ -124,20 +147,20 @@ impl FilePool {
         })
     }
 
-    /// An idle file of `dir` (the most recently given back), else a new
+    /// An idle file of `place` (the most recently given back), else a new
     /// one. Idle files past their life are closed on the way.
-    pub(super) fn take(&self, dir: &Path) -> io::Result<SpillFile> {
+    pub(super) fn take(&self, place: &SpillPlace) -> io::Result<SpillFile> {
         let now = Instant::now();
         let (kept, expired) = {
             let mut idle = self.idle.lock();
             let expired = self.take_expired(&mut idle, now);
-            (idle.iter().rposition(|i| i.dir == dir).map(|at| idle.remove(at)), expired)
+            (idle.iter().rposition(|i| i.place == *place).map(|at| idle.remove(at)), expired)
         };
         drop(expired); // closed outside the lock
         if let Some(Idle { spill, .. }) = kept {
             return Ok(spill);
         }
-        let file = create(dir)?;
+        let file = create(place)?;
         #[cfg(test)]
         self.made.fetch_add(1, Ordering::Relaxed);
         Ok(SpillFile { file, len: 0, made: now })
@@ -163,17 +186,17 @@ impl FilePool {
         drop(expired); // closed outside the lock
     }
 
-    /// Keeps a file of `dir` for the next SPEAK, cut to nothing first
+    /// Keeps a file of `place` for the next SPEAK, cut to nothing first
     /// (closed if that fails). Closed instead when past its life or when
     /// `keep` files are idle already (not emptied first: its close frees
     /// its pages anyway).
-    pub(super) fn give_back(&self, dir: PathBuf, mut spill: SpillFile) {
+    pub(super) fn give_back(&self, place: SpillPlace, mut spill: SpillFile) {
         if self.expired(&spill, Instant::now()) || self.idle.lock().len() >= self.keep {
             return;
         }
         if spill.len > 0 {
             if let Err(e) = spill.file.set_len(0) {
-                log::warn!("cannot empty a spill file in {} for reuse (closed instead): {e}", dir.display());
+                log::warn!("cannot empty a spill file in {place} for reuse (closed instead): {e}");
                 return;
             }
             spill.len = 0;
@@ -183,7 +206,7 @@ impl FilePool {
         // Others may have given theirs back meanwhile.
         let kept = idle.len() < self.keep;
         if kept {
-            idle.push(Idle { dir, spill });
+            idle.push(Idle { place, spill });
             drop(idle);
         } else {
             drop(idle);
@@ -208,9 +231,17 @@ impl FilePool {
     }
 }
 
+/// A new, empty file at `place`.
+pub(super) fn create(place: &SpillPlace) -> io::Result<File> {
+    match place {
+        SpillPlace::Memory => crate::ffi::memory_file(c"elevenlabs-spill"),
+        SpillPlace::Dir(dir) => create_in(dir),
+    }
+}
+
 /// An unnamed file in `dir`, open for reading and writing, 0600: gone from
 /// the directory before anything is written to it.
-pub(super) fn create(dir: &Path) -> io::Result<File> {
+pub(super) fn create_in(dir: &Path) -> io::Result<File> {
     let unnamed =
         OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_EXCL).open(dir);
     match unnamed {
@@ -237,6 +268,17 @@ mod tests {
 
     use super::*;
 
+    fn at(dir: &Path) -> SpillPlace {
+        SpillPlace::Dir(dir.to_path_buf())
+    }
+
+    /// Whether descriptor `fd` (its /proc path) still names the memory file
+    /// `ino` (its number may have been reused since, by another test's).
+    fn memory_file_open(fd: &str, ino: u64) -> bool {
+        std::fs::read_link(fd).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:elevenlabs-spill"))
+            && std::fs::metadata(fd).is_ok_and(|m| m.ino() == ino)
+    }
+
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("spill-files-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -247,13 +289,13 @@ mod tests {
     fn a_given_back_file_is_taken_again_empty() {
         let dir = scratch_dir("again");
         let pool = FilePool::new(2, Duration::from_secs(3600));
-        let mut a = pool.take(&dir).unwrap();
+        let mut a = pool.take(&at(&dir)).unwrap();
         a.file.write_all_at(&[7u8; 10_000], 0).unwrap();
         a.len = 10_000;
         let ino = a.file.metadata().unwrap().ino();
-        pool.give_back(dir.clone(), a);
+        pool.give_back(at(&dir), a);
         assert_eq!((pool.idle(), pool.made()), (1, 1));
-        let b = pool.take(&dir).unwrap();
+        let b = pool.take(&at(&dir)).unwrap();
         assert_eq!(b.file.metadata().unwrap().ino(), ino, "the same file, not a new one");
         assert_eq!((b.len, b.file.metadata().unwrap().len()), (0, 0), "emptied on its way back");
         let mut back = [1u8; 16];
@@ -268,7 +310,7 @@ mod tests {
     fn a_file_given_back_past_the_idle_bound_is_closed() {
         let dir = scratch_dir("bound");
         let pool = FilePool::new(2, Duration::from_secs(3600));
-        let files: Vec<SpillFile> = (0..3).map(|_| pool.take(&dir).unwrap()).collect();
+        let files: Vec<SpillFile> = (0..3).map(|_| pool.take(&at(&dir)).unwrap()).collect();
         assert_eq!(pool.made(), 3);
         let fds: Vec<String> =
             files.iter().map(|f| format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f.file))).collect();
@@ -281,13 +323,13 @@ mod tests {
         };
         assert!(open(0) && open(1) && open(2));
         for f in files {
-            pool.give_back(dir.clone(), f);
+            pool.give_back(at(&dir), f);
         }
         assert_eq!(pool.idle(), 2);
         assert!(open(0) && open(1), "the first two kept");
         assert!(!open(2), "the third closed");
         // The last one given back is taken first.
-        assert_eq!(pool.take(&dir).unwrap().file.metadata().unwrap().ino(), inodes[1]);
+        assert_eq!(pool.take(&at(&dir)).unwrap().file.metadata().unwrap().ino(), inodes[1]);
         pool.close_idle();
         assert_eq!(pool.idle(), 0);
         assert!(!open(0), "closed with the idle ones");
@@ -300,15 +342,15 @@ mod tests {
     fn a_file_past_its_life_is_closed_not_reused() {
         let dir = scratch_dir("life");
         let pool = FilePool::new(2, Duration::ZERO);
-        let a = pool.take(&dir).unwrap();
-        pool.give_back(dir.clone(), a);
+        let a = pool.take(&at(&dir)).unwrap();
+        pool.give_back(at(&dir), a);
         assert_eq!(pool.idle(), 0, "closed at once");
         let pool = FilePool::new(2, Duration::from_millis(50));
-        let a = pool.take(&dir).unwrap();
-        pool.give_back(dir.clone(), a);
+        let a = pool.take(&at(&dir)).unwrap();
+        pool.give_back(at(&dir), a);
         assert_eq!(pool.idle(), 1);
         std::thread::sleep(Duration::from_millis(100));
-        let b = pool.take(&dir).unwrap();
+        let b = pool.take(&at(&dir)).unwrap();
         assert_eq!((pool.idle(), pool.made()), (0, 2), "the expired one dropped (closed), a new one made");
         drop(b);
         std::fs::remove_dir(&dir).unwrap();
@@ -323,9 +365,9 @@ mod tests {
         let life = Duration::from_millis(300);
         let pool = FilePool::new(KEPT_FILES, life);
         let burst = |pool: &FilePool| {
-            let files: Vec<SpillFile> = (0..20).map(|_| pool.take(&dir).unwrap()).collect();
+            let files: Vec<SpillFile> = (0..20).map(|_| pool.take(&at(&dir)).unwrap()).collect();
             for f in files {
-                pool.give_back(dir.clone(), f);
+                pool.give_back(at(&dir), f);
             }
         };
         burst(&pool);
@@ -343,13 +385,13 @@ mod tests {
     fn files_are_kept_per_directory() {
         let (one, two) = (scratch_dir("one"), scratch_dir("two"));
         let pool = FilePool::new(4, Duration::from_secs(3600));
-        let a = pool.take(&one).unwrap();
+        let a = pool.take(&at(&one)).unwrap();
         let ino = a.file.metadata().unwrap().ino();
-        pool.give_back(one.clone(), a);
-        let b = pool.take(&two).unwrap();
+        pool.give_back(at(&one), a);
+        let b = pool.take(&at(&two)).unwrap();
         assert_ne!(b.file.metadata().unwrap().ino(), ino, "not the other directory's file");
         assert_eq!((pool.idle(), pool.made()), (1, 2));
-        assert_eq!(pool.take(&one).unwrap().file.metadata().unwrap().ino(), ino);
+        assert_eq!(pool.take(&at(&one)).unwrap().file.metadata().unwrap().ino(), ino);
         drop(b);
         std::fs::remove_dir(&one).unwrap();
         std::fs::remove_dir(&two).unwrap();
@@ -358,8 +400,34 @@ mod tests {
     #[test]
     fn a_missing_directory_is_an_error() {
         let pool = FilePool::new(2, Duration::from_secs(3600));
-        assert!(pool.take(Path::new("/nonexistent/spill/dir")).is_err());
+        assert!(pool.take(&at(Path::new("/nonexistent/spill/dir"))).is_err());
         assert_eq!((pool.idle(), pool.made()), (0, 0));
+    }
+
+    /// The default place: a memory file, taken again empty, kept apart from
+    /// a directory's files, closed with the idle ones.
+    #[test]
+    fn a_memory_file_is_taken_again_empty_and_kept_apart_from_a_directorys() {
+        let dir = scratch_dir("memory");
+        let pool = FilePool::new(4, Duration::from_secs(3600));
+        let mut a = pool.take(&SpillPlace::Memory).unwrap();
+        let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&a.file));
+        let ino = a.file.metadata().unwrap().ino();
+        assert!(memory_file_open(&fd, ino), "a memfd: {:?}", std::fs::read_link(&fd));
+        a.file.write_all_at(&[7u8; 10_000], 0).unwrap();
+        a.len = 10_000;
+        pool.give_back(SpillPlace::Memory, a);
+        let d = pool.take(&at(&dir)).unwrap();
+        assert_ne!(d.file.metadata().unwrap().ino(), ino, "a directory's SPEAK does not get the memory file");
+        assert_eq!((pool.idle(), pool.made()), (1, 2));
+        let b = pool.take(&SpillPlace::Memory).unwrap();
+        assert_eq!(b.file.metadata().unwrap().ino(), ino, "the same memory file, not a new one");
+        assert_eq!((b.len, b.file.metadata().unwrap().len()), (0, 0), "emptied on its way back");
+        pool.give_back(SpillPlace::Memory, b);
+        pool.close_idle();
+        assert!(!memory_file_open(&fd, ino), "closed with the idle ones");
+        drop(d);
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]
