@@ -415,41 +415,39 @@ fn a_spilled_speak_still_makes_an_exact_cache_entry_and_leaves_no_file() {
 fn without_a_usable_spill_dir_backpressure_holds_the_transfer_and_nothing_is_lost() {
     let _serial = serial();
     let nowhere = format!("/nonexistent-elevenlabs-spill-{}", std::process::id());
-    {
-        let rig = rig(&[("max_buffer_ms", "200"), ("spill_dir", &nowhere)]);
-        rig.upstream.set_default(Behavior::default().with_audio_ms(4000));
-        let ch = rig.server.open_channel(8000).unwrap();
-        for text in ["Nowhere to spill this one.", "Nor this one."] {
-            let audio = speak_ok(&ch, Request::speak(text));
-            assert_same_audio(&audio, &padded(&request_for(&rig.upstream, text).audio_sent, 160), text);
-        }
-        // The staged path (decoded timestamps, scaled samples) under
-        // backpressure: paused and resumed without a byte lost or repeated.
-        let text = "This one carries a mark and a gain, so its audio is decoded and scaled before it is buffered.";
-        let at = text.find("so its").unwrap();
-        let doc = format!(
-            r#"<speak><prosody volume="x-soft">{}<mark name="middle"/>{}</prosody></speak>"#,
-            &text[..at],
-            &text[at..]
-        );
-        let before = ch.audio_len();
-        let id = ch.send(Request::speak_ssml(&doc));
-        let done = ch.wait_complete(id, WAIT).expect("SPEAK-COMPLETE");
-        assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
-        assert_eq!(markers(&ch, id).iter().map(marker_name).collect::<Vec<_>>(), ["middle"]);
-        let req = request_for(&rig.upstream, text);
-        assert!(req.with_timestamps);
-        assert_same_audio(&ch.audio()[before..], &padded(&gained(&req.audio_sent, 0.25), 160), "decoded and scaled");
-
-        let logs = rig.server.logs();
-        let failures: Vec<_> = logs.iter().filter(|l| l.text.contains("cannot create a spill file")).collect();
-        assert_eq!(failures.len(), 3, "once per SPEAK: {failures:#?}");
-        assert!(failures.iter().all(|l| l.text.starts_with(&format!("[{}]", ch.id()))), "{failures:#?}");
-        assert!(failures[0].text.contains("held back until the buffer has room"), "{}", failures[0].text);
-        assert!(failures[0].text.contains(&nowhere), "names the directory: {}", failures[0].text);
-        assert_eq!(spill_lines(&rig), 0);
-        assert_clean(&rig.server);
+    let rig = rig(&[("max_buffer_ms", "200"), ("spill_dir", &nowhere)]);
+    rig.upstream.set_default(Behavior::default().with_audio_ms(4000));
+    let ch = rig.server.open_channel(8000).unwrap();
+    for text in ["Nowhere to spill this one.", "Nor this one."] {
+        let audio = speak_ok(&ch, Request::speak(text));
+        assert_same_audio(&audio, &padded(&request_for(&rig.upstream, text).audio_sent, 160), text);
     }
+    // The staged path (decoded timestamps, scaled samples) under
+    // backpressure: paused and resumed without a byte lost or repeated.
+    let text = "This one carries a mark and a gain, so its audio is decoded and scaled before it is buffered.";
+    let at = text.find("so its").unwrap();
+    let doc = format!(
+        r#"<speak><prosody volume="x-soft">{}<mark name="middle"/>{}</prosody></speak>"#,
+        &text[..at],
+        &text[at..]
+    );
+    let before = ch.audio_len();
+    let id = ch.send(Request::speak_ssml(&doc));
+    let done = ch.wait_complete(id, WAIT).expect("SPEAK-COMPLETE");
+    assert_eq!(done.completion_cause, Some(NORMAL), "{done:#?}");
+    assert_eq!(markers(&ch, id).iter().map(marker_name).collect::<Vec<_>>(), ["middle"]);
+    let req = request_for(&rig.upstream, text);
+    assert!(req.with_timestamps);
+    assert_same_audio(&ch.audio()[before..], &padded(&gained(&req.audio_sent, 0.25), 160), "decoded and scaled");
+
+    let logs = rig.server.logs();
+    let failures: Vec<_> = logs.iter().filter(|l| l.text.contains("cannot create a spill file")).collect();
+    assert_eq!(failures.len(), 3, "once per SPEAK: {failures:#?}");
+    assert!(failures.iter().all(|l| l.text.starts_with(&format!("[{}]", ch.id()))), "{failures:#?}");
+    assert!(failures[0].text.contains("held back until the buffer has room"), "{}", failures[0].text);
+    assert!(failures[0].text.contains(&nowhere), "names the directory: {}", failures[0].text);
+    assert_eq!(spill_lines(&rig), 0);
+    assert_clean(&rig.server);
 }
 
 /// `wakeups=` of the SPEAK summary lines logged so far.
