@@ -9,6 +9,7 @@
 //! `synth::Shared`.
 
 mod session;
+mod trim;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,10 +41,8 @@ pub struct EngineShared {
     pub worker_threads: Arc<AtomicUsize>,
     /// Most workers alive since the heap was last trimmed.
     workers_peak: AtomicUsize,
-    /// The thread giving free heap memory back, while it runs or until
-    /// joined (a leaf, held to look at or swap the handle, never across
-    /// the join of a running one).
-    trim: Mutex<Option<JoinHandle<()>>>,
+    /// Gives free heap memory back once channels have gone.
+    trim: Arc<trim::HeapTrim>,
 }
 
 /// Trim only once at least this many channels went since the peak (or
@@ -74,44 +73,14 @@ impl EngineShared {
         let peak = self.workers_peak.load(Ordering::Relaxed);
         if alive <= peak / 2 && (alive == 0 || peak - alive >= TRIM_AFTER_CHANNELS) {
             self.workers_peak.store(alive, Ordering::Relaxed);
-            self.trim_heap(peak, alive);
+            self.trim.request(format!("{peak} -> {alive} channels"));
         }
     }
 
-    /// `malloc_trim` walks every arena's free lists under the arena's lock:
-    /// 1-4 ms after 200 channels (measured), far too long for the MRCP
-    /// Server thread, where channel destroy runs. It gets a short-lived
-    /// thread of its own; if the last one is still at work, this round is
-    /// left to it.
-    fn trim_heap(&self, peak: usize, alive: usize) {
-        let mut slot = self.trim.lock();
-        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        if let Some(done) = slot.take() {
-            let _ = done.join(); // finished: returns at once
-        }
-        let spawned = std::thread::Builder::new().name("elevenlabs-trim".into()).spawn(move || {
-            let started = std::time::Instant::now();
-            ffi::release_free_heap();
-            log::debug!(
-                "{peak} -> {alive} channels: free heap memory returned to the system in {} us",
-                started.elapsed().as_micros()
-            );
-        });
-        match spawned {
-            Ok(thread) => *slot = Some(thread),
-            Err(e) => log::debug!("heap trim skipped: cannot start its thread ({e})"),
-        }
-    }
-
-    /// Waits for a heap trim still running (engine close and destroy, never
-    /// on the MRCP Server thread).
+    /// Waits for a heap trim pending or under way, which walks at once
+    /// (engine close and destroy, never on the MRCP Server thread).
     pub fn join_trim(&self) {
-        let running = self.trim.lock().take();
-        if let Some(thread) = running {
-            let _ = thread.join();
-        }
+        self.trim.finish();
     }
 }
 
