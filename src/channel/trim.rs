@@ -21,8 +21,9 @@
 //! (none during the burst) 3 MiB more stayed in the arenas' tops.
 //!
 //! Lock: `state`, a leaf held to read or change the fields, and by the
-//! thread's condvar wait (which releases it); never across the walk or a
-//! join.
+//! thread's condvar wait (which releases it); never across the walk, nor
+//! across a join that could wait (a handle is joined under it only once
+//! its thread has returned).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,6 +50,8 @@ pub struct HeapTrim {
 #[derive(Default)]
 struct State {
     thread: Option<JoinHandle<()>>,
+    /// Earlier threads, past their last step but perhaps not yet returned.
+    exiting: Vec<JoinHandle<()>>,
     /// A thread is waiting or walking (it clears this itself, under the
     /// lock, when no request is left).
     running: bool,
@@ -81,8 +84,17 @@ impl HeapTrim {
             self.wake.notify_all(); // its thread picks the request up
             return;
         }
-        if let Some(done) = state.thread.take() {
-            let _ = done.join(); // not running: it has returned or is returning
+        // Threads that said they are done: joined once they have returned
+        // (at once), else kept for `finish`, since a join that could wait
+        // has no place on the MRCP Server thread.
+        let state = &mut *state;
+        state.exiting.extend(state.thread.take());
+        for done in std::mem::take(&mut state.exiting) {
+            if done.is_finished() {
+                let _ = done.join();
+            } else {
+                state.exiting.push(done);
+            }
         }
         let trim = Arc::clone(self);
         match std::thread::Builder::new().name("elevenlabs-trim".into()).spawn(move || trim.run()) {
@@ -138,13 +150,15 @@ impl HeapTrim {
     /// Engine close and destroy (never on the MRCP Server thread): a
     /// pending walk happens now, and is waited for.
     pub fn finish(&self) {
-        let running = {
+        let threads = {
             let mut state = self.state.lock();
             state.hurry = true;
             self.wake.notify_all();
-            state.thread.take()
+            let mut threads = std::mem::take(&mut state.exiting);
+            threads.extend(state.thread.take());
+            threads
         };
-        if let Some(thread) = running {
+        for thread in threads {
             let _ = thread.join();
         }
         self.state.lock().hurry = false;
@@ -228,7 +242,7 @@ mod tests {
         trim.request("close".into());
         trim.finish();
         let state = trim.state.lock();
-        assert!(!state.running && state.thread.is_none() && state.due.is_none());
+        assert!(!state.running && state.thread.is_none() && state.exiting.is_empty() && state.due.is_none());
         assert_eq!(state.walks, 2, "the pending walks were done, not dropped");
     }
 }
