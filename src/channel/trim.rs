@@ -35,8 +35,9 @@ use crate::ffi;
 
 /// Quiet time after the last request before the settled walk.
 pub const SETTLE: Duration = Duration::from_millis(100);
-/// Longest the settled walk waits for quiet after the first request, so channels
-/// that keep ending (a busy server) still get their memory returned.
+/// Longest the settled walk waits for quiet after the first request, so
+/// channels that keep ending (a busy server) still get their memory
+/// returned.
 pub const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The heap trim: at most one thread at a time, walking when asked and
