@@ -232,8 +232,9 @@ mod tests {
             trim.request("more".into());
             std::thread::sleep(Duration::from_millis(20));
         }
+        // (No lower bound on when: a busy machine may stretch a 20 ms
+        // sleep past SETTLE, which legitimately lets the walk come early.)
         assert_ne!(trim.state.lock().latest, first_latest, "no settled walk in {:?}", started.elapsed());
-        assert!(started.elapsed() >= SETTLE_AT_MOST - Duration::from_millis(50));
         trim.finish();
     }
 
