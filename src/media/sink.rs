@@ -40,6 +40,14 @@ pub trait AudioSink: Send {
     fn room_due(&mut self) -> Option<Duration> {
         None
     }
+    /// The worker is about to sleep `sleep` on a timer of its own (a
+    /// linger) and pumps at its end: a refill `pump` asked `read_frame` to
+    /// wake it for may wait until then, when the buffer plays that long
+    /// with a margin to spare; `read_frame` then keeps only a later safety
+    /// net (as after `room_due`). True when it was deferred.
+    fn refill_after(&mut self, _sleep: Duration) -> bool {
+        false
+    }
     /// Why audio it had stored cannot be played (a spill file that could
     /// not be read back): the SPEAK fails with this reason.
     fn lost(&self) -> Option<&str> {

@@ -550,7 +550,10 @@ impl Worker {
             match linger(transfer.ahead(), pace, queued, job.sample_rate, request.config.stall_timeout) {
                 // Commands still wake us at once; the upstream's bytes wait
                 // in the socket and are taken in one read.
-                Some(pause) => self.shared.link.waker.wait(Some(pause)),
+                Some(pause) => {
+                    transfer.refill_after_linger(pause);
+                    self.shared.link.waker.wait(Some(pause));
+                }
                 None => {
                     let signalled = transfer.wait(self.shared.link.waker.fd(), now);
                     self.shared.link.waker.woke(signalled);

@@ -65,6 +65,12 @@ const PUMP_WAKE: usize = 32 * 1024;
 /// late; waking before the room is there would cost a second sleep.
 const DUE_SLACK: Duration = Duration::from_millis(20);
 
+/// What the buffer must still hold when a refill deferred to the end of a
+/// linger comes (`refill_after`): a timed wake-up that comes late (a loaded
+/// server) still finds audio to play. The safety net left with
+/// `read_frame` covers a wake-up later than that.
+const DEFER_MARGIN: Duration = Duration::from_millis(100);
+
 /// One SPEAK's way into the channel's buffer, spilling what does not fit.
 pub(super) struct SpillSink {
     link: Arc<Link>,
@@ -488,6 +494,18 @@ impl AudioSink for SpillSink {
         Some(Duration::from_millis((missing / self.bytes_per_ms) as u64) + DUE_SLACK)
     }
 
+    /// Deferred only while the buffer's own audio (what is held does not
+    /// count: it plays only after a refill) lasts past the sleep by
+    /// DEFER_MARGIN; otherwise `read_frame` wakes the worker as before.
+    fn refill_after(&mut self, sleep: Duration) -> bool {
+        if self.link.want_space.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let buffered = self.link.playback.lock().buffered();
+        let lasts = Duration::from_millis((buffered / self.bytes_per_ms.max(1)) as u64);
+        lasts >= sleep + DEFER_MARGIN && self.room_due().is_some()
+    }
+
     fn ahead(&self) -> usize {
         let buffered = self.link.playback.lock().buffered();
         buffered.saturating_add(usize::try_from(self.held()).unwrap_or(usize::MAX))
@@ -682,6 +700,55 @@ mod tests {
         assert!(link.waker.take(), "the safety net");
         assert_eq!(s.pump(), Push::Stored, "all in the buffer");
         assert_eq!(link.want_space.load(Ordering::Acquire), 0);
+    }
+
+    /// A worker about to linger while its transfer runs: the refill it
+    /// asked read_frame for waits for the linger's end when the buffer's
+    /// own audio lasts past it by DEFER_MARGIN (read_frame keeps only the
+    /// safety net); with less in the buffer, read_frame wakes it as before.
+    #[test]
+    fn a_refill_waits_for_the_lingers_end_only_while_the_buffer_lasts_past_it() {
+        let ms = Duration::from_millis;
+        let mut frame = [0u8; 160];
+        let (early, g) = link(32_000);
+        let mut s = sink(&early, g);
+        assert_eq!(s.push(&bytes(0, 32_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(32_000, 8_000)), Push::Stored);
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(early.want_space.load(Ordering::Acquire), 8_000, "what is held");
+        // 2000 ms in the buffer: a linger of 1900 ms is covered, 1901 not.
+        assert!(!s.refill_after(ms(1901)));
+        assert_eq!(early.want_space.load(Ordering::Acquire), 8_000, "left as it was");
+        assert!(s.refill_after(ms(1900)));
+        assert_eq!(early.want_space.load(Ordering::Acquire), 20_000, "the safety net: halfway to the limit");
+        // 500 ms play: room for the refill, and read_frame stays quiet.
+        for _ in 0..50 {
+            early.read_frame(&mut frame);
+        }
+        assert!(!early.waker.take(), "read_frame did not wake the worker mid-linger");
+        // The linger ends: the pump refills, and the audio is whole.
+        assert_eq!(s.pump(), Push::Stored);
+        assert_eq!(early.want_space.load(Ordering::Acquire), 0);
+
+        // 40,000 held; 9,000 bytes (562 ms) left in the buffer when the
+        // worker would linger 500 ms: too little, read_frame wakes it.
+        let (late, g) = link(32_000);
+        let mut s = sink(&late, g);
+        assert_eq!(s.push(&bytes(0, 32_000)), Push::Stored);
+        assert_eq!(s.push(&bytes(32_000, 40_000)), Push::Stored);
+        for _ in 0..143 {
+            late.read_frame(&mut frame);
+        }
+        assert_eq!(late.playback.lock().buffered(), 9_120);
+        assert_eq!(s.pump(), Push::Full, "22,880 bytes of room: less than the refill's 24,000");
+        assert!(!s.refill_after(ms(500)));
+        assert_eq!(late.want_space.load(Ordering::Acquire), 24_000);
+        for _ in 0..7 {
+            late.read_frame(&mut frame);
+        }
+        assert!(late.waker.take(), "woken once the refill fits");
+        assert_eq!(s.pump(), Push::Full);
+        assert_eq!(s.held(), 16_000);
     }
 
     /// A timed wake that finds nothing played (PAUSE) stops timing: the

@@ -666,6 +666,18 @@ impl Transfer<'_> {
         }
     }
 
+    /// The worker is about to linger for `pause` (a timed sleep, shorter
+    /// than half of what the caller has ahead): a refill of spilled audio
+    /// that the sink asked `read_frame` to wake it for (`want_space`) waits
+    /// for the linger's end when the buffer lasts that long
+    /// (`AudioSink::refill_after`). Without this the media thread woke a
+    /// spilling worker about once per SPEAK in the middle of a linger, for
+    /// room it would have filled at the linger's end anyway (bench [10]).
+    pub fn refill_after_linger(&mut self, pause: Duration) {
+        let c = self.handle.as_mut().expect("transfer in progress").get_mut();
+        c.sink.refill_after(pause);
+    }
+
     /// Audio stored and not yet played (bytes), once the response is
     /// flowing and not held back for room; None otherwise.
     pub fn ahead(&self) -> Option<usize> {
