@@ -35,8 +35,9 @@
 //!    scrapes served per second (`cargo bench --bench plugin -- metrics`
 //!    runs only this one).
 //! 10. CPU per second of audio by thread (media, MRCP, workers) and worker
-//!     wake-ups, 100 channels, against a baseline plugin playing from
-//!     memory (the host's C fixture) (benches/plugin/cost.rs;
+//!     wake-ups, 100 channels, a fresh channel's first SPEAK and its
+//!     second, against a baseline plugin playing from memory (the host's C
+//!     fixture) (benches/plugin/cost.rs;
 //!     `cargo bench --bench plugin -- cost` runs only 10-12).
 //! 11. RSS over 10 batches of 200 channels, both plugins.
 //! 12. latency, read_frame cost and resources at 500 channels.
