@@ -730,7 +730,7 @@ mod tests {
         assert_eq!(s.pump(), Push::Stored);
         assert_eq!(early.want_space.load(Ordering::Acquire), 0);
 
-        // 40,000 held; 9,000 bytes (562 ms) left in the buffer when the
+        // 40,000 held; 9,120 bytes (570 ms) left in the buffer when the
         // worker would linger 500 ms: too little, read_frame wakes it.
         let (late, g) = link(32_000);
         let mut s = sink(&late, g);
