@@ -500,4 +500,7 @@ fn shared_budget_and_redis_tier_figures_are_served() {
     assert_eq!(value(&s, "budget_shared", &[]), 0.0);
     assert_eq!(value(&s, "budget_mode_changes_total", &[]), 1.0);
     assert!(value(&s, "cache_redis_errors_total", &[]) >= 1.0);
+    drop(ch);
+    drop(rig);
+    let _ = std::fs::remove_dir_all(&cache);
 }
