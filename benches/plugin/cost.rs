@@ -288,19 +288,10 @@ fn cpu_run(which: Which, plugin: &Path, baseline: &Path, failures: &mut Failures
     let idle = usage_between(&idle_before, &thread_usage());
     let idle_wakeups =
         idle.get(&Group::Workers).map_or(0, |u| u.voluntary) as f64 / CPU_CHANNELS as f64 / IDLE_WATCH.as_secs_f64();
-    let mut figures = Vec::with_capacity(2);
-    for speak in 0..2 {
-        match speak_window(which, speak, &server, &channels, idle_wakeups, failures) {
-            Ok(run) => figures.push(run),
-            Err(e) => {
-                teardown(server, channels, mock, failures);
-                return Err(e);
-            }
-        }
-    }
+    let mut window = |speak| speak_window(which, speak, &server, &channels, idle_wakeups, failures);
+    let figures = window(0).and_then(|first| Ok([first, window(1)?]));
     teardown(server, channels, mock, failures);
-    let [first, second]: [CpuRun; 2] = figures.try_into().map_err(|_| "two windows".to_string())?;
-    Ok([first, second])
+    figures
 }
 
 /// Every channel speaks once (`speak`: 0 the first time, 1 the second,
