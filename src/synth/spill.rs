@@ -503,7 +503,12 @@ impl AudioSink for SpillSink {
         }
         let buffered = self.link.playback.lock().buffered();
         let lasts = Duration::from_millis((buffered / self.bytes_per_ms.max(1)) as u64);
-        lasts >= sleep + DEFER_MARGIN && self.room_due().is_some()
+        if lasts < sleep + DEFER_MARGIN {
+            return false;
+        }
+        // room_due moves read_frame's wake-up to its later safety net; the
+        // pump at the linger's end does the refill.
+        self.room_due().is_some()
     }
 
     fn ahead(&self) -> usize {
